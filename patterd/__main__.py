@@ -1,0 +1,5 @@
+"""``python -m patterd`` is the ``patterd`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

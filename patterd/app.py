@@ -1,0 +1,65 @@
+"""The aiohttp application: routes, the shared HTTP client, start-up and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from .carriers.base import Carrier
+from .config import Config
+from .gateway import GATEWAY, Gateway
+from .ops.logging import get_logger
+from .web import health
+
+log = get_logger("patterd.app")
+
+
+def build_app(config: Config, carrier: Carrier, *, gateway: Gateway | None = None
+              ) -> web.Application:
+    """An application serving ``carrier``'s webhooks and the health/metrics routes."""
+    gw = gateway or Gateway(config=config)
+    # The webhook handlers read bodies themselves with their own limit; this is the backstop.
+    app = web.Application(client_max_size=config.server.max_body_bytes,
+                          middlewares=[_json_errors])
+    app[GATEWAY] = gw
+    app.add_routes(health.ROUTES)
+    app.add_routes(carrier.routes(gw))
+    app.cleanup_ctx.append(_lifecycle(carrier))
+    return app
+
+
+def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        gw = app[GATEWAY]
+        gw.http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=15),
+            connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
+            headers={"User-Agent": "patterd"})
+        gw.ready = True
+        gw.spawn(carrier.on_startup(gw), name="carrier-startup")
+        yield
+        gw.ready = False
+        for task in list(gw.tasks):
+            task.cancel()
+        if gw.tasks:
+            await asyncio.gather(*gw.tasks, return_exceptions=True)
+        await gw.http.close()
+
+    return ctx
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """Framework errors (404, 405, 413 from the backstop) answered as JSON with a reason."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json" or exc.status < 400:
+            raise
+        exc.text = json.dumps({"error": exc.reason})
+        exc.content_type = "application/json"
+        raise

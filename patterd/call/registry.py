@@ -1,0 +1,127 @@
+"""This process's view of the calls it has seen: state, status history and carrier events.
+
+Persistence to the shared store comes with the store; until then the registry is bounded so
+that a long-running daemon keeps a flat memory profile.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+TERMINAL = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
+MAX_EVENTS_PER_CALL = 500
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """What we know of one call."""
+
+    call_id: str
+    carrier: str
+    direction: str = "inbound"
+    from_number: str = ""
+    to_number: str = ""
+    status: str = "initiated"
+    status_sequence: int = -1
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    outcome: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def live(self) -> bool:
+        """Not yet in a terminal state."""
+        return self.ended_at is None
+
+
+class CallRegistry:
+    """Calls by carrier call id, bounded in size; ended calls are evicted first."""
+
+    def __init__(self, max_records: int = 50_000, max_call_seconds: float = 3600.0) -> None:
+        self._calls: OrderedDict[str, CallRecord] = OrderedDict()
+        self._live: dict[str, CallRecord] = {}
+        self._max = max_records
+        self._max_call_seconds = max_call_seconds
+
+    def get(self, call_id: str) -> CallRecord | None:
+        """The record, if any."""
+        return self._calls.get(call_id)
+
+    def ensure(self, call_id: str, carrier: str, **fields: Any) -> CallRecord:
+        """The record for ``call_id``, created on first sight; empty fields never overwrite."""
+        rec = self._calls.get(call_id)
+        if rec is None:
+            rec = CallRecord(call_id=call_id, carrier=carrier)
+            self._calls[call_id] = rec
+            self._live[call_id] = rec
+            self._trim()
+        for key, value in fields.items():
+            if value not in (None, ""):
+                setattr(rec, key, value)
+        rec.updated_at = time.time()
+        return rec
+
+    def apply_status(self, call_id: str, carrier: str, status: str,
+                     sequence: int | None = None, **detail: Any) -> bool:
+        """Record a status; an older sequence number than one applied is kept in history
+        but does not move the state backwards. Returns True if the state changed."""
+        rec = self.ensure(call_id, carrier)
+        now = time.time()
+        rec.history.append({"status": status, "sequence": sequence, "at": now, **detail})
+        rec.history.sort(key=lambda h: (h["sequence"] is None, h["sequence"] or 0, h["at"]))
+        if sequence is not None:
+            if sequence <= rec.status_sequence:
+                return False
+            rec.status_sequence = sequence
+        if rec.ended_at is not None:
+            return False  # a terminal state is final
+        rec.status = status
+        if status in TERMINAL:
+            self._close(rec, status, now)
+        return True
+
+    def add_event(self, call_id: str, carrier: str, kind: str, **data: Any) -> CallRecord:
+        """Append a carrier or gateway event (AMD verdict, recording, …) to the call."""
+        rec = self.ensure(call_id, carrier)
+        if len(rec.events) < MAX_EVENTS_PER_CALL:
+            rec.events.append({"type": kind, "at": time.time(), **data})
+        return rec
+
+    def end(self, call_id: str, outcome: str) -> None:
+        """Mark a call ended with ``outcome`` (idempotent)."""
+        rec = self._calls.get(call_id)
+        if rec is not None and rec.ended_at is None:
+            self._close(rec, outcome, time.time())
+
+    def live_count(self) -> int:
+        """Calls not ended and younger than ``max_call_seconds`` (stale ones are closed)."""
+        now = time.time()
+        stale = [r for r in self._live.values() if now - r.created_at > self._max_call_seconds]
+        for rec in stale:
+            self._close(rec, "expired", now)
+        return len(self._live)
+
+    def _close(self, rec: CallRecord, outcome: str, now: float) -> None:
+        rec.ended_at = now
+        rec.outcome = rec.outcome or outcome
+        self._live.pop(rec.call_id, None)
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def _trim(self) -> None:
+        if len(self._calls) <= self._max:
+            return
+        for call_id, rec in list(self._calls.items()):
+            if len(self._calls) <= self._max:
+                return
+            if rec.ended_at is not None:
+                del self._calls[call_id]
+        while len(self._calls) > self._max:  # all live: drop the oldest
+            call_id, _ = self._calls.popitem(last=False)
+            self._live.pop(call_id, None)

@@ -1,0 +1,102 @@
+"""The small HTTP client both carriers' REST modules share: auth, timeouts, bounded retries.
+
+Retried: connection errors, timeouts, 429 and 5xx, with exponential backoff and jitter, because
+the request is either idempotent (Telnyx ``command_id``; Twilio updates to a final state) or was
+never received. Other 4xx are the caller's mistake and are returned at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+SessionSource = aiohttp.ClientSession | Callable[[], aiohttp.ClientSession]
+
+
+@dataclass(frozen=True, slots=True)
+class RestResponse:
+    """A carrier API answer: status and the decoded JSON body (``{}`` when not JSON)."""
+
+    status: int
+    body: Any
+
+    @property
+    def ok(self) -> bool:
+        """2xx."""
+        return 200 <= self.status < 300
+
+
+class RestError(Exception):
+    """A request that failed for good (after retries, or a non-retryable 4xx)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"HTTP {status} {code}: {message}".strip())
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class RestClient:
+    """One carrier's REST endpoint."""
+
+    def __init__(self, session: SessionSource, base_url: str, *,
+                 auth: aiohttp.BasicAuth | None = None, headers: Mapping[str, str] | None = None,
+                 attempts: int = 3, backoff: float = 0.25, timeout: float = 10.0) -> None:
+        self._session = session
+        self.base_url = base_url.rstrip("/")
+        self._auth = auth
+        self._headers = dict(headers or {})
+        self._attempts = max(1, attempts)
+        self._backoff = backoff
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def request(self, method: str, path: str, *,
+                      form: Sequence[tuple[str, str]] | None = None,
+                      json_body: Mapping[str, Any] | None = None,
+                      params: Mapping[str, str] | None = None) -> RestResponse:
+        """Send one request with retries; returns the last response (any status)."""
+        url = self.base_url + path
+        last_exc: Exception | None = None
+        for attempt in range(self._attempts):
+            if attempt:
+                delay = self._backoff * (2 ** (attempt - 1))
+                await asyncio.sleep(delay * (0.5 + random.random()))
+            session = self._session if isinstance(self._session, aiohttp.ClientSession) \
+                else self._session()
+            try:
+                async with session.request(
+                        method, url, data=_form(form) if form is not None else None,
+                        json=json_body, params=params, auth=self._auth,
+                        headers=self._headers, timeout=self._timeout) as resp:
+                    raw = await resp.read()
+                    body = _decode(raw)
+                    if resp.status in RETRY_STATUSES and attempt + 1 < self._attempts:
+                        continue
+                    return RestResponse(resp.status, body)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                last_exc = exc
+        raise RestError(0, "network", f"{method} {path} failed: {last_exc!r}")
+
+
+def _form(fields: Sequence[tuple[str, str]]) -> aiohttp.FormData:
+    data = aiohttp.FormData()
+    for name, value in fields:  # repeated keys stay repeated (Twilio StatusCallbackEvent)
+        data.add_field(name, value)
+    return data
+
+
+def _decode(raw: bytes) -> Any:
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {"raw": raw[:500].decode("utf-8", "replace")}

@@ -1,0 +1,62 @@
+"""Telnyx Call Control: Ed25519-signed JSON webhooks, REST commands, media streaming."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from aiohttp import web
+
+from ...config import TelnyxSettings
+from ...config.load import telnyx_settings
+from ...ops.logging import get_logger
+
+if TYPE_CHECKING:
+    from ...gateway import Gateway
+
+log = get_logger("patterd.telnyx")
+
+
+class Carrier:
+    """The Telnyx carrier. Arguments default to ``""`` and fall back to ``TELNYX_API_KEY``,
+    ``TELNYX_CONNECTION_ID`` and ``TELNYX_PUBLIC_KEY``; missing or malformed credentials raise
+    :class:`patterd.config.ConfigError`."""
+
+    name: ClassVar[str] = "telnyx"
+
+    def __init__(self, api_key: str = "", connection_id: str = "", public_key: str = "", *,
+                 api_base_url: str = "https://api.telnyx.com/v2",
+                 require_signature: bool = True) -> None:
+        self.settings: TelnyxSettings = telnyx_settings(
+            api_key=api_key, connection_id=connection_id, public_key=public_key,
+            api_base_url=api_base_url, require_signature=require_signature)
+
+    @classmethod
+    def from_settings(cls, settings: TelnyxSettings) -> Carrier:
+        """A carrier for already-validated settings."""
+        self = cls.__new__(cls)
+        self.settings = settings
+        return self
+
+    def routes(self, gw: Gateway) -> list[web.RouteDef]:
+        """The Telnyx call-event webhook."""
+        from .rest import TelnyxRest
+        from .signature import SignatureVerifier
+        from .stream_token import StreamTokens
+        from .webhooks import make_routes
+
+        verifier = None
+        if self.settings.require_signature or self.settings.public_key:
+            verifier = SignatureVerifier(self.settings.public_key)
+        else:
+            log.warning("telnyx_signature_check_disabled",
+                        detail="carrier.require_signature is false: ANYONE can post call "
+                               "events to this daemon. Use only for local experiments.")
+        return make_routes(gw, verifier, TelnyxRest(gw.session, self.settings),
+                           StreamTokens(self.settings.api_key))
+
+    async def on_startup(self, gw: Gateway) -> None:
+        """Nothing to configure: the Call Control App's webhook URL is set in the portal."""
+        log.info("telnyx_ready", webhook=f"{gw.config.server.public_url}/webhooks/telnyx/voice")
+
+    def __repr__(self) -> str:
+        return "Telnyx(api_key=********)"

@@ -1,0 +1,97 @@
+"""Telnyx Call Control REST: JSON commands under ``/calls/{call_control_id}/actions``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from ...config import TelnyxSettings
+from ..rest import RestClient, RestError, RestResponse, SessionSource
+
+ALREADY_ENDED = "90018"
+
+
+def client_state(data: dict[str, Any]) -> str:
+    """Telnyx requires ``client_state`` to be base64."""
+    return base64.b64encode(json.dumps(data, separators=(",", ":")).encode()).decode("ascii")
+
+
+def read_client_state(value: Any) -> dict[str, Any]:
+    """Decode a ``client_state`` we set earlier; anything else gives ``{}``."""
+    if not isinstance(value, str) or not value:
+        return {}
+    try:
+        data = json.loads(base64.b64decode(value, validate=True))
+    except (ValueError, TypeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class TelnyxRest:
+    """Bearer-authenticated JSON requests; every command carries a fresh ``command_id`` so a
+    retried request is applied once."""
+
+    def __init__(self, session: SessionSource, settings: TelnyxSettings) -> None:
+        self._client = RestClient(session, settings.api_base_url,
+                                  headers={"Authorization": f"Bearer {settings.api_key}"})
+
+    async def command(self, call_control_id: str, action: str, body: dict[str, Any]
+                      ) -> RestResponse:
+        """``POST /calls/{id}/actions/{action}``."""
+        payload = {**body, "command_id": body.get("command_id") or str(uuid.uuid4())}
+        return await self._client.request(
+            "POST", f"/calls/{quote(call_control_id, safe='')}/actions/{action}",
+            json_body=payload)
+
+    async def answer(self, call_control_id: str, stream_url: str, state: dict[str, Any]
+                     ) -> RestResponse:
+        """Answer with a bidirectional PCMU media stream in ``rtp`` mode (the default ``mp3``
+        mode drops raw audio)."""
+        resp = await self.command(call_control_id, "answer", {
+            "stream_url": stream_url,
+            "stream_track": "inbound_track",
+            "stream_bidirectional_mode": "rtp",
+            "stream_bidirectional_codec": "PCMU",
+            "stream_bidirectional_target_legs": "self",
+            "client_state": client_state(state),
+        })
+        _raise_for(resp, "answer")
+        return resp
+
+    async def reject(self, call_control_id: str, cause: str = "USER_BUSY") -> RestResponse:
+        """Decline a ringing call."""
+        resp = await self.command(call_control_id, "reject", {"cause": cause})
+        if not (resp.ok or error_code(resp) == ALREADY_ENDED):
+            _raise_for(resp, "reject")
+        return resp
+
+    async def hangup(self, call_control_id: str) -> bool:
+        """End a call; True also when Telnyx says it had already ended (90018)."""
+        resp = await self.command(call_control_id, "hangup", {})
+        if resp.ok or error_code(resp) == ALREADY_ENDED:
+            return True
+        _raise_for(resp, "hang up")
+        return False
+
+
+def error_code(resp: RestResponse) -> str:
+    """The first Telnyx error code of a response, or ``""``."""
+    errors = resp.body.get("errors") if isinstance(resp.body, dict) else None
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        return str(errors[0].get("code", ""))
+    return ""
+
+
+def _raise_for(resp: RestResponse, doing: str) -> None:
+    if resp.ok:
+        return
+    errors = resp.body.get("errors") if isinstance(resp.body, dict) else None
+    detail = ""
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        detail = str(errors[0].get("detail") or errors[0].get("title") or "")
+    raise RestError(resp.status, error_code(resp), f"could not {doing}: {detail}")

@@ -1,0 +1,187 @@
+"""The Telnyx Call Control webhook: every call event arrives here, signed with Ed25519.
+
+Telnyx ignores response bodies, so the webhook is acknowledged at once and the call is driven
+through REST afterwards (answer, reject, …).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from aiohttp import web
+
+from ...call.registry import TERMINAL
+from ...gateway import Gateway
+from ...ops.logging import get_logger
+from ...web.request import BadRequest, Forbidden, counted, read_body
+from ..rest import RestError
+from .rest import TelnyxRest, read_client_state
+from .signature import SignatureVerifier
+from .stream_token import StreamTokens
+
+log = get_logger("patterd.telnyx")
+
+MEDIA_PATH = "/media/telnyx"
+# Telnyx hangup causes → our outcome names (patterd_calls_total{outcome}).
+HANGUP_OUTCOME = {
+    "normal_clearing": "completed", "originator_cancel": "canceled", "timeout": "no_answer",
+    "no_answer": "no_answer", "user_busy": "busy", "call_rejected": "rejected",
+    "not_found": "failed", "time_limit": "completed", "unspecified": "completed",
+}
+
+
+def stream_url(public_url: str, token: str) -> str:
+    """The per-call ``wss://`` media URL carrying the call's token."""
+    parts = urlsplit(public_url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}{MEDIA_PATH}/{quote(token)}"
+
+
+def parse_event(body: bytes) -> tuple[str, str, dict[str, Any]]:
+    """``(event_type, event id, payload)`` of a webhook body, or a 400 naming what is wrong."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("body is not valid JSON") from None
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(data, dict):
+        raise BadRequest("data: expected an object")
+    event_type, event_id, payload = data.get("event_type"), data.get("id"), data.get("payload")
+    if not isinstance(event_type, str) or not event_type:
+        raise BadRequest("data.event_type: expected a string")
+    if not isinstance(event_id, str) or not event_id or len(event_id) > 200:
+        raise BadRequest("data.id: expected a string")
+    if not isinstance(payload, dict):
+        raise BadRequest("data.payload: expected an object")
+    return event_type, event_id, payload
+
+
+def _text(payload: dict[str, Any], key: str) -> str:
+    value = payload.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def make_routes(gw: Gateway, verifier: SignatureVerifier | None, rest: TelnyxRest,
+                tokens: StreamTokens) -> list[web.RouteDef]:
+    """``POST /webhooks/telnyx/voice``."""
+
+    @counted("telnyx", "voice")
+    async def voice(request: web.Request) -> web.StreamResponse:
+        body = await read_body(request, gw.config.server.max_body_bytes)
+        if verifier is not None:
+            reason = verifier.check(body, request.headers.get("telnyx-signature-ed25519", ""),
+                                    request.headers.get("telnyx-timestamp", ""))
+            if reason:
+                gw.metrics.signature_failures.labels("telnyx").inc()
+                log.warning("telnyx_signature_rejected", reason=reason)
+                raise Forbidden(reason)
+        event_type, event_id, payload = parse_event(body)
+        call_id = _text(payload, "call_control_id")
+        if event_type.startswith(("call.", "streaming.")) and not call_id \
+                and event_type != "call.recording.saved":
+            raise BadRequest("data.payload.call_control_id: required for call events")
+        if not gw.deduper.first_time(("telnyx", event_id)):
+            return web.json_response({"status": "duplicate"})
+        followup = handle_event(gw, event_type, payload, call_id)
+        resp = web.json_response({"status": "ok"})
+        if followup is not None:
+            # Acknowledge first, then drive the call (Telnyx waits for nothing we return).
+            await resp.prepare(request)
+            await resp.write_eof()
+            gw.spawn(followup(rest, tokens), name=f"telnyx-{event_type}")
+        return resp
+
+    return [web.post("/webhooks/telnyx/voice", voice)]
+
+
+def handle_event(gw: Gateway, event_type: str, payload: dict[str, Any], call_id: str) -> Any:
+    """Record the event; return a coroutine function to run after the 200, if any."""
+    occurred = _text(payload, "occurred_at")
+    if event_type == "call.initiated":
+        direction = "outbound" if payload.get("direction") == "outgoing" else "inbound"
+        if direction == "outbound":
+            gw.registry.ensure(call_id, "telnyx", direction=direction)
+            gw.registry.apply_status(call_id, "telnyx", "initiated")
+            return None
+        if not gw.accepting:
+            reason = "draining" if gw.draining else "at capacity"
+            gw.registry.ensure(call_id, "telnyx", direction=direction)
+            gw.registry.end(call_id, "rejected")
+            gw.metrics.calls_total.labels(direction, "rejected").inc()
+            log.info("call_rejected", call_id=call_id, reason=reason)
+            return lambda rest, tokens: _reject(rest, call_id)
+        gw.registry.ensure(call_id, "telnyx", direction=direction,
+                           from_number=_text(payload, "from"), to_number=_text(payload, "to"))
+        gw.registry.apply_status(call_id, "telnyx", "ringing")
+        log.info("call_answering", call_id=call_id, caller=_text(payload, "from"))
+        return lambda rest, tokens: _answer(gw, rest, tokens, call_id, direction)
+    if event_type == "call.answered":
+        gw.registry.apply_status(call_id, "telnyx", "in-progress", occurred_at=occurred)
+        return None
+    if event_type == "call.hangup":
+        cause = _text(payload, "hangup_cause") or "unspecified"
+        rec = gw.registry.ensure(call_id, "telnyx")
+        outcome = HANGUP_OUTCOME.get(cause, "completed")
+        status = "completed" if outcome in ("completed", "rejected") else outcome.replace("_", "-")
+        if status not in TERMINAL:
+            status = "completed"
+        was_live = rec.live
+        gw.registry.apply_status(call_id, "telnyx", status, hangup_cause=cause,
+                                 hangup_source=_text(payload, "hangup_source"),
+                                 occurred_at=occurred)
+        if was_live:
+            rec.outcome = outcome
+            gw.metrics.calls_total.labels(rec.direction, outcome).inc()
+            start = _text(payload, "start_time")
+            log.info("call_ended", call_id=call_id, outcome=outcome, cause=cause,
+                     started=start)
+        return None
+    kind = _EVENT_KINDS.get(event_type)
+    if kind is None:
+        kind = event_type
+    record_id = call_id or _text(payload, "call_leg_id") or _text(payload, "call_session_id")
+    if record_id:
+        detail = {k: payload[k] for k in _DETAIL_KEYS if k in payload}
+        gw.registry.add_event(record_id, "telnyx", kind, event_type=event_type, **detail)
+    return None
+
+
+_EVENT_KINDS = {
+    "call.machine.detection.ended": "amd",
+    "call.machine.greeting.ended": "amd_greeting",
+    "call.machine.premium.detection.ended": "amd",
+    "call.machine.premium.greeting.ended": "amd_greeting",
+    "call.recording.saved": "recording",
+    "call.recording.error": "recording_error",
+    "call.dtmf.received": "dtmf",
+    "call.cost": "cost",
+}
+_DETAIL_KEYS = ("result", "digit", "recording_urls", "channels", "recording_started_at",
+                "recording_ended_at", "total_cost", "billed_duration_secs", "cost_parts",
+                "stream_url", "failure_reason", "call_leg_id", "call_session_id")
+
+
+async def _answer(gw: Gateway, rest: TelnyxRest, tokens: StreamTokens, call_id: str,
+                  direction: str) -> None:
+    url = stream_url(gw.config.server.public_url, tokens.mint(call_id))
+    try:
+        await rest.answer(call_id, url, {"call_id": call_id, "direction": direction})
+    except RestError as exc:
+        gw.metrics.backend_errors.labels("carrier", "telnyx").inc()
+        log.warning("answer_failed", call_id=call_id, status=exc.status, code=exc.code,
+                    reason=exc.message)
+        gw.registry.end(call_id, "failed")
+        return
+    log.info("call_answered", call_id=call_id)
+
+
+async def _reject(rest: TelnyxRest, call_id: str) -> None:
+    try:
+        await rest.reject(call_id, "USER_BUSY")
+    except RestError as exc:
+        log.warning("reject_failed", call_id=call_id, status=exc.status, reason=exc.message)
+
+
+__all__ = ["make_routes", "parse_event", "stream_url", "read_client_state"]

@@ -1,0 +1,68 @@
+"""Twilio Programmable Voice: signed form webhooks, TwiML, Media Streams, REST."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from aiohttp import web
+
+from ...config import TwilioSettings
+from ...config.load import twilio_settings
+from ...ops.logging import get_logger
+from ..rest import RestError
+
+if TYPE_CHECKING:
+    from ...gateway import Gateway
+
+log = get_logger("patterd.twilio")
+
+
+class Carrier:
+    """The Twilio carrier. Arguments default to ``""`` and fall back to ``TWILIO_ACCOUNT_SID``
+    and ``TWILIO_AUTH_TOKEN``; missing credentials raise :class:`patterd.config.ConfigError`."""
+
+    name: ClassVar[str] = "twilio"
+
+    def __init__(self, account_sid: str = "", auth_token: str = "", *,
+                 configure_number: bool = True,
+                 api_base_url: str = "https://api.twilio.com") -> None:
+        self.settings: TwilioSettings = twilio_settings(
+            account_sid=account_sid, auth_token=auth_token, configure_number=configure_number,
+            api_base_url=api_base_url)
+
+    @classmethod
+    def from_settings(cls, settings: TwilioSettings) -> Carrier:
+        """A carrier for already-validated settings."""
+        self = cls.__new__(cls)
+        self.settings = settings
+        return self
+
+    def routes(self, gw: Gateway) -> list[web.RouteDef]:
+        """The four Twilio webhooks."""
+        from .signature import SignatureVerifier
+        from .webhooks import make_routes
+
+        verifier = SignatureVerifier(self.settings.auth_token, gw.config.server.public_url)
+        return make_routes(gw, verifier)
+
+    async def on_startup(self, gw: Gateway) -> None:
+        """Point ``phone_number`` at this daemon when ``configure_number`` is set."""
+        if not self.settings.configure_number or not gw.config.phone_number:
+            return
+        from .rest import TwilioRest
+
+        base = gw.config.server.public_url
+        try:
+            sid = await TwilioRest(gw.session, self.settings).configure_number(
+                gw.config.phone_number, f"{base}/webhooks/twilio/voice",
+                f"{base}/webhooks/twilio/status")
+        except RestError as exc:
+            log.warning("configure_number_failed", phone_number=gw.config.phone_number,
+                        status=exc.status, code=exc.code, reason=exc.message,
+                        hint="calls reach us only if the number's voice URL points here")
+            return
+        log.info("number_configured", phone_number=gw.config.phone_number, number_sid=sid)
+
+    def __repr__(self) -> str:
+        return f"Twilio(account_sid={self.settings.account_sid[:6]}…)"
+

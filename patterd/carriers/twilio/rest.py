@@ -1,0 +1,75 @@
+"""Twilio's 2010-04-01 REST API: the few requests a gateway makes."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from ...config import TwilioSettings
+from ..rest import RestClient, RestError, RestResponse, SessionSource
+
+ALREADY_ENDED = 20404
+
+
+class TwilioRest:
+    """Form-encoded requests under ``/2010-04-01/Accounts/{AccountSid}``, HTTP Basic auth."""
+
+    def __init__(self, session: SessionSource, settings: TwilioSettings) -> None:
+        self._client = RestClient(
+            session, f"{settings.api_base_url}/2010-04-01/Accounts/{settings.account_sid}",
+            auth=aiohttp.BasicAuth(settings.account_sid, settings.auth_token))
+
+    async def find_number(self, phone_number: str) -> dict[str, Any] | None:
+        """The IncomingPhoneNumber resource for ``phone_number``, or None."""
+        resp = await self._client.request("GET", "/IncomingPhoneNumbers.json",
+                                          params={"PhoneNumber": phone_number})
+        _raise_for(resp, "list incoming phone numbers")
+        for item in resp.body.get("incoming_phone_numbers") or []:
+            if isinstance(item, dict) and item.get("phone_number") == phone_number:
+                return item
+        return None
+
+    async def configure_number(self, phone_number: str, voice_url: str, status_url: str) -> str:
+        """Point the number's voice webhook (and its status callback) at this daemon.
+
+        Returns the number's ``PN…`` sid; raises :class:`RestError` when it cannot.
+        """
+        number = await self.find_number(phone_number)
+        if number is None:
+            raise RestError(404, "not-found", "the number is not among this account's "
+                                              "IncomingPhoneNumbers")
+        sid = str(number.get("sid", ""))
+        resp = await self._client.request(
+            "POST", f"/IncomingPhoneNumbers/{quote(sid, safe='')}.json",
+            form=[("VoiceUrl", voice_url), ("VoiceMethod", "POST"),
+                  ("StatusCallback", status_url), ("StatusCallbackMethod", "POST")])
+        _raise_for(resp, "update the incoming phone number")
+        return sid
+
+    async def update_call(self, call_sid: str, form: list[tuple[str, str]]) -> RestResponse:
+        """``POST /Calls/{sid}.json`` (TwiML update, redirect or status change)."""
+        return await self._client.request("POST", f"/Calls/{quote(call_sid, safe='')}.json",
+                                          form=form)
+
+    async def hangup(self, call_sid: str) -> bool:
+        """End a call; True also when Twilio says it had already ended (20404)."""
+        resp = await self.update_call(call_sid, [("Status", "completed")])
+        if resp.ok or _code(resp) == ALREADY_ENDED:
+            return True
+        _raise_for(resp, "hang up")
+        return False
+
+
+def _code(resp: RestResponse) -> int | None:
+    code = resp.body.get("code") if isinstance(resp.body, dict) else None
+    return code if isinstance(code, int) else None
+
+
+def _raise_for(resp: RestResponse, doing: str) -> None:
+    if resp.ok:
+        return
+    body = resp.body if isinstance(resp.body, dict) else {}
+    raise RestError(resp.status, str(body.get("code", "")),
+                    f"could not {doing}: {body.get('message') or body.get('raw') or ''}")

@@ -1,0 +1,190 @@
+"""The ``stt``, ``llm``, ``tts`` and ``vad`` sections: which providers exist and what each takes."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from .model import AgentConfig, BackendConfig, Rule, RuleAction
+from .reader import Section
+
+DTMF_DIGITS = re.compile(r"[0-9A-D*#]+")
+DTMF_SEND = re.compile(r"[0-9A-D*#wW]{1,32}")
+E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+SIP_URI = re.compile(r"sips?:[^\s<>\"']+@[^\s<>\"']+")
+
+
+@dataclass(frozen=True)
+class Provider:
+    """What one provider of one layer accepts."""
+
+    env_key: str = ""                       # its usual API-key environment variable
+    base_url: str = ""                      # default endpoint
+    common: frozenset[str] = frozenset()    # which of api_key/model/voice/base_url it takes
+    options: Mapping[str, str] = field(default_factory=dict)  # extra key → int|float|str|bool
+
+
+_CLOUD = frozenset({"api_key", "model", "voice", "base_url"})
+
+PROVIDERS: dict[str, dict[str, Provider]] = {
+    "stt": {
+        "pocketsphinx": Provider(options={"vocabulary": "list"}),
+        "deepgram": Provider("DEEPGRAM_API_KEY", "wss://api.deepgram.com/v1", _CLOUD,
+                             {"language": "str", "endpointing": "int",
+                              "utterance_end_ms": "int"}),
+        "openai": Provider("OPENAI_API_KEY", "https://api.openai.com/v1", _CLOUD,
+                           {"language": "str"}),
+    },
+    "llm": {
+        "rules": Provider(),
+        "openai": Provider("OPENAI_API_KEY", "https://api.openai.com/v1", _CLOUD,
+                           {"temperature": "float", "max_tokens": "int"}),
+        "anthropic": Provider("ANTHROPIC_API_KEY", "https://api.anthropic.com", _CLOUD,
+                              {"temperature": "float", "max_tokens": "int"}),
+        "webhook": Provider(options={"url": "str", "secret": "str", "timeout": "float"}),
+    },
+    "tts": {
+        "espeak": Provider(common=frozenset({"voice"}), options={"rate": "int"}),
+        "elevenlabs": Provider("ELEVENLABS_API_KEY", "https://api.elevenlabs.io", _CLOUD),
+        "openai": Provider("OPENAI_API_KEY", "https://api.openai.com/v1", _CLOUD),
+        "deepgram": Provider("DEEPGRAM_API_KEY", "https://api.deepgram.com/v1", _CLOUD),
+        "cartesia": Provider("CARTESIA_API_KEY", "https://api.cartesia.ai", _CLOUD),
+    },
+    "vad": {
+        "silero": Provider(options={"threshold": "float", "min_silence": "float",
+                                    "min_speech": "float"}),
+        "energy": Provider(options={"threshold": "float", "min_silence": "float",
+                                    "min_speech": "float"}),
+    },
+}
+
+DEFAULT_PROVIDER = {"stt": "pocketsphinx", "llm": "rules", "tts": "espeak", "vad": "silero"}
+SECRET_OPTIONS = frozenset({"secret"})
+
+
+def read_backend(root: Section, layer: str, agent: AgentConfig,
+                 env: Mapping[str, str]) -> BackendConfig:
+    """Read one backend section, checking its keys against the chosen provider."""
+    sec = root.section(layer)
+    table = PROVIDERS[layer]
+    name = sec.str("provider", DEFAULT_PROVIDER[layer], choices=table)
+    spec = table.get(name) or table[DEFAULT_PROVIDER[layer]]
+    values: dict[str, str] = {}
+    for key in ("api_key", "model", "voice", "base_url"):
+        if key in spec.common:
+            values[key] = sec.str(key)
+    if "api_key" in spec.common and not values["api_key"]:
+        values["api_key"] = env.get(spec.env_key, "")
+        if not values["api_key"] and not values.get("base_url"):
+            sec.problem("api_key", f"required for {name} (or set {spec.env_key}, "
+                                   "or a base_url for a server that needs no key)")
+    if "base_url" in spec.common:
+        url = values.get("base_url") or spec.base_url
+        if not re.fullmatch(r"(https?|wss?)://[^\s/]+(/\S*)?", url):
+            sec.problem("base_url", f"expected an http(s):// or ws(s):// URL, got {url!r}")
+        values["base_url"] = url.rstrip("/")
+    options: dict[str, Any] = {}
+    for key, kind in spec.options.items():
+        if not sec.has(key):
+            sec.known.add(key)
+            continue
+        if kind == "int":
+            options[key] = sec.int(key, 0, minimum=0)
+        elif kind == "float":
+            options[key] = sec.float(key, 0.0, minimum=0.0)
+        elif kind == "bool":
+            options[key] = sec.bool(key, False)
+        elif kind == "list":
+            options[key] = tuple(str(v) for v in sec.list(key))
+        else:
+            options[key] = sec.str(key)
+    if name == "webhook" and not options.get("url"):
+        sec.problem("url", "required for the webhook provider (your endpoint's https:// URL)")
+    rules: tuple[Rule, ...] = ()
+    fallback = ""
+    if name == "rules":
+        rules = tuple(_read_rules(sec, agent))
+        fallback = sec.str("fallback", "Sorry, I didn't catch that.")
+    sec.done(not_here=_elsewhere(layer, name))
+    return BackendConfig(provider=name, options=MappingProxyType(options), rules=rules,
+                         fallback=fallback, **values)
+
+
+def _elsewhere(layer: str, chosen: str) -> dict[str, str]:
+    """Keys other providers of this layer take, to explain why they are refused here."""
+    out: dict[str, str] = {}
+    for other, spec in PROVIDERS[layer].items():
+        if other == chosen:
+            continue
+        for key in list(spec.common) + list(spec.options) + (
+                ["rules", "fallback"] if other == "rules" else []):
+            out.setdefault(key, f"not a setting of {layer} provider {chosen!r} "
+                                f"(it belongs to {other!r})")
+    return out
+
+
+def _read_rules(sec: Section, agent: AgentConfig) -> list[Rule]:
+    rules: list[Rule] = []
+    raw_rules = sec.list("rules")
+    for i, raw in enumerate(raw_rules):
+        r = Section(raw, f"{sec.key_path('rules')}[{i}]", sec.problems)
+        phrases_raw = r._get("phrases")
+        phrases: list[str] = []
+        if isinstance(phrases_raw, str):
+            phrases_raw = [phrases_raw]
+        if phrases_raw is not None:
+            if not isinstance(phrases_raw, list):
+                r.problem("phrases", "expected a list of phrases")
+            else:
+                for j, p in enumerate(phrases_raw):
+                    if not isinstance(p, str) or not p.strip():
+                        sec.problems.append(f"{r.key_path('phrases')}[{j}]: "
+                                            "expected a non-empty phrase")
+                    else:
+                        phrases.append(" ".join(p.lower().split()))
+        dtmf = r.str("dtmf", pattern=DTMF_DIGITS, expected="digits 0-9, *, #, A-D")
+        reply = r.str("reply")
+        action = _read_action(r, agent)
+        if not phrases and not dtmf:
+            sec.problems.append(f"{r.path}: a rule needs phrases or dtmf")
+        r.done()
+        rules.append(Rule(tuple(phrases), dtmf, reply, action))
+    return rules
+
+
+def _read_action(r: Section, agent: AgentConfig) -> RuleAction | None:
+    if not r.has("action"):
+        r.known.add("action")
+        return None
+    a = r.section("action")
+    chosen = [k for k in ("transfer", "hangup", "send_dtmf") if a.has(k)]
+    action: RuleAction | None = None
+    if len(chosen) != 1:
+        r.problem("action", "expected exactly one of transfer, hangup, send_dtmf")
+        a.known.update(("transfer", "hangup", "send_dtmf"))
+    elif chosen[0] == "transfer":
+        target = a.str("transfer")
+        if target not in agent.transfer_targets and not is_dial_target(target):
+            a.problem("transfer", "expected a name from agent.transfer_targets "
+                                  f"({', '.join(agent.transfer_targets) or 'none defined'}), "
+                                  f"an E.164 number or a sip: URI, got {target!r}")
+        action = RuleAction("transfer", target)
+    elif chosen[0] == "hangup":
+        if a.bool("hangup", True):
+            action = RuleAction("hangup")
+    else:
+        digits = a.str("send_dtmf", pattern=DTMF_SEND,
+                       expected="1-32 of 0-9, *, #, A-D, w, W")
+        action = RuleAction("send_dtmf", digits)
+    a.done()
+    return action
+
+
+def is_dial_target(target: str) -> bool:
+    """An E.164 number or a SIP URI."""
+    return bool(E164.fullmatch(target) or SIP_URI.fullmatch(target))
+
+
+__all__ = ["PROVIDERS", "read_backend", "is_dial_target", "E164", "SECRET_OPTIONS"]

@@ -1,0 +1,253 @@
+"""YAML file → :class:`Config`, with every problem reported at once."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+import yaml
+
+from ..ops.pricing import merge_pricing
+from .backends import E164, is_dial_target, read_backend
+from .model import (DEFAULT_SYSTEM_PROMPT, AdminConfig, AgentConfig, CarrierSettings, Config, LoggingConfig,
+                    RecordingConfig, ServerConfig, StoreConfig, TelnyxSettings, TwilioSettings)
+from .reader import Problems, Section, environ, expand_env
+
+TWILIO_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; ``problems`` lists each one as ``key.path: what was expected``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read, expand and validate the YAML file at ``path``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the file ({exc.strerror or exc})"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: the file is not UTF-8 text"]) from None
+    return parse_config(text, env, source=str(path))
+
+
+def parse_config(text: str, env: Mapping[str, str] | None = None, *,
+                 source: str = "<config>") -> Config:
+    """Validate YAML text."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"{source}: not valid YAML{where}: {problem}"]) from None
+    return build_config(raw, env)
+
+
+def build_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
+    """Validate an already-parsed YAML tree (a mapping)."""
+    env = environ() if env is None else env
+    problems = Problems()
+    if raw is None:
+        raw = {}
+    raw = expand_env(raw, "", problems, env)
+    root = Section(raw, "", problems)
+    server = _read_server(root.section("server"))
+    phone = root.str("phone_number", pattern=E164, expected="an E.164 number like +15550001234")
+    carrier = read_carrier(root.section("carrier"), env)
+    if isinstance(carrier, TwilioSettings) and carrier.configure_number and not phone:
+        problems.append("phone_number: required when carrier.configure_number is true "
+                        "(an E.164 number like +15550001234)")
+    agent = _read_agent(root.section("agent"))
+    stt = read_backend(root, "stt", agent, env)
+    llm = read_backend(root, "llm", agent, env)
+    tts = read_backend(root, "tts", agent, env)
+    vad = read_backend(root, "vad", agent, env)
+    rec = root.section("recording")
+    recording = RecordingConfig(rec.bool("enabled", False),
+                                rec.str("channels", "dual", choices=("mono", "dual")))  # type: ignore[arg-type]
+    rec.done()
+    st = root.section("store")
+    store = StoreConfig(st.str("url", "sqlite:///./patterd.db"))
+    if not re.match(r"(sqlite:///|postgres(ql)?://)", store.url):
+        st.problem("url", f"expected sqlite:///PATH or postgresql://…, got {mask_url(store.url)!r}")
+    st.done()
+    ad = root.section("admin")
+    admin = AdminConfig(ad.str("token") or env.get("PATTERD_ADMIN_TOKEN", ""))
+    if admin.token and len(admin.token) < 16:
+        ad.problem("token", "expected at least 16 characters (a random bearer token)")
+    ad.done()
+    lg = root.section("logging")
+    logging_cfg = LoggingConfig(
+        lg.str("level", "info", choices=("debug", "info", "warning", "error")),  # type: ignore[arg-type]
+        lg.str("format", "json", choices=("json", "console")))  # type: ignore[arg-type]
+    lg.done()
+    root.known.add("pricing")
+    pricing = merge_pricing(raw.get("pricing") if isinstance(raw, dict) else None,
+                            "pricing", problems)
+    root.done()
+    if problems:
+        raise ConfigError(_one_per_env_path(problems))
+    return Config(server=server, phone_number=phone, carrier=carrier, agent=agent, stt=stt,
+                  llm=llm, tts=tts, vad=vad, recording=recording, store=store, admin=admin,
+                  logging=logging_cfg, pricing=MappingProxyType(pricing))
+
+
+def _one_per_env_path(problems: list[str]) -> list[str]:
+    """Where a key's ``${VAR}`` is unset, that is the problem to report for the key."""
+    env_paths = {p.split(": ", 1)[0] for p in problems if ": environment variable " in p}
+    return [p for p in problems
+            if ": environment variable " in p or p.split(": ", 1)[0] not in env_paths]
+
+
+def _read_server(s: Section) -> ServerConfig:
+    public_url = s.str("public_url").rstrip("/")
+    if not public_url:
+        s.problem("public_url", "required (the https:// base URL the carrier reaches, "
+                                "e.g. https://voice.example.com)")
+    else:
+        problem = check_public_url(public_url)
+        if problem:
+            s.problem("public_url", problem)
+    cfg = ServerConfig(
+        public_url=public_url,
+        host=s.str("host", "0.0.0.0"),
+        port=s.int("port", 8000, minimum=0, maximum=65535),
+        max_calls=s.int("max_calls", 500, minimum=1),
+        drain_timeout=s.float("drain_timeout", 600.0, minimum=0),
+        max_body_bytes=s.int("max_body_bytes", 65536, minimum=1024, maximum=16 * 1024 * 1024),
+    )
+    s.done()
+    return cfg
+
+
+def check_public_url(url: str) -> str:
+    """Why ``url`` cannot be the public base URL, or ``""``."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        return f"expected an http(s):// URL, got {url!r} ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"expected an http(s):// URL with a host, got {url!r}"
+    if parts.query or parts.fragment:
+        return f"expected a base URL without query or fragment, got {url!r}"
+    return ""
+
+
+_TWILIO_KEYS = ("account_sid", "auth_token", "configure_number", "api_base_url")
+_TELNYX_KEYS = ("api_key", "connection_id", "public_key", "api_base_url", "require_signature")
+
+
+def read_carrier(c: Section, env: Mapping[str, str]) -> CarrierSettings:
+    """The ``carrier:`` section, credentials falling back to the environment."""
+    provider = c.str("provider", "twilio", choices=("twilio", "telnyx"))
+    carrier: CarrierSettings
+    if provider == "telnyx":
+        carrier = telnyx_settings(
+            api_key=c.str("api_key"), connection_id=c.str("connection_id"),
+            public_key=c.str("public_key"),
+            api_base_url=c.str("api_base_url", "https://api.telnyx.com/v2"),
+            require_signature=c.bool("require_signature", True), env=env,
+            problems=c.problems, path=c.path)
+        wrong = {k: "a twilio setting; this carrier is telnyx"
+                 for k in _TWILIO_KEYS if k not in _TELNYX_KEYS}
+    else:
+        carrier = twilio_settings(
+            account_sid=c.str("account_sid"), auth_token=c.str("auth_token"),
+            configure_number=c.bool("configure_number", True),
+            api_base_url=c.str("api_base_url", "https://api.twilio.com"), env=env,
+            problems=c.problems, path=c.path)
+        wrong = {k: "a telnyx setting; this carrier is twilio"
+                 for k in _TELNYX_KEYS if k not in _TWILIO_KEYS}
+    c.done(not_here=wrong)
+    return carrier
+
+
+def twilio_settings(*, account_sid: str = "", auth_token: str = "",
+                    configure_number: bool = True, api_base_url: str = "https://api.twilio.com",
+                    env: Mapping[str, str] | None = None, problems: list[str] | None = None,
+                    path: str = "carrier") -> TwilioSettings:
+    """Twilio settings with the environment fallback; problems are appended to ``problems``."""
+    env = environ() if env is None else env
+    out: list[str] = [] if problems is None else problems
+    sid = account_sid or env.get("TWILIO_ACCOUNT_SID", "")
+    token = auth_token or env.get("TWILIO_AUTH_TOKEN", "")
+    if not sid:
+        out.append(f"{path}.account_sid: required (or set TWILIO_ACCOUNT_SID)")
+    elif not TWILIO_SID.fullmatch(sid):
+        out.append(f"{path}.account_sid: expected AC followed by 32 hex digits, "
+                   f"got {sid[:6]!r}… ({len(sid)} characters)")
+    if not token:
+        out.append(f"{path}.auth_token: required (or set TWILIO_AUTH_TOKEN)")
+    _check_api_url(api_base_url, f"{path}.api_base_url", out)
+    if problems is None and out:
+        raise ConfigError(out)
+    return TwilioSettings(sid, token, configure_number, api_base_url.rstrip("/"))
+
+
+def telnyx_settings(*, api_key: str = "", connection_id: str = "", public_key: str = "",
+                    api_base_url: str = "https://api.telnyx.com/v2",
+                    require_signature: bool = True, env: Mapping[str, str] | None = None,
+                    problems: list[str] | None = None, path: str = "carrier") -> TelnyxSettings:
+    """Telnyx settings with the environment fallback; the public key is checked by decoding it."""
+    from ..carriers.telnyx.signature import KeyFormatError, load_public_key
+
+    env = environ() if env is None else env
+    out: list[str] = [] if problems is None else problems
+    key = api_key or env.get("TELNYX_API_KEY", "")
+    conn = connection_id or env.get("TELNYX_CONNECTION_ID", "")
+    pub = public_key or env.get("TELNYX_PUBLIC_KEY", "")
+    if not key:
+        out.append(f"{path}.api_key: required (or set TELNYX_API_KEY)")
+    if require_signature and not pub:
+        out.append(f"{path}.public_key: required (or set TELNYX_PUBLIC_KEY): the base64 "
+                   "Ed25519 key from the Telnyx portal, used to verify webhooks")
+    elif pub:
+        try:
+            load_public_key(pub)
+        except KeyFormatError as exc:
+            out.append(f"{path}.public_key: {exc}")
+    _check_api_url(api_base_url, f"{path}.api_base_url", out)
+    if problems is None and out:
+        raise ConfigError(out)
+    return TelnyxSettings(key, conn, pub, api_base_url.rstrip("/"), require_signature)
+
+
+def _check_api_url(url: str, path: str, out: list[str]) -> None:
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
+        out.append(f"{path}: expected an http(s):// URL, got {url!r}")
+
+
+def _read_agent(a: Section) -> AgentConfig:
+    targets = a.str_map("transfer_targets", expected="an E.164 number or a sip: URI")
+    for name, target in targets.items():
+        if not is_dial_target(target):
+            a.problems.append(f"{a.key_path('transfer_targets')}.{name}: expected an E.164 "
+                              f"number or a sip: URI, got {target!r}")
+    cfg = AgentConfig(
+        first_message=a.str("first_message", "Thanks for calling."),
+        system_prompt=a.str("system_prompt", DEFAULT_SYSTEM_PROMPT),
+        language=a.str("language", "en-US", pattern=re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*"),
+                       expected="a language tag like en-US"),
+        voicemail_message=a.str("voicemail_message"),
+        transfer_targets=MappingProxyType(targets),
+        max_call_seconds=a.float("max_call_seconds", 3600.0, minimum=1),
+        barge_in=a.bool("barge_in", True),
+        silence_timeout=a.float("silence_timeout", 30.0, minimum=1),
+        variables=MappingProxyType(a.str_map("variables")),
+    )
+    a.done()
+    return cfg
+
+
+def mask_url(url: str) -> str:
+    """A URL with any password replaced by ``***``."""
+    return re.sub(r"(://[^:/@\s]*:)[^@/\s]*@", r"\1***@", url)

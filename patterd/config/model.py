@@ -1,0 +1,148 @@
+"""The typed, frozen configuration objects. Nothing else in patterd reads raw YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, Mapping
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+DEFAULT_SYSTEM_PROMPT = "You are a helpful phone assistant. Keep answers short."
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """``server:`` — where the daemon listens and how the carrier reaches it."""
+
+    public_url: str
+    host: str = "0.0.0.0"
+    port: int = 8000
+    max_calls: int = 500
+    drain_timeout: float = 600.0
+    max_body_bytes: int = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class TwilioSettings:
+    """``carrier:`` with ``provider: twilio``; credentials already resolved from the environment."""
+
+    account_sid: str
+    auth_token: str
+    configure_number: bool = True
+    api_base_url: str = "https://api.twilio.com"
+    provider: Literal["twilio"] = "twilio"
+
+
+@dataclass(frozen=True, slots=True)
+class TelnyxSettings:
+    """``carrier:`` with ``provider: telnyx``; credentials already resolved from the environment."""
+
+    api_key: str
+    connection_id: str = ""
+    public_key: str = ""
+    api_base_url: str = "https://api.telnyx.com/v2"
+    require_signature: bool = True
+    provider: Literal["telnyx"] = "telnyx"
+
+
+CarrierSettings = TwilioSettings | TelnyxSettings
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """``agent:`` — what the voice agent says and may do."""
+
+    first_message: str = "Thanks for calling."
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    language: str = "en-US"
+    voicemail_message: str = ""
+    transfer_targets: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    max_call_seconds: float = 3600.0
+    barge_in: bool = True
+    silence_timeout: float = 30.0
+    variables: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleAction:
+    """What a matching rule does besides replying."""
+
+    kind: Literal["transfer", "hangup", "send_dtmf"]
+    value: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One rule of the offline ``rules`` agent."""
+
+    phrases: tuple[str, ...] = ()
+    dtmf: str = ""
+    reply: str = ""
+    action: RuleAction | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """``stt:``, ``llm:``, ``tts:`` or ``vad:`` — one provider and its settings.
+
+    ``api_key`` is already resolved from the provider's usual environment variable. Settings a
+    provider has beyond the common ones live in ``options``.
+    """
+
+    provider: str
+    api_key: str = ""
+    model: str = ""
+    voice: str = ""
+    base_url: str = ""
+    options: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    rules: tuple[Rule, ...] = ()
+    fallback: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingConfig:
+    """``recording:``."""
+
+    enabled: bool = False
+    channels: Literal["mono", "dual"] = "dual"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """``store:`` — where call records live."""
+
+    url: str = "sqlite:///./patterd.db"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """``admin:`` — the bearer token of the /v1 API; empty means the admin API is off."""
+
+    token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    """``logging:``."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole file, validated."""
+
+    server: ServerConfig
+    phone_number: str
+    carrier: CarrierSettings
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    stt: BackendConfig = field(default_factory=lambda: BackendConfig("pocketsphinx"))
+    llm: BackendConfig = field(default_factory=lambda: BackendConfig("rules"))
+    tts: BackendConfig = field(default_factory=lambda: BackendConfig("espeak"))
+    vad: BackendConfig = field(default_factory=lambda: BackendConfig("silero"))
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    pricing: Mapping[str, Any] = field(default_factory=lambda: EMPTY)

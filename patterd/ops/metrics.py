@@ -1,0 +1,54 @@
+"""Every Prometheus family of contract §6, registered from the start on one registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+disable_created_metrics()  # the *_created series only double the exposition size
+
+# Telephony latencies: 10 ms … 10 s.
+LATENCY_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+DURATION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+TURN_STAGES = ("endpointing", "stt", "llm_first_token", "tts_first_byte", "response")
+
+
+class Metrics:
+    """The daemon's metric families (one instance per app, so tests stay independent)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.calls_active = Gauge("patterd_calls_active", "Calls in progress", registry=r)
+        self.calls_total = Counter("patterd_calls", "Calls ended, by direction and outcome",
+                                   ["direction", "outcome"], registry=r)
+        self.webhook_requests = Counter("patterd_webhook_requests", "Carrier webhook requests",
+                                        ["carrier", "endpoint", "code"], registry=r)
+        self.signature_failures = Counter("patterd_webhook_signature_failures",
+                                          "Webhook or media requests with a bad signature",
+                                          ["carrier"], registry=r)
+        self.media_frames = Counter("patterd_media_frames", "Media frames by direction",
+                                    ["direction"], registry=r)
+        self.turn_latency = Histogram("patterd_turn_latency_seconds",
+                                      "Per-turn latency by stage", ["stage"],
+                                      buckets=LATENCY_BUCKETS, registry=r)
+        self.barge_ins = Counter("patterd_barge_ins", "Caller interruptions of the agent",
+                                 registry=r)
+        self.backend_errors = Counter("patterd_backend_errors", "Backend failures",
+                                      ["backend", "provider"], registry=r)
+        self.call_cost = Counter("patterd_call_cost_usd", "Estimated call cost in USD",
+                                 ["component"], registry=r)
+        self.call_duration = Histogram("patterd_call_duration_seconds", "Call duration",
+                                       ["direction"], buckets=DURATION_BUCKETS, registry=r)
+        # Children that always exist, so dashboards see zeros rather than gaps.
+        for direction in ("rx", "tx"):
+            self.media_frames.labels(direction)
+        for component in ("carrier", "stt", "llm", "tts"):
+            self.call_cost.labels(component)
+        for carrier in ("twilio", "telnyx"):
+            self.signature_failures.labels(carrier)
+        self.frames_rx = self.media_frames.labels("rx")
+        self.frames_tx = self.media_frames.labels("tx")
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text exposition and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,121 @@
+"""Running the daemon: listen, tell systemd, drain on SIGTERM/SIGINT, reload on SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from pathlib import Path
+
+from aiohttp import web
+
+from .app import build_app
+from .carriers.base import Carrier
+from .config import Config, ConfigError, load_config
+from .gateway import GATEWAY, Gateway
+from .ops.logging import get_logger
+
+log = get_logger("patterd.server")
+
+
+def sd_notify(message: str) -> bool:
+    """Send ``message`` to systemd's ``NOTIFY_SOCKET`` when there is one."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        return True
+    except OSError as exc:
+        log.warning("sd_notify_failed", error=str(exc))
+        return False
+
+
+async def serve(config: Config, carrier: Carrier, *, config_path: str | Path | None = None
+                ) -> None:
+    """Serve until SIGTERM/SIGINT, then drain and return (exit 0)."""
+    gw = Gateway(config=config)
+    app = build_app(config, carrier, gateway=gw)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
+    await site.start()
+    log.info("listening", host=config.server.host, port=config.server.port,
+             public_url=config.server.public_url, carrier=carrier.name,
+             phone_number=config.phone_number)
+    sd_notify("READY=1\nSTATUS=accepting calls")
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(gw, Path(config_path)))
+    watchdog = _start_watchdog(gw)
+    try:
+        await stop.wait()
+        await drain(gw)
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+        log.info("stopped")
+
+
+async def drain(gw: Gateway) -> None:
+    """Stop taking calls (``/readyz`` 503) and wait for live media sessions, up to
+    ``server.drain_timeout``."""
+    gw.draining = True
+    sd_notify("STOPPING=1\nSTATUS=draining")
+    deadline = asyncio.get_running_loop().time() + gw.config.server.drain_timeout
+    log.info("draining", live_sessions=len(gw.sessions),
+             timeout=gw.config.server.drain_timeout)
+    while gw.sessions and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.2)
+    if gw.sessions:
+        log.warning("drain_timeout", live_sessions=len(gw.sessions))
+
+
+def _reload(gw: Gateway, path: Path) -> None:
+    """Apply the agent and backend sections of a re-read file to new calls."""
+    try:
+        new = load_config(path)
+    except ConfigError as exc:
+        log.error("reload_rejected", path=str(path), problems=exc.problems,
+                  detail="keeping the running configuration")
+        return
+    old = gw.config
+    if new.server != old.server or new.carrier != old.carrier \
+            or new.phone_number != old.phone_number:
+        log.warning("reload_partial", detail="server, carrier and phone_number changes "
+                                             "need a restart; applying the other sections")
+        from dataclasses import replace
+        new = replace(new, server=old.server, carrier=old.carrier,
+                      phone_number=old.phone_number)
+    gw.config = new
+    log.info("reloaded", path=str(path))
+
+
+def _start_watchdog(gw: Gateway) -> asyncio.Task[None] | None:
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    if not usec.isdigit() or not os.environ.get("NOTIFY_SOCKET"):
+        return None
+    interval = int(usec) / 2e6
+
+    async def ping() -> None:
+        while True:
+            sd_notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    return gw.spawn(ping(), name="watchdog")
+
+
+__all__ = ["serve", "drain", "sd_notify", "GATEWAY"]

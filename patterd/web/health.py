@@ -1,0 +1,36 @@
+"""``/healthz``, ``/readyz`` and ``/metrics``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..gateway import GATEWAY
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 while the process serves."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when accepting calls; 503 while starting or draining."""
+    gw = request.app[GATEWAY]
+    if gw.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    if not gw.ready:
+        return web.json_response({"status": "starting"}, status=503)
+    return web.json_response({"status": "ready", "calls": gw.registry.live_count()})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    gw = request.app[GATEWAY]
+    gw.metrics.calls_active.set(gw.registry.live_count())
+    body, ctype = gw.metrics.exposition()
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = ctype
+    return resp
+
+
+ROUTES = [web.get("/healthz", healthz), web.get("/readyz", readyz),
+          web.get("/metrics", metrics)]
