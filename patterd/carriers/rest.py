@@ -48,11 +48,10 @@ class RestClient:
     """One carrier's REST endpoint."""
 
     def __init__(self, session: SessionSource, base_url: str, *,
-                 auth: aiohttp.BasicAuth | None = None, headers: Mapping[str, str] | None = None,
+                 headers: Mapping[str, str] | None = None,
                  attempts: int = 3, backoff: float = 0.25, timeout: float = 10.0) -> None:
         self._session = session
         self.base_url = base_url.rstrip("/")
-        self._auth = auth
         self._headers = dict(headers or {})
         self._attempts = max(1, attempts)
         self._backoff = backoff
@@ -74,7 +73,7 @@ class RestClient:
             try:
                 async with session.request(
                         method, url, data=_form(form) if form is not None else None,
-                        json=json_body, params=params, auth=self._auth,
+                        json=json_body, params=params,
                         headers=self._headers, timeout=self._timeout) as resp:
                     raw = await resp.read()
                     body = _decode(raw)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 from urllib.parse import quote
-
-import aiohttp
 
 from ...config import TwilioSettings
 from ..rest import RestClient, RestError, RestResponse, SessionSource
 
 ALREADY_ENDED = 20404
+
+
+def basic_auth(user: str, password: str) -> str:
+    """An HTTP Basic ``Authorization`` value."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 class TwilioRest:
@@ -19,7 +23,7 @@ class TwilioRest:
     def __init__(self, session: SessionSource, settings: TwilioSettings) -> None:
         self._client = RestClient(
             session, f"{settings.api_base_url}/2010-04-01/Accounts/{settings.account_sid}",
-            auth=aiohttp.BasicAuth(settings.account_sid, settings.auth_token))
+            headers={"Authorization": basic_auth(settings.account_sid, settings.auth_token)})
 
     async def find_number(self, phone_number: str) -> dict[str, Any] | None:
         """The IncomingPhoneNumber resource for ``phone_number``, or None."""

@@ -1,0 +1,108 @@
+"""Shared fixtures: configs, the daemon app on a real 127.0.0.1 socket, fake carrier APIs."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from patterd.app import build_app
+from patterd.config import Config, build_config
+from patterd.gateway import GATEWAY, Gateway
+from patterd.patter import carrier_for
+from tests.support.fake_carriers import FakeTelnyx, FakeTwilio
+from tests.support.signing import PUBLIC_URL, TWILIO_SID, TWILIO_TOKEN, TelnyxSigner
+
+PHONE = "+15550001234"
+TELNYX_KEY = "KEY0123456789ABCDEF"
+
+
+def twilio_raw(**sections: Any) -> dict[str, Any]:
+    """A minimal valid Twilio config as a YAML-shaped dict, with overrides merged in."""
+    raw: dict[str, Any] = {
+        "server": {"public_url": PUBLIC_URL},
+        "phone_number": PHONE,
+        "carrier": {"provider": "twilio", "account_sid": TWILIO_SID,
+                    "auth_token": TWILIO_TOKEN, "configure_number": False},
+    }
+    return _merge(raw, sections)
+
+
+def telnyx_raw(public_key: str, **sections: Any) -> dict[str, Any]:
+    """A minimal valid Telnyx config."""
+    raw: dict[str, Any] = {
+        "server": {"public_url": PUBLIC_URL},
+        "phone_number": PHONE,
+        "carrier": {"provider": "telnyx", "api_key": TELNYX_KEY, "public_key": public_key,
+                    "connection_id": "2811212257810187875"},
+    }
+    return _merge(raw, sections)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture
+def telnyx_signer() -> TelnyxSigner:
+    """A fresh Ed25519 key standing in for Telnyx's."""
+    return TelnyxSigner()
+
+
+@pytest.fixture
+async def fake_twilio() -> AsyncIterator[tuple[FakeTwilio, str]]:
+    """The fake Twilio API on 127.0.0.1 and its base URL."""
+    fake = FakeTwilio(TWILIO_SID, TWILIO_TOKEN, [PHONE])
+    server = TestServer(fake.app(), host="127.0.0.1")
+    await server.start_server()
+    yield fake, str(server.make_url("")).rstrip("/")
+    await server.close()
+
+
+@pytest.fixture
+async def fake_telnyx() -> AsyncIterator[tuple[FakeTelnyx, str]]:
+    """The fake Telnyx API on 127.0.0.1 and its ``…/v2`` base URL."""
+    fake = FakeTelnyx(TELNYX_KEY)
+    server = TestServer(fake.app(), host="127.0.0.1")
+    await server.start_server()
+    yield fake, str(server.make_url("/v2"))
+    await server.close()
+
+
+DaemonFactory = Callable[[Config], Any]
+
+
+@pytest.fixture
+async def daemon() -> AsyncIterator[DaemonFactory]:
+    """Start the daemon's app for a config on a real 127.0.0.1 socket; returns a client."""
+    clients: list[TestClient] = []
+
+    async def start(cfg: Config) -> TestClient:
+        app = build_app(cfg, carrier_for(cfg.carrier))
+        client = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+def gateway_of(client: TestClient) -> Gateway:
+    """The gateway state behind a started daemon."""
+    return client.server.app[GATEWAY]
+
+
+def config(raw: dict[str, Any]) -> Config:
+    """Validate a raw config with an empty environment."""
+    return build_config(raw, env={})

@@ -1,0 +1,180 @@
+"""The ``patterd`` command as users run it: check, version, serve, signals, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import twilio_raw
+from tests.support.signing import TWILIO_TOKEN
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def patterd(*args: str, env: dict[str, str] | None = None, timeout: float = 30
+            ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "patterd", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, **(env or {})})
+
+
+def write_config(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "patter.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_version() -> None:
+    out = patterd("version")
+    assert out.returncode == 0 and out.stdout.strip() == "patterd 0.1.0"
+
+
+def test_check_prints_effective_config_with_secrets_masked(tmp_path: Path) -> None:
+    path = write_config(tmp_path, twilio_raw(admin={"token": "admin-token-0123456789"}))
+    out = patterd("check", "--config", str(path))
+    assert out.returncode == 0, out.stderr
+    shown = yaml.safe_load(out.stdout)
+    assert shown["carrier"]["auth_token"] == "********"
+    assert shown["admin"]["token"] == "********"
+    assert shown["server"]["port"] == 8000
+    assert TWILIO_TOKEN not in out.stdout and "admin-token" not in out.stdout
+
+
+def test_shipped_configs_are_valid() -> None:
+    assert patterd("check", "--config", "config/patter.yaml").returncode == 0
+    env = {"PATTERD_PUBLIC_URL": "https://x.example.com", "PATTERD_PHONE_NUMBER": "+15550001234",
+           "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "t",
+           "TELNYX_API_KEY": "k", "TELNYX_CONNECTION_ID": "1",
+           "TELNYX_PUBLIC_KEY": "Ci5Tdzd6n5C6Iu2YvHCnEHh0rjvOrvGw5hQpJ5Sv8Bg="}
+    for name in ("twilio", "telnyx"):
+        out = patterd("check", "--config", f"config/examples/{name}.yaml", env=env)
+        assert out.returncode == 0, out.stderr
+
+
+def test_bad_file_exits_2_with_every_problem_and_no_traceback(tmp_path: Path) -> None:
+    raw = twilio_raw(server={"port": "x"}, agent={"barg_in": True})
+    raw["carrier"] = {"provider": "twilio"}
+    path = write_config(tmp_path, raw)
+    out = patterd("check", "--config", str(path), env={"TWILIO_ACCOUNT_SID": "",
+                                                        "TWILIO_AUTH_TOKEN": ""})
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    for line in ("server.port: expected an integer, got 'x'",
+                 "agent.barg_in: unknown key (did you mean 'barge_in'?)",
+                 "carrier.account_sid: required (or set TWILIO_ACCOUNT_SID)",
+                 "carrier.auth_token: required (or set TWILIO_AUTH_TOKEN)"):
+        assert line in out.stderr
+    # Serving a bad file is refused the same way.
+    assert patterd("--config", str(path)).returncode == 2
+
+
+def test_missing_file_and_usage_errors_exit_2(tmp_path: Path) -> None:
+    out = patterd("check", "--config", str(tmp_path / "nope.yaml"))
+    assert out.returncode == 2 and "cannot read the file" in out.stderr
+    assert patterd("check", env={"PATTERD_CONFIG": ""}).returncode == 2
+    assert patterd("frobnicate").returncode == 2
+
+
+def _serve(tmp_path: Path, env: dict[str, str] | None = None, **sections  # type: ignore[no-untyped-def]
+           ) -> tuple[subprocess.Popen[str], int, Path]:
+    port = free_port()
+    raw = twilio_raw(server={"host": "127.0.0.1", "port": port, "drain_timeout": 5},
+                     logging={"level": "info"}, **sections)
+    path = write_config(tmp_path, raw)
+    proc = subprocess.Popen([sys.executable, "-m", "patterd"], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PATTERD_CONFIG": str(path),
+                                 **(env or {})})
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"daemon did not start: {proc.stderr.read()}")
+        time.sleep(0.05)
+    return proc, port, path
+
+
+def test_serve_then_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
+    proc, port, _ = _serve(tmp_path)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as r:
+        assert b"patterd_calls_active" in r.read()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
+    assert events[0] == "listening" and "draining" in events and events[-1] == "stopped"
+
+
+def test_sighup_reload_good_and_bad(tmp_path: Path) -> None:
+    proc, _, path = _serve(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["agent"] = {"first_message": "Reloaded hello"}
+    path.write_text(yaml.safe_dump(raw))
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    path.write_text("server: [oops")
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    names = [e["event"] for e in events]
+    assert "reloaded" in names and "reload_rejected" in names
+    assert names.index("reloaded") < names.index("reload_rejected")
+
+
+def test_systemd_notify_ready_and_stopping(tmp_path: Path) -> None:
+    sock_path = os.path.join(tempfile.mkdtemp(), "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(10)
+    try:
+        proc, _, _ = _serve(tmp_path, env={"NOTIFY_SOCKET": sock_path})
+        assert sock.recv(1024).startswith(b"READY=1")
+        proc.send_signal(signal.SIGTERM)
+        assert sock.recv(1024).startswith(b"STOPPING=1")
+        proc.communicate(timeout=15)
+        assert proc.returncode == 0
+    finally:
+        sock.close()
+
+
+def test_port_in_use_is_a_runtime_failure(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = write_config(tmp_path, twilio_raw(server={"host": "127.0.0.1", "port": port}))
+        out = patterd("--config", str(path))
+    assert out.returncode == 1 and "startup_failed" in out.stderr
+
+
+@pytest.mark.parametrize("cmd", [["serve", "--config"], ["--config"]])
+def test_serve_spellings(tmp_path: Path, cmd: list[str]) -> None:
+    path = write_config(tmp_path, twilio_raw(server={"port": "bad"}))
+    out = patterd(*cmd, str(path))
+    assert out.returncode == 2 and "server.port" in out.stderr

@@ -1,0 +1,155 @@
+"""Signature checks against the carriers' reference code (twilio-python, PyNaCl)."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import pytest
+from nacl.signing import SigningKey
+from twilio.request_validator import RequestValidator
+
+from patterd.carriers.telnyx.signature import (KeyFormatError, SignatureVerifier as TelnyxVerifier,
+                                               load_public_key)
+from patterd.carriers.telnyx.stream_token import StreamTokens
+from patterd.carriers.twilio.signature import (SignatureVerifier, compute_signature,
+                                               url_variants)
+
+
+def test_twilio_reference_vector() -> None:
+    # The documented vector (recomputed in shared/reference/twilio.md).
+    params = [("CallSid", "CA1234567890ABCDE"), ("Caller", "+12349013030"),
+              ("Digits", "1234"), ("From", "+12349013030"), ("To", "+18005551212")]
+    sig = compute_signature(b"12345", "https://mycompany.com/myapp.php?foo=1&bar=2", params)
+    assert sig == b"0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+
+
+@pytest.mark.parametrize("params", [
+    {"CallSid": "CA1", "From": "+15551234567", "Empty": ""},
+    {"Ünïcode": "välue ✓", "a": "1", "B": "2"},
+    {},
+])
+def test_twilio_matches_official_validator(params: dict[str, str]) -> None:
+    url = "https://gw.example.com/webhooks/twilio/voice?x=1&y=%20z"
+    expected = RequestValidator("tok").compute_signature(url, params)
+    ours = compute_signature(b"tok", url, list(params.items()))
+    assert ours.decode() == expected
+
+
+def test_twilio_repeated_keys_match_official_validator() -> None:
+    items = [("StatusCallbackEvent", "ringing"), ("StatusCallbackEvent", "answered"),
+             ("A", "1"), ("StatusCallbackEvent", "answered")]
+
+    class Multi(dict):
+        def getall(self, key: str) -> list[str]:
+            return [v for k, v in items if k == key]
+
+    url = "https://gw.example.com/cb"
+    expected = RequestValidator("tok").compute_signature(url, Multi({k: v for k, v in items}))
+    assert compute_signature(b"tok", url, items).decode() == expected
+
+
+def test_url_variants_add_and_remove_default_port() -> None:
+    assert url_variants("https://a.example.com/p?q=1") == (
+        "https://a.example.com/p?q=1", "https://a.example.com:443/p?q=1")
+    assert url_variants("http://a.example.com:80/p") == ("http://a.example.com/p",
+                                                         "http://a.example.com:80/p")
+    assert url_variants("wss://a.example.com/m")[1] == "wss://a.example.com:443/m"
+
+
+def test_verifier_accepts_url_with_or_without_default_port() -> None:
+    v = SignatureVerifier("tok", "https://gw.example.com")
+    params = [("CallSid", "CA1")]
+    for signed in ("https://gw.example.com/hook?a=b", "https://gw.example.com:443/hook?a=b"):
+        sig = RequestValidator("tok").compute_signature(signed, dict(params))
+        assert v.verify("/hook?a=b", params, sig)
+    assert not v.verify("/hook?a=c", params,
+                        RequestValidator("tok").compute_signature(
+                            "https://gw.example.com/hook?a=b", dict(params)))
+
+
+def test_verifier_uses_public_url_prefix_once() -> None:
+    v = SignatureVerifier("tok", "https://gw.example.com/voice/")
+    url = "https://gw.example.com/voice/webhooks/twilio/status"
+    sig = RequestValidator("tok").compute_signature(url, {})
+    assert v.verify("/webhooks/twilio/status", [], sig)          # proxy stripped the prefix
+    assert v.verify("/voice/webhooks/twilio/status", [], sig)    # proxy kept it
+
+
+def test_verifier_rejects_wrong_token_tampering_and_empty() -> None:
+    v = SignatureVerifier("tok", "https://gw.example.com")
+    sig = RequestValidator("other").compute_signature("https://gw.example.com/h", {"a": "1"})
+    assert not v.verify("/h", [("a", "1")], sig)
+    good = RequestValidator("tok").compute_signature("https://gw.example.com/h", {"a": "1"})
+    assert v.verify("/h", [("a", "1")], good)
+    assert not v.verify("/h", [("a", "2")], good)
+    assert not v.verify("/h", [("a", "1"), ("b", "")], good)
+    assert not v.verify("/h", [("a", "1")], "")
+    assert not v.verify("/h", [("a", "1")], "ünicode-garbage")
+
+
+# -- Telnyx ------------------------------------------------------------------------------------
+
+def _pair() -> tuple[SigningKey, bytes]:
+    key = SigningKey.generate()
+    return key, bytes(key.verify_key)
+
+
+def _sign(key: SigningKey, ts: int, body: bytes) -> str:
+    return base64.b64encode(key.sign(str(ts).encode() + b"|" + body).signature).decode()
+
+
+def test_telnyx_key_formats_raw_spki_pem() -> None:
+    _, raw = _pair()
+    spki = bytes.fromhex("302a300506032b6570032100") + raw
+    pem = ("-----BEGIN PUBLIC KEY-----\n" + base64.b64encode(spki).decode()
+           + "\n-----END PUBLIC KEY-----\n")
+    for text in (base64.b64encode(raw).decode(), base64.b64encode(spki).decode(), pem):
+        assert bytes(load_public_key(text)) == raw
+
+
+@pytest.mark.parametrize("text", ["not base64!!", base64.b64encode(b"x" * 31).decode(),
+                                  base64.b64encode(b"\x30" * 44).decode()])
+def test_telnyx_bad_keys_are_refused(text: str) -> None:
+    with pytest.raises(KeyFormatError):
+        load_public_key(text)
+
+
+def test_telnyx_signature_verifies_raw_body_and_window() -> None:
+    key, raw = _pair()
+    now = 1_800_000_000
+    v = TelnyxVerifier(base64.b64encode(raw).decode(), clock=lambda: now)
+    body = b'{"data": {"id": "1"}}'
+    assert v.check(body, _sign(key, now, body), str(now)) == ""
+    # Re-serialised JSON (different bytes) must not verify.
+    assert v.check(b'{"data":{"id":"1"}}', _sign(key, now, body), str(now)) != ""
+    assert v.check(body, _sign(key, now - 301, body), str(now - 301)) != ""
+    assert v.check(body, _sign(key, now + 301, body), str(now + 301)) != ""
+    assert v.check(body, _sign(key, now - 299, body), str(now - 299)) == ""
+    assert v.check(body, _sign(key, now, body), "") != ""
+    assert v.check(body, "", str(now)) != ""
+    assert v.check(body, _sign(key, now, body), "12.5") != ""
+
+
+def test_telnyx_accepts_any_of_several_signatures() -> None:
+    key, raw = _pair()
+    other, _ = _pair()
+    now = int(time.time())
+    v = TelnyxVerifier(base64.b64encode(raw).decode())
+    body = b"{}"
+    header = f"{_sign(other, now, body)},{_sign(key, now, body)}"
+    assert v.check(body, header, str(now)) == ""
+    assert v.check(body, f"{_sign(other, now, body)},garbage", str(now)) != ""
+
+
+def test_stream_tokens_round_trip_and_refuse_forgeries() -> None:
+    tokens = StreamTokens("KEY1")
+    token = tokens.mint("v3:abc-123", now=1000)
+    assert tokens.verify(token, now=1010) == "v3:abc-123"
+    assert StreamTokens("KEY2").verify(token, now=1010) is None      # other key
+    assert tokens.verify(token, now=1000 + 25 * 3600) is None         # expired
+    payload, tag = token.split(".")
+    forged = StreamTokens("KEY1").mint("v3:other", now=1000).split(".")[0] + "." + tag
+    assert tokens.verify(forged, now=1010) is None
+    for junk in ("", ".", "a.b", "!!!.???", token + "x"):
+        assert tokens.verify(junk, now=1010) is None
