@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the system packages patterd needs that are missing, using apt-get when available
+# (as root, or through sudo). "runtime": Python with venv. "test": also Node.js + npm (the
+# OpenAPI request-validating mock server).
+set -euo pipefail
+want=()
+python3 -c 'import venv, ensurepip' 2>/dev/null || want+=(python3-venv)
+command -v gcc >/dev/null 2>&1 || want+=(gcc)
+if [ "${1:-runtime}" = "test" ]; then
+  command -v node >/dev/null 2>&1 || want+=(nodejs)
+  command -v npm >/dev/null 2>&1 || want+=(npm)
+fi
+[ ${#want[@]} -eq 0 ] && exit 0
+echo "patterd: installing system packages: ${want[*]}" >&2
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "patterd: please install these packages with your system's package manager: ${want[*]}" >&2
+  exit 1
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${want[@]}"
