@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -18,10 +19,13 @@ from .web import health
 log = get_logger("patterd.app")
 
 
-def build_app(config: Config, carrier: Carrier, *, gateway: Gateway | None = None
-              ) -> web.Application:
-    """An application serving ``carrier``'s webhooks and the health/metrics routes."""
+def build_app(config: Config, carrier: Carrier, *, gateway: Gateway | None = None,
+              backends: Any = None) -> web.Application:
+    """An application serving ``carrier``'s webhooks and media streams and the
+    health/metrics routes. ``backends`` (a :class:`~patterd.call.backends.Backends`) replaces
+    the providers the config names (tests, benchmarks, embedding)."""
     gw = gateway or Gateway(config=config)
+    gw.backends = backends
     # The webhook handlers read bodies themselves with their own limit; this is the backstop.
     app = web.Application(client_max_size=config.server.max_body_bytes,
                           middlewares=[_json_errors])
@@ -35,6 +39,10 @@ def build_app(config: Config, carrier: Carrier, *, gateway: Gateway | None = Non
 def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         gw = app[GATEWAY]
+        owned = gw.backends is None
+        if owned:  # load models first: a failure here stops start-up cleanly
+            from .call.backends import Backends
+            gw.backends = await Backends.from_config(gw.config)
         gw.http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=15),
             connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
@@ -43,6 +51,10 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
         gw.spawn(carrier.on_startup(gw), name="carrier-startup")
         yield
         gw.ready = False
+        for session in list(gw.sessions):
+            await session.close()
+        if owned and gw.backends is not None:
+            await gw.backends.close()
         for task in list(gw.tasks):
             task.cancel()
         if gw.tasks:

@@ -87,8 +87,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     phone.config_path = __import__("pathlib").Path(path)
     try:
         run_async(phone.serve())
-    except OSError as exc:
-        get_logger("patterd").error("startup_failed", error=str(exc))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - a runtime failure: one clear line, exit 1
+        get_logger("patterd").error("startup_failed", error=f"{type(exc).__name__}: {exc}")
         return EXIT_RUNTIME
     return EXIT_OK
 

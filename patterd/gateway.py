@@ -31,6 +31,7 @@ class Gateway:
     ready: bool = False
     draining: bool = False
     sessions: set[Any] = field(default_factory=set)   # live media sessions of this process
+    backends: Any = None                              # call.backends.Backends, at start-up
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -54,6 +55,15 @@ class Gateway:
         if not task.cancelled() and task.exception() is not None:
             log.error("background_task_failed", task=task.get_name(),
                       error=repr(task.exception()))
+
+    def record_call_end(self, session: Any, outcome: str) -> None:
+        """A media session ended: store its transcript and count the call once."""
+        rec = self.registry.ensure(session.call_id, session.carrier)
+        rec.transcript = [line.as_dict() for line in session.transcript]
+        rec.turns = list(session.turn_latencies)
+        if self.registry.finish(session.call_id, session.carrier, outcome):
+            self.metrics.calls_total.labels(rec.direction, outcome).inc()
+            self.metrics.call_duration.labels(rec.direction).observe(session.duration)
 
     def session(self) -> aiohttp.ClientSession:
         """The shared outbound HTTP session (created at start-up)."""

@@ -32,6 +32,8 @@ class CallRecord:
     outcome: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    transcript: list[dict[str, Any]] = field(default_factory=list)
+    turns: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def live(self) -> bool:
@@ -97,6 +99,14 @@ class CallRegistry:
         rec = self._calls.get(call_id)
         if rec is not None and rec.ended_at is None:
             self._close(rec, outcome, time.time())
+
+    def finish(self, call_id: str, carrier: str, outcome: str) -> bool:
+        """End the call with ``outcome``; True only the first time (count it then)."""
+        rec = self.ensure(call_id, carrier)
+        if rec.ended_at is not None:
+            return False
+        self._close(rec, outcome, time.time())
+        return True
 
     def live_count(self) -> int:
         """Calls not ended and younger than ``max_call_seconds`` (stale ones are closed)."""

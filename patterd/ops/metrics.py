@@ -28,6 +28,9 @@ class Metrics:
                                           ["carrier"], registry=r)
         self.media_frames = Counter("patterd_media_frames", "Media frames by direction",
                                     ["direction"], registry=r)
+        self.media_invalid = Counter("patterd_media_frames_invalid",
+                                     "Media frames that were malformed or unknown (ignored)",
+                                     registry=r)
         self.turn_latency = Histogram("patterd_turn_latency_seconds",
                                       "Per-turn latency by stage", ["stage"],
                                       buckets=LATENCY_BUCKETS, registry=r)

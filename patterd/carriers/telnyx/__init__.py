@@ -51,8 +51,11 @@ class Carrier:
             log.warning("telnyx_signature_check_disabled",
                         detail="carrier.require_signature is false: ANYONE can post call "
                                "events to this daemon. Use only for local experiments.")
-        return make_routes(gw, verifier, TelnyxRest(gw.session, self.settings),
-                           StreamTokens(self.settings.api_key))
+        from .media_route import media_route
+
+        tokens = StreamTokens(self.settings.api_key)
+        return [*make_routes(gw, verifier, TelnyxRest(gw.session, self.settings), tokens),
+                media_route(gw, self.settings, tokens)]
 
     async def on_startup(self, gw: Gateway) -> None:
         """Nothing to configure: the Call Control App's webhook URL is set in the portal."""

@@ -79,6 +79,27 @@ class TelnyxRest:
         return False
 
 
+    async def transfer(self, call_control_id: str, to: str, from_number: str = "") -> bool:
+        """Transfer the call to ``to`` (E.164 or ``sip:``)."""
+        body: dict[str, Any] = {"to": to}
+        if from_number:
+            body["from"] = from_number
+        return await self._checked(call_control_id, "transfer", body)
+
+    async def send_dtmf(self, call_control_id: str, digits: str) -> bool:
+        """Send DTMF tones into the call."""
+        return await self._checked(call_control_id, "send_dtmf", {"digits": digits})
+
+    async def _checked(self, call_control_id: str, action: str, body: dict[str, Any]) -> bool:
+        resp = await self.command(call_control_id, action, body)
+        if resp.ok:
+            return True
+        if error_code(resp) == ALREADY_ENDED:
+            return False
+        _raise_for(resp, action.replace("_", " "))
+        return False
+
+
 def error_code(resp: RestResponse) -> str:
     """The first Telnyx error code of a response, or ``""``."""
     errors = resp.body.get("errors") if isinstance(resp.body, dict) else None

@@ -42,8 +42,10 @@ class Carrier:
         from .signature import SignatureVerifier
         from .webhooks import make_routes
 
+        from .media_route import media_route
+
         verifier = SignatureVerifier(self.settings.auth_token, gw.config.server.public_url)
-        return make_routes(gw, verifier)
+        return [*make_routes(gw, verifier), media_route(gw, self.settings, verifier)]
 
     async def on_startup(self, gw: Gateway) -> None:
         """Point ``phone_number`` at this daemon when ``configure_number`` is set."""

@@ -65,6 +65,28 @@ class TwilioRest:
         _raise_for(resp, "hang up")
         return False
 
+    async def transfer(self, call_sid: str, target: str, caller_id: str = "") -> bool:
+        """Cold-transfer the call with ``<Dial>`` (this ends our media stream)."""
+        from .twiml import dial
+        return await _update_twiml(self, call_sid, dial(target, caller_id), "transfer")
+
+    async def send_dtmf(self, call_sid: str, digits: str, stream_url: str,
+                        parameters: dict[str, str]) -> bool:
+        """Play DTMF into the call, then re-attach the media stream."""
+        from .twiml import play_digits_then_stream
+        doc = play_digits_then_stream(digits, stream_url, parameters)
+        return await _update_twiml(self, call_sid, doc, "send DTMF")
+
+
+async def _update_twiml(rest: "TwilioRest", call_sid: str, doc: str, doing: str) -> bool:
+    resp = await rest.update_call(call_sid, [("Twiml", doc)])
+    if resp.ok:
+        return True
+    if _code(resp) == ALREADY_ENDED:
+        return False
+    _raise_for(resp, doing)
+    return False
+
 
 def _code(resp: RestResponse) -> int | None:
     code = resp.body.get("code") if isinstance(resp.body, dict) else None

@@ -1,0 +1,345 @@
+"""One live call: turn-taking, barge-in, endpointing, timers and the transcript.
+
+The carrier's translator turns frames into events; the session reacts to them synchronously on
+the hot path (decode → VAD → STT push) and runs everything slow (recognition, replies, REST
+actions) in its own tasks, so a slow backend never stalls the media socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+from ..audio.codecs import get_codec
+from ..audio.resample import Resampler
+from ..audio.segmenter import SpeechEnd, SpeechStart
+from ..backends.llm.base import Message
+from ..carriers.base import AudioIn, CallControl, DtmfIn, MarkPlayed, MediaProtocol, StreamStarted
+from ..config import Config
+from ..ops.logging import get_logger
+from .actions import perform
+from .playout import Playout, Utterance
+from .transcript import Line, heard_part
+from .turns import Speaker, TurnResult, played, run_turn
+
+log = get_logger("patterd.session")
+
+REPROMPT = "Are you still there?"
+SILENCE_GOODBYE = "I haven't heard anything, so I'll hang up now. Goodbye."
+TIME_LIMIT_GOODBYE = "We have reached the time limit for this call. Goodbye."
+FAILURE_APOLOGY = "Sorry, something went wrong on our side. Please try again in a moment."
+PREROLL_FRAMES = 15  # 300 ms of audio before the VAD confirmed speech
+
+
+class CallSession:
+    """The state of one call's media stream."""
+
+    def __init__(self, gw: Any, start: StreamStarted, proto: MediaProtocol, send: Any,
+                 control: CallControl, carrier: str) -> None:
+        self.gw, self.config = gw, gw.config
+        cfg: Config = self.config
+        self.call_id, self.carrier = start.call_id, carrier
+        self.parameters = dict(start.parameters)
+        self.resumed = self.parameters.get("resumed") == "1"
+        # The webhook may have landed on another replica: the signed stream context says who.
+        gw.registry.ensure(self.call_id, carrier,
+                           direction=self.parameters.get("direction", ""),
+                           from_number=self.parameters.get("from", ""),
+                           to_number=self.parameters.get("to", ""))
+        self.control = control
+        self.loop = asyncio.get_running_loop()
+        self.started = self.loop.time()
+        self.rx_codec = get_codec(start.rx_codec, start.rx_rate)
+        self.rx_resampler = Resampler(start.rx_rate, 8000) if start.rx_rate != 8000 else None
+        self.tx_codec = get_codec(proto.tx_codec, 8000)
+        b = gw.backends
+        self.llm, self.stt_stream = b.llm, b.stt.open_stream()
+        self.segmenter = b.new_segmenter()
+        self.playout = Playout(proto, self._send, on_start=self._utterance_started)
+        self.speaker = Speaker(b.tts, self.tx_codec, self.playout, b.speech_cache, gw.metrics)
+        self._send_frame = send
+        self.preroll: collections.deque[bytes] = collections.deque(maxlen=PREROLL_FRAMES)
+        self.user_speaking = False
+        self.listening = True
+        self.history: list[Message] = []
+        if cfg.agent.system_prompt:
+            self.history.append(Message("system", self._fill(cfg.agent.system_prompt)))
+        self.transcript: list[Line] = []
+        self.turn_latencies: list[dict[str, float]] = []
+        self.outcome = ""
+        self.ending = False
+        self.restart_expected = False      # we replaced the stream (Twilio DTMF)
+        self.stream_stopped = False
+        self.reprompted = False
+        self.last_activity = self.started
+        self.rx_frames = self.tx_frames = 0
+        self._reply: asyncio.Task[None] | None = None
+        self._speech_end_at: float | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def begin(self) -> None:
+        """Greet the caller (unless this stream resumes a call) and start the timers."""
+        if not self.resumed:
+            self._start_reply(fixed=self._fill(self.config.agent.first_message))
+        self._spawn(self._watchdog())
+
+    async def close(self) -> None:
+        """The stream is gone: stop everything and record the call."""
+        self.ending = True
+        for task in [*self._tasks, *( [self._reply] if self._reply else [])]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._reply is not None:
+            await asyncio.gather(self._reply, return_exceptions=True)
+        await self.playout.close()
+        await self.stt_stream.close()
+        self._flush_frame_counts()
+        if not self.stream_stopped and not self.outcome and not self.restart_expected:
+            # The socket dropped without a stop: make sure the call is not left billing.
+            self.outcome = "failed"
+            try:
+                await self.control.hangup(self.call_id)
+            except Exception as exc:  # noqa: BLE001 - logged, nothing else to do
+                log.warning("hangup_after_drop_failed", call_id=self.call_id, error=repr(exc))
+        if not self.restart_expected:
+            self.gw.record_call_end(self, self.outcome or "completed")
+
+    # -- events from the carrier (hot path) ------------------------------------------------
+    def on_audio(self, event: AudioIn) -> None:
+        """One inbound frame."""
+        self.rx_frames += 1
+        pcm = self.rx_codec.decode(event.payload)
+        if self.rx_resampler is not None:
+            pcm = self.rx_resampler.process(pcm)
+            if not pcm:
+                return
+        self.preroll.append(pcm)
+        events = self.segmenter.feed(pcm)
+        if self.user_speaking and self.listening:
+            self.stt_stream.push(pcm)
+        for ev in events:
+            if isinstance(ev, SpeechStart):
+                self._speech_started()
+            elif isinstance(ev, SpeechEnd):
+                self._speech_ended(ev)
+
+    def on_event(self, event: Any) -> None:
+        """Every non-audio event."""
+        if isinstance(event, DtmfIn):
+            self._dtmf(event.digit)
+        elif isinstance(event, MarkPlayed):
+            self.playout.on_mark(event.name)
+
+    # -- turn-taking -------------------------------------------------------------------------
+    @property
+    def agent_busy(self) -> bool:
+        """The agent is thinking or talking."""
+        return (self._reply is not None and not self._reply.done()) or self.playout.speaking
+
+    def _speech_started(self) -> None:
+        self.last_activity = self.loop.time()
+        if self.ending:
+            return
+        if self.agent_busy:
+            if not self.config.agent.barge_in:
+                self.listening = False  # the agent talks on; this utterance is not heard
+                return
+            self._spawn(self._barge_in())
+        self.listening = True
+        self.user_speaking = True
+        for pcm in self.preroll:
+            self.stt_stream.push(pcm)
+
+    def _speech_ended(self, ev: SpeechEnd) -> None:
+        self.last_activity = now = self.loop.time()
+        if not self.user_speaking:
+            self.listening = True
+            return
+        self.user_speaking = False
+        # The VAD confirms the end after some silence: when did the caller really stop?
+        lag = max(0.0, self.segmenter.position_seconds - ev.at_seconds)
+        self._speech_end_at = now - lag
+        self.gw.metrics.turn_latency.labels("endpointing").observe(lag)
+        self._spawn(self._recognise(self._speech_end_at))
+
+    async def _recognise(self, ended_at: float) -> None:
+        result = await self.stt_stream.finalize()
+        self.gw.metrics.turn_latency.labels("stt").observe(self.loop.time() - ended_at)
+        text = result.text.strip()
+        if self.ending or not text:
+            return
+        self.transcript.append(Line("caller", text))
+        log.info("caller_said", call_id=self.call_id, text=text)
+        self._start_reply(user_text=text, ended_at=ended_at)
+
+    def _dtmf(self, digit: str) -> None:
+        self.last_activity = self.loop.time()
+        if self.ending:
+            return
+        self.transcript.append(Line("caller", "", dtmf=digit))
+        if self.agent_busy and self.config.agent.barge_in:
+            self._spawn(self._barge_in())
+        self._start_reply(dtmf=digit, ended_at=self.loop.time())
+
+    async def _barge_in(self) -> None:
+        began = self.loop.time()
+        reply, self._reply = self._reply, None
+        if reply is not None:
+            reply.cancel()
+        cut = await self.playout.clear()
+        if reply is not None:
+            await asyncio.gather(reply, return_exceptions=True)
+        self._record_agent(cut, interrupted=True)
+        self.gw.metrics.barge_ins.inc()
+        log.info("barge_in", call_id=self.call_id, clear_ms=round((self.loop.time() - began)
+                                                                  * 1000, 1))
+
+    def _start_reply(self, *, fixed: str = "", user_text: str | None = None,
+                     dtmf: str | None = None, ended_at: float | None = None) -> None:
+        if self._reply is not None and not self._reply.done():
+            self._reply.cancel()
+        self._speech_end_at = ended_at
+        self._reply = self.loop.create_task(self._run_reply(fixed, user_text, dtmf))
+
+    async def _run_reply(self, fixed: str, user_text: str | None, dtmf: str | None) -> None:
+        self.speaker.spoken = []
+        try:
+            if fixed:
+                result = TurnResult(utterances=[await self.speaker.say(fixed)], text=fixed)
+            else:
+                try:
+                    result = await run_turn(self.llm, self.speaker, self.history,
+                                            user_text=user_text, dtmf=dtmf,
+                                            metrics=self.gw.metrics)
+                except Exception as exc:  # noqa: BLE001 - a backend failed: apologise, stay up
+                    log.warning("reply_failed", call_id=self.call_id, error=repr(exc))
+                    self.gw.metrics.backend_errors.labels("llm", self.config.llm.provider).inc()
+                    result = TurnResult(utterances=[await self.speaker.say(FAILURE_APOLOGY)])
+                if user_text:
+                    self.history.append(Message("user", user_text))
+                elif dtmf:
+                    self.history.append(Message("user", f"[pressed {dtmf}]"))
+                if result.text:
+                    self.history.append(Message("assistant", result.text))
+            total = sum(u.seconds for u in result.utterances)
+            await played(result.utterances, timeout=total + 5.0)
+            self._record_agent(self.speaker.spoken, interrupted=False)
+            self.last_activity = self.loop.time()
+            for tool in result.tools:
+                await self._act(tool)
+        except asyncio.CancelledError:
+            raise
+
+    def _utterance_started(self, utt: Utterance) -> None:
+        if self._speech_end_at is not None and utt.first_sent_at is not None:
+            response = utt.first_sent_at - self._speech_end_at
+            self.gw.metrics.turn_latency.labels("response").observe(response)
+            self.turn_latencies.append({"response": round(response, 4)})
+            self._speech_end_at = None
+
+    def _record_agent(self, utterances: list[Utterance], *, interrupted: bool) -> None:
+        parts = []
+        cut = False
+        for utt in utterances:
+            if utt.cleared_at is not None:
+                cut = True
+                parts.append(heard_part(utt.text, utt.heard_seconds, utt.seconds))
+            else:
+                parts.append(utt.text)
+        text = " ".join(p for p in parts if p)
+        if utterances:
+            self.transcript.append(Line("agent", text, interrupted=interrupted and cut))
+        utterances.clear()
+
+    async def _act(self, tool: Any) -> None:
+        if tool.name == "send_dtmf" and self.control.dtmf_ends_stream:
+            self.restart_expected = True
+        event = await perform(tool, self.control, self.call_id,
+                              self.config.agent.transfer_targets, self.parameters)
+        self.gw.registry.add_event(self.call_id, self.carrier, event.pop("type"), **event)
+        if not event.get("ok"):
+            self.restart_expected = False
+            return
+        if tool.name == "transfer_call":
+            self.outcome, self.ending = "transferred", True
+        elif tool.name == "end_call":
+            self.outcome, self.ending = "completed", True
+
+    # -- timers ------------------------------------------------------------------------------
+    async def _watchdog(self) -> None:
+        agent = self.config.agent
+        while not self.ending:
+            await asyncio.sleep(0.5)
+            self._flush_frame_counts()
+            now = self.loop.time()
+            if now - self.started >= agent.max_call_seconds:
+                await self._end_call("max_duration", TIME_LIMIT_GOODBYE)
+                return
+            if self.agent_busy or self.user_speaking:
+                continue
+            if now - self.last_activity >= agent.silence_timeout:
+                if self.reprompted:
+                    await self._end_call("silence", SILENCE_GOODBYE)
+                    return
+                self.reprompted = True
+                self._start_reply(fixed=REPROMPT)
+
+    async def _end_call(self, outcome: str, goodbye: str) -> None:
+        """Say goodbye, then hang up through the carrier."""
+        self.ending = True
+        if self._reply is not None and not self._reply.done():
+            self._reply.cancel()
+            await asyncio.gather(self._reply, return_exceptions=True)
+        self.speaker.spoken = []
+        utt = await self.speaker.say(goodbye)
+        await played([utt], timeout=utt.seconds + 5.0)
+        self._record_agent(self.speaker.spoken, interrupted=False)
+        self.outcome = outcome
+        try:
+            await self.control.hangup(self.call_id)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("hangup_failed", call_id=self.call_id, error=repr(exc))
+        self.gw.registry.add_event(self.call_id, self.carrier, "hangup", by="gateway",
+                                   reason=outcome)
+
+    async def end(self, outcome: str, goodbye: str) -> None:
+        """End the call from outside (drain, admin)."""
+        if not self.ending:
+            await self._end_call(outcome, goodbye)
+
+    # -- helpers -----------------------------------------------------------------------------
+    async def _send(self, frame: str) -> None:
+        self.tx_frames += 1
+        try:
+            await self._send_frame(frame)
+        except (ConnectionError, RuntimeError):
+            pass  # the socket is closing; close() records the call
+
+    def _flush_frame_counts(self) -> None:
+        m = self.gw.metrics
+        if self.rx_frames:
+            m.frames_rx.inc(self.rx_frames)
+            self.rx_frames = 0
+        if self.tx_frames:
+            m.frames_tx.inc(self.tx_frames)
+            self.tx_frames = 0
+
+    def _fill(self, text: str) -> str:
+        for name, value in self.config.agent.variables.items():
+            text = text.replace("{" + name + "}", value)
+        return text
+
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def duration(self) -> float:
+        """Seconds since the stream started."""
+        return self.loop.time() - self.started
+
+
+__all__ = ["CallSession"]

@@ -1,0 +1,140 @@
+"""One agent turn: LLM → sentences → TTS → paced playout, cancellable at any point.
+
+Text is spoken sentence by sentence as the LLM streams it; synthesized audio is encoded once to
+the carrier's codec. Replies that recur (greetings, rule replies) are cached as encoded audio,
+so the offline agent synthesizes each of them once per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..audio.codecs import Codec
+from ..backends.llm.base import LLM, Message, TextChunk, ToolCall
+from ..backends.tts.base import TTS
+from ..ops.metrics import Metrics
+from .playout import Playout, Utterance
+
+_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
+MAX_CACHED_SECONDS = 30.0
+
+
+class SpeechCache:
+    """Encoded audio of recently spoken texts (LRU), shared by the calls of a process."""
+
+    def __init__(self, max_entries: int = 512) -> None:
+        self._items: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._max = max_entries
+
+    def get(self, codec: str, text: str) -> bytes | None:
+        """The cached audio, if any."""
+        key = (codec, text)
+        audio = self._items.get(key)
+        if audio is not None:
+            self._items.move_to_end(key)
+        return audio
+
+    def put(self, codec: str, text: str, audio: bytes) -> None:
+        """Remember a complete synthesis."""
+        self._items[(codec, text)] = audio
+        self._items.move_to_end((codec, text))
+        while len(self._items) > self._max:
+            self._items.popitem(last=False)
+
+
+@dataclass
+class TurnResult:
+    """What a finished (or cancelled) turn produced."""
+
+    utterances: list[Utterance] = field(default_factory=list)
+    tools: list[ToolCall] = field(default_factory=list)
+    text: str = ""
+
+
+class Speaker:
+    """Speaks text on one call's playout through the TTS, with the shared cache."""
+
+    def __init__(self, tts: TTS, codec: Codec, playout: Playout, cache: SpeechCache,
+                 metrics: Metrics) -> None:
+        self._tts, self._codec, self._playout = tts, codec, playout
+        self._cache, self._metrics = cache, metrics
+        self.spoken: list[Utterance] = []  # this turn's utterances, for the transcript
+
+    async def say(self, text: str) -> Utterance:
+        """Queue ``text``; returns once all its audio is queued (playback continues)."""
+        utt = self._playout.begin(text)
+        self.spoken.append(utt)
+        cached = self._cache.get(self._codec.name, text)
+        if cached is not None:
+            self._playout.feed(utt, cached)
+            self._playout.finish(utt)
+            return utt
+        began = time.monotonic()
+        first = True
+        parts: list[bytes] = []
+        stream = self._tts.synthesize(text)
+        try:
+            async for pcm in stream:
+                if first:
+                    self._metrics.turn_latency.labels("tts_first_byte").observe(
+                        time.monotonic() - began)
+                    first = False
+                encoded = self._codec.encode(pcm)
+                parts.append(encoded)
+                self._playout.feed(utt, encoded)
+                if utt.cleared_at is not None:
+                    break
+        finally:
+            await stream.aclose()
+            self._playout.finish(utt)
+        if utt.cleared_at is None and utt.seconds <= MAX_CACHED_SECONDS:
+            self._cache.put(self._codec.name, text, b"".join(parts))
+        return utt
+
+
+async def run_turn(llm: LLM, speaker: Speaker, history: list[Message], *,
+                   user_text: str | None, dtmf: str | None, metrics: Metrics,
+                   on_text: Callable[[str], None] | None = None) -> TurnResult:
+    """Stream the LLM's answer into speech; tool calls are returned for the caller to run
+    once the speech has played."""
+    result = TurnResult()
+    began = time.monotonic()
+    pending = ""
+    first = True
+    spoken: list[str] = []
+    async for event in llm.respond(history, user_text=user_text, dtmf=dtmf):
+        if isinstance(event, ToolCall):
+            result.tools.append(event)
+            continue
+        if not isinstance(event, TextChunk) or not event.text:
+            continue
+        if first:
+            metrics.turn_latency.labels("llm_first_token").observe(time.monotonic() - began)
+            first = False
+        pending += event.text
+        *sentences, pending = _SENTENCE_END.split(pending)
+        for sentence in sentences:
+            if sentence.strip():
+                spoken.append(sentence.strip())
+                result.utterances.append(await speaker.say(sentence.strip()))
+    if pending.strip():
+        spoken.append(pending.strip())
+        result.utterances.append(await speaker.say(pending.strip()))
+    result.text = " ".join(spoken)
+    if on_text is not None:
+        on_text(result.text)
+    return result
+
+
+async def played(utterances: list[Utterance], timeout: float) -> bool:
+    """Wait until every utterance was heard (mark echoed) or cut; False on timeout."""
+    try:
+        await asyncio.wait_for(asyncio.gather(*(u.done.wait() for u in utterances)), timeout)
+    except asyncio.TimeoutError:
+        return False
+    return all(u.played for u in utterances)
