@@ -18,6 +18,8 @@ from .ops.logging import get_logger
 
 log = get_logger("patterd.server")
 
+DRAIN_GOODBYE = "We are closing this line for maintenance now. Please call again. Goodbye."
+
 
 def sd_notify(message: str) -> bool:
     """Send ``message`` to systemd's ``NOTIFY_SOCKET`` when there is one."""
@@ -81,7 +83,13 @@ async def drain(gw: Gateway) -> None:
     while gw.sessions and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.2)
     if gw.sessions:
+        # Out of time: the agent says goodbye and each call is hung up through the carrier.
         log.warning("drain_timeout", live_sessions=len(gw.sessions))
+        ending = [s.end("drained", DRAIN_GOODBYE) for s in list(gw.sessions)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*ending, return_exceptions=True), 30)
+        except asyncio.TimeoutError:
+            log.error("drain_goodbye_timeout", live_sessions=len(gw.sessions))
 
 
 def _reload(gw: Gateway, path: Path) -> None:

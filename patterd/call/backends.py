@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from ..audio.segmenter import SpeechSegmenter
+from ..audio.segmenter import SpeechEvent, SpeechSegmenter
 from ..backends.llm.base import LLM
 from ..backends.stt.base import STT
 from ..backends.tts.base import TTS
@@ -13,20 +14,35 @@ from ..config import Config
 from .turns import SpeechCache
 
 
-def default_segmenter(config: Config) -> Callable[[], SpeechSegmenter]:
-    """A factory of per-call VAD segmenters as ``vad:`` says."""
+SegmenterFactory = Callable[[Callable[[SpeechEvent], None]], SpeechSegmenter]
+
+
+def default_segmenter(config: Config) -> tuple[SegmenterFactory, Any]:
+    """A factory of per-call VAD segmenters as ``vad:`` says, and the process-wide batcher
+    behind it (Silero runs once per tick for all calls, in a worker thread) or None.
+
+    A segmenter either returns its events from ``feed`` (energy VAD) or hands them to the
+    ``on_event`` callback once its windows are scored (batched Silero)."""
     opts = config.vad.options
     threshold = float(opts.get("threshold") or 0.5)
     min_speech = float(opts.get("min_speech") or 0.1)
     min_silence = float(opts.get("min_silence") or 0.5)
+    if config.vad.provider == "energy":
+        from ..audio.vad import EnergyVad
 
-    def make() -> SpeechSegmenter:
-        from ..audio.vad import EnergyGate, EnergyVad, SileroVad
-        vad = EnergyVad() if config.vad.provider == "energy" else EnergyGate(SileroVad())
-        return SpeechSegmenter(vad, threshold=threshold, min_speech=min_speech,
-                               min_silence=min_silence)
+        def make_energy(on_event: Callable[[SpeechEvent], None]) -> SpeechSegmenter:
+            return SpeechSegmenter(EnergyVad(), threshold=threshold, min_speech=min_speech,
+                                   min_silence=min_silence)
 
-    return make
+        return make_energy, None
+    from ..audio.batch_vad import AsyncSegmenter, BatchedVadStream, VadBatcher
+    batcher = VadBatcher()
+
+    def make_silero(on_event: Callable[[SpeechEvent], None]) -> SpeechSegmenter:
+        return AsyncSegmenter(BatchedVadStream(batcher=batcher), on_event, threshold=threshold,
+                              min_speech=min_speech, min_silence=min_silence)
+
+    return make_silero, batcher
 
 
 @dataclass
@@ -36,7 +52,8 @@ class Backends:
     stt: STT
     llm: LLM
     tts: TTS
-    new_segmenter: Callable[[], SpeechSegmenter]
+    new_segmenter: SegmenterFactory
+    vad_batcher: Any = None
     speech_cache: SpeechCache = field(default_factory=SpeechCache)
 
     @classmethod
@@ -45,11 +62,14 @@ class Backends:
         from ..backends import create_llm, create_stt, create_tts
         stt = create_stt(config.stt, config.agent, llm=config.llm)
         await stt.start()
+        segmenter, batcher = default_segmenter(config)
         return cls(stt=stt, llm=create_llm(config.llm, config.agent),
                    tts=create_tts(config.tts, config.agent),
-                   new_segmenter=default_segmenter(config))
+                   new_segmenter=segmenter, vad_batcher=batcher)
 
     async def close(self) -> None:
         """Release every provider."""
         for backend in (self.stt, self.llm, self.tts):
             await backend.close()
+        if self.vad_batcher is not None:
+            await self.vad_batcher.aclose()

@@ -55,7 +55,7 @@ class CallSession:
         self.tx_codec = get_codec(proto.tx_codec, 8000)
         b = gw.backends
         self.llm, self.stt_stream = b.llm, b.stt.open_stream()
-        self.segmenter = b.new_segmenter()
+        self.segmenter = b.new_segmenter(self._vad_event)
         self.playout = Playout(proto, self._send, on_start=self._utterance_started)
         self.speaker = Speaker(b.tts, self.tx_codec, self.playout, b.speech_cache, gw.metrics)
         self._send_frame = send
@@ -95,6 +95,9 @@ class CallSession:
             await asyncio.gather(self._reply, return_exceptions=True)
         await self.playout.close()
         await self.stt_stream.close()
+        stream = getattr(self.segmenter, "stream", None)
+        if stream is not None:
+            stream.reset()  # drop windows still waiting for the batched VAD
         self._flush_frame_counts()
         if not self.stream_stopped and not self.outcome and not self.restart_expected:
             # The socket dropped without a stop: make sure the call is not left billing.
@@ -116,14 +119,19 @@ class CallSession:
             if not pcm:
                 return
         self.preroll.append(pcm)
-        events = self.segmenter.feed(pcm)
+        events = self.segmenter.feed(pcm)   # () when the VAD scores in batches
         if self.user_speaking and self.listening:
             self.stt_stream.push(pcm)
         for ev in events:
-            if isinstance(ev, SpeechStart):
-                self._speech_started()
-            elif isinstance(ev, SpeechEnd):
-                self._speech_ended(ev)
+            self._vad_event(ev)
+
+    def _vad_event(self, ev: SpeechStart | SpeechEnd) -> None:
+        if self.ending:
+            return
+        if isinstance(ev, SpeechStart):
+            self._speech_started()
+        else:
+            self._speech_ended(ev)
 
     def on_event(self, event: Any) -> None:
         """Every non-audio event."""

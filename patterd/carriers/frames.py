@@ -25,7 +25,7 @@ class JsonFrames:
         """Translate one frame; raises :class:`MalformedFrame`."""
         try:
             msg = json.loads(text)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise MalformedFrame("not JSON") from None
         if not isinstance(msg, dict):
             raise MalformedFrame("not a JSON object")

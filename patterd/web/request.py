@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from functools import wraps
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..gateway import GATEWAY
 from ..ops.logging import get_logger
@@ -30,12 +33,26 @@ class Forbidden(web.HTTPForbidden):
         super().__init__(text=json.dumps({"error": reason}), content_type="application/json")
 
 
+def parse_json(body: bytes | str) -> Any:
+    """Decoded JSON, or a 400 with the reason (also for absurdly deep nesting and for
+    ``\ud800``-style escapes that are not Unicode text)."""
+    try:
+        doc = json.loads(body)
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeError, RecursionError):
+        raise BadRequest("body is not valid JSON text") from None
+    return doc
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The raw body, refusing (413) anything over ``limit`` bytes before reading it all."""
     length = request.content_length
     if length is not None and length > limit:
         raise _too_large(limit)
-    body = await request.content.read(limit + 1)
+    try:
+        body = await request.content.read(limit + 1)
+    except (HttpProcessingError, RequestPayloadError):
+        raise BadRequest("body could not be read (bad Content-Encoding or framing)") from None
     if len(body) > limit:
         raise _too_large(limit)
     return body

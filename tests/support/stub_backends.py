@@ -87,5 +87,6 @@ class StubTts(TTS):
 def stub_backends(config: Config, stt_text: str = "goodbye") -> Backends:
     """Stub STT/TTS, the config's rules LLM, the config's VAD."""
     from patterd.backends.llm.rules import RulesLLM
+    segmenter, batcher = default_segmenter(config)
     return Backends(stt=StubStt(stt_text), llm=RulesLLM(config.llm, config.agent),
-                    tts=StubTts(), new_segmenter=default_segmenter(config))
+                    tts=StubTts(), new_segmenter=segmenter, vad_batcher=batcher)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import time
 from collections.abc import Callable
 
@@ -16,6 +17,7 @@ from nacl.signing import VerifyKey
 
 SPKI_ED25519_PREFIX = bytes.fromhex("302a300506032b6570032100")
 TOLERANCE_SECONDS = 300
+_DIGITS = re.compile(r"[0-9]{1,12}")
 
 
 class KeyFormatError(ValueError):
@@ -57,7 +59,7 @@ class SignatureVerifier:
         if not signature_header or not timestamp_header:
             return "missing telnyx-signature-ed25519 or telnyx-timestamp header"
         ts = timestamp_header.strip()
-        if not ts.isdigit() or len(ts) > 12:
+        if not _DIGITS.fullmatch(ts):
             return "telnyx-timestamp is not a Unix time in seconds"
         if abs(self._clock() - int(ts)) > self._tolerance:
             return "telnyx-timestamp outside the allowed window"

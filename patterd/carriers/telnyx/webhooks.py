@@ -6,7 +6,7 @@ through REST afterwards (answer, reject, …).
 
 from __future__ import annotations
 
-import json
+import re
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -15,7 +15,7 @@ from aiohttp import web
 from ...call.registry import TERMINAL
 from ...gateway import Gateway
 from ...ops.logging import get_logger
-from ...web.request import BadRequest, Forbidden, counted, read_body
+from ...web.request import BadRequest, Forbidden, counted, parse_json, read_body
 from ..rest import RestError
 from .rest import TelnyxRest, read_client_state
 from .signature import SignatureVerifier
@@ -24,6 +24,7 @@ from .stream_token import StreamTokens
 log = get_logger("patterd.telnyx")
 
 MEDIA_PATH = "/media/telnyx"
+CALL_CONTROL_ID = re.compile(r"[A-Za-z0-9:_\-.=+/]{1,256}")
 # Telnyx hangup causes → our outcome names (patterd_calls_total{outcome}).
 HANGUP_OUTCOME = {
     "normal_clearing": "completed", "originator_cancel": "canceled", "timeout": "no_answer",
@@ -41,10 +42,7 @@ def stream_url(public_url: str, token: str) -> str:
 
 def parse_event(body: bytes) -> tuple[str, str, dict[str, Any]]:
     """``(event_type, event id, payload)`` of a webhook body, or a 400 naming what is wrong."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("body is not valid JSON") from None
+    doc = parse_json(body)
     data = doc.get("data") if isinstance(doc, dict) else None
     if not isinstance(data, dict):
         raise BadRequest("data: expected an object")
@@ -55,6 +53,9 @@ def parse_event(body: bytes) -> tuple[str, str, dict[str, Any]]:
         raise BadRequest("data.id: expected a string")
     if not isinstance(payload, dict):
         raise BadRequest("data.payload: expected an object")
+    ccid = payload.get("call_control_id")
+    if ccid is not None and (not isinstance(ccid, str) or not CALL_CONTROL_ID.fullmatch(ccid)):
+        raise BadRequest("data.payload.call_control_id: malformed")
     return event_type, event_id, payload
 
 

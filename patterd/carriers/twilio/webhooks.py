@@ -15,7 +15,7 @@ from aiohttp import web
 from ...call.registry import TERMINAL
 from ...gateway import GATEWAY, Gateway
 from ...ops.logging import get_logger
-from ...web.request import BadRequest, Forbidden, counted, read_body
+from ...web.request import BadRequest, Forbidden, counted, parse_json, read_body
 from . import twiml
 from .signature import SignatureVerifier
 
@@ -30,6 +30,7 @@ ANSWERED_BY = frozenset({"human", "machine_start", "machine_end_beep", "machine_
 RECORDING_STATUSES = frozenset({"in-progress", "completed", "absent", "failed", "paused",
                                 "stopped", "processing"})
 MAX_FIELDS = 200
+_DIGITS = re.compile(r"[0-9]{1,9}")
 MEDIA_PATH = "/media/twilio"
 
 Params = list[tuple[str, str]]
@@ -88,10 +89,7 @@ def _form_params(body: bytes) -> Params:
 
 
 def _json_params(body: bytes) -> dict[str, str]:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("malformed JSON body") from None
+    data = parse_json(body)
     if not isinstance(data, dict):
         raise BadRequest("expected a JSON object")
     return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
@@ -119,7 +117,7 @@ def _int_or_none(params: dict[str, str], name: str) -> int | None:
     value = params.get(name)
     if value in (None, ""):
         return None
-    if not value.isdigit() or len(value) > 9:
+    if not _DIGITS.fullmatch(value):
         raise BadRequest(f"{name}: expected a non-negative integer")
     return int(value)
 
