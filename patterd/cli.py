@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config and print it with secrets masked")
     check.add_argument("--config", dest="sub_config")
     sub.add_parser("version", help="print the version")
+    # `simulate` is dispatched to patterd.simulate.cli before parsing (see main); listed for --help
+    sub.add_parser("simulate", add_help=False,
+                   help="place simulated calls against a running daemon (see "
+                        "`patterd simulate --help`)")
     return p
 
 
@@ -97,6 +101,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``patterd`` console script."""
+    rest = list(sys.argv[1:] if argv is None else argv)
+    if rest[:1] == ["simulate"]:
+        from .simulate.cli import main as simulate_main
+        return simulate_main(rest[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "version":

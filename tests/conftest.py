@@ -86,9 +86,12 @@ async def daemon() -> AsyncIterator[DaemonFactory]:
     """Start the daemon's app for a config on a real 127.0.0.1 socket; returns a client."""
     clients: list[TestClient] = []
 
-    async def start(cfg: Config, backends: Any = None) -> TestClient:
+    async def start(cfg: Config, backends: Any = None, *, real: bool = False) -> TestClient:
+        """``real``: the providers the config names (loaded like the daemon does)."""
         from tests.support.stub_backends import stub_backends
-        app = build_app(cfg, carrier_for(cfg.carrier), backends=backends or stub_backends(cfg))
+        if not real and backends is None:
+            backends = stub_backends(cfg)
+        app = build_app(cfg, carrier_for(cfg.carrier), backends=backends)
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)

@@ -133,8 +133,13 @@ async def run_turn(llm: LLM, speaker: Speaker, history: list[Message], *,
 
 async def played(utterances: list[Utterance], timeout: float) -> bool:
     """Wait until every utterance was heard (mark echoed) or cut; False on timeout."""
-    try:
-        await asyncio.wait_for(asyncio.gather(*(u.done.wait() for u in utterances)), timeout)
-    except asyncio.TimeoutError:
-        return False
+    waits = [asyncio.ensure_future(u.done.wait()) for u in utterances if not u.done.is_set()]
+    if waits:
+        try:
+            _, pending = await asyncio.wait(waits, timeout=timeout)
+        finally:
+            for w in waits:
+                w.cancel()
+        if pending:
+            return False
     return all(u.played for u in utterances)

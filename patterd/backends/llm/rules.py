@@ -1,0 +1,100 @@
+"""The offline ``rules`` agent (contract §2).
+
+Rules are tried in order; the first whose phrase occurs in the caller's utterance
+(case-insensitive, as whole words: ``bye`` matches "ok bye!" but not "maybe") or whose ``dtmf``
+equals the digits pressed wins. Its reply is spoken (``{name}`` placeholders filled from
+``agent.variables``, unknown ones left as they are) and its action becomes a tool call. Nothing
+matched: the ``fallback`` reply, no action.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, AsyncIterator, Mapping, Sequence
+
+from .base import END_CALL, LLM, SEND_DTMF, TRANSFER_CALL, LLMEvent, Message, TextChunk, ToolCall
+
+if TYPE_CHECKING:
+    from ...config.model import AgentConfig, BackendConfig, Rule, RuleAction
+
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+DEFAULT_FALLBACK = "Sorry, I didn't catch that."
+
+
+def words(text: str) -> list[str]:
+    """The lower-cased words of ``text``: letters and digits, apostrophes kept inside words
+    ("didn't"), every other character a separator."""
+    return [w.replace("’", "'") for w in _WORD.findall(text.casefold())]
+
+
+def fill(template: str, variables: Mapping[str, str]) -> str:
+    """``template`` with each ``{name}`` replaced by ``variables[name]``; unknown placeholders and
+    any other braces stay as written."""
+    return _PLACEHOLDER.sub(lambda m: str(variables.get(m[1], m[0])), template)
+
+
+def _contains(haystack: Sequence[str], needle: Sequence[str]) -> bool:
+    n = len(needle)
+    if n == 0:
+        return False
+    return any(list(haystack[i:i + n]) == list(needle) for i in range(len(haystack) - n + 1))
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """The outcome of one turn: the rule that won (None → fallback) and what to say and do."""
+
+    rule: "Rule | None"
+    reply: str
+    tool: ToolCall | None
+
+
+def action_tool(action: "RuleAction | None") -> ToolCall | None:
+    """The tool call a rule's action stands for."""
+    if action is None:
+        return None
+    if action.kind == "transfer":
+        return ToolCall(TRANSFER_CALL, {"target": action.value})
+    if action.kind == "hangup":
+        return ToolCall(END_CALL, {})
+    if action.kind == "send_dtmf":
+        return ToolCall(SEND_DTMF, {"digits": action.value})
+    raise ValueError(f"unknown rule action {action.kind!r}")
+
+
+class RulesLLM(LLM):
+    """The offline rules agent."""
+
+    def __init__(self, cfg: "BackendConfig", agent: "AgentConfig | None" = None) -> None:
+        self.rules = tuple(cfg.rules)
+        self.fallback = cfg.fallback or DEFAULT_FALLBACK
+        self.variables: Mapping[str, str] = dict(agent.variables) if agent else {}
+        self._phrases = [[words(p) for p in r.phrases] for r in self.rules]
+
+    def match(self, user_text: str | None = None, dtmf: str | None = None) -> Match:
+        """Pick the winning rule for an utterance and/or DTMF digits (pure, synchronous)."""
+        said = words(user_text or "")
+        digits = (dtmf or "").strip().upper()
+        for rule, phrases in zip(self.rules, self._phrases):
+            by_dtmf = bool(digits) and bool(rule.dtmf) and rule.dtmf.upper() == digits
+            if by_dtmf or any(_contains(said, p) for p in phrases):
+                return Match(rule, fill(rule.reply, self.variables), action_tool(rule.action))
+        return Match(None, fill(self.fallback, self.variables), None)
+
+    async def respond(self, history: Sequence[Message], user_text: str | None = None,
+                      dtmf: str | None = None) -> AsyncIterator[LLMEvent]:
+        """The winning rule's reply (if any) as one :class:`TextChunk`, then its action."""
+        m = self.match(user_text, dtmf)
+        if m.reply:
+            yield TextChunk(m.reply)
+        if m.tool is not None:
+            yield m.tool
+
+    def vocabulary(self) -> list[str]:
+        """Every phrase of every rule (lower-cased), for the offline STT."""
+        return [" ".join(p) for phrases in self._phrases for p in phrases if p]
+
+
+__all__ = ["Match", "RulesLLM", "action_tool", "fill", "words"]

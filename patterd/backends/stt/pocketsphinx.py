@@ -1,0 +1,257 @@
+"""Offline STT: CMU PocketSphinx 5 with a small vocabulary built at start-up.
+
+:meth:`PocketsphinxSTT.start` builds the dictionary and language model of the rule phrases,
+``stt.vocabulary`` and the agent's messages (see :mod:`.sphinx_vocab`); with no vocabulary at all
+the general English model of the wheel is used.
+
+Audio: a call's 8 kHz PCM is collected per utterance; :meth:`PocketsphinxStream.finalize` hands it
+to an idle decoder *process* (:mod:`.sphinx_worker`), which upsamples it to the model's 16 kHz,
+pads and decodes it. Processes, not threads: pocketsphinx holds the GIL while it decodes (its
+second pass alone would stall the event loop for ~25 ms per second of speech), and processes use
+every core. They are plain subprocesses talking over pipes, so no ``multiprocessing`` main-module
+guard is needed. Only final transcripts are produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+from .base import SAMPLE_RATE, STT, STTStream, Transcript
+from .sphinx_vocab import build_model, model_paths, sound_alike
+
+if TYPE_CHECKING:
+    from ...config.model import AgentConfig, BackendConfig
+
+log = logging.getLogger(__name__)
+
+MAX_UTTERANCE_SECONDS = 30.0      # older audio of a longer utterance is dropped
+WORKER_START_TIMEOUT = 60.0
+
+
+class _Worker:
+    """One decoder process (see :mod:`.sphinx_worker`)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def spawn(cls, decoder_args: dict[str, Any]) -> "_Worker":
+        root = str(Path(__file__).resolve().parents[3])     # the directory holding patterd/
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "patterd.backends.stt.sphinx_worker", json.dumps(decoder_args),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env)
+        worker = cls(proc)
+        try:
+            assert proc.stdout is not None
+            ready = await asyncio.wait_for(proc.stdout.read(1), WORKER_START_TIMEOUT)
+        except BaseException:
+            worker.kill()
+            raise
+        if ready != b"R":
+            worker.kill()
+            raise RuntimeError("pocketsphinx: the decoder process failed to start "
+                               f"(exit code {await proc.wait()}; see its stderr)")
+        return worker
+
+    async def decode(self, pcm: bytes) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(len(pcm).to_bytes(4, "little") + pcm)
+        await self.proc.stdin.drain()
+        n = int.from_bytes(await self.proc.stdout.readexactly(4), "little")
+        return (await self.proc.stdout.readexactly(n)).decode("utf-8")
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+
+    async def stop(self) -> None:
+        """End of input: the worker exits; killed if it does not within 5 s."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 5)
+        except asyncio.TimeoutError:
+            self.kill()
+            await self.proc.wait()
+
+
+class PocketsphinxSTT(STT):
+    """The offline recogniser. Options: ``vocabulary`` (extra phrases to recognise).
+
+    ``llm`` is the ``llm:`` section, whose rules give the vocabulary. ``workers`` decoder
+    processes (default: one per core, at most 4) serve every call of the daemon.
+    """
+
+    def __init__(self, cfg: "BackendConfig", agent: "AgentConfig | None" = None,
+                 llm: "BackendConfig | None" = None, *, workers: int | None = None) -> None:
+        rules = tuple(cfg.rules) + (tuple(llm.rules) if llm is not None else ())
+        self.phrases: list[str] = [p for r in rules for p in r.phrases]
+        self.phrases += [str(p) for p in cfg.options.get("vocabulary", ())]
+        messages = [r.reply for r in rules]
+        if llm is not None and llm.fallback:
+            messages.append(llm.fallback)
+        if agent is not None:
+            messages += [agent.first_message, agent.voicemail_message]
+        self.messages = [m for m in messages if m]
+        self.skipped: list[str] = []
+        self.homophones: list[tuple[str, str]] = []
+        self._groups = [list(r.phrases) for r in rules]
+        self._workers = workers or min(4, os.cpu_count() or 1)
+        self._idle: asyncio.Queue[_Worker] | None = None
+        self._all: set[_Worker] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.decoder_args: dict[str, Any] = {}
+        self._start_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Build the dictionary and language model and start the decoder processes."""
+        async with self._start_lock:
+            if self._idle is not None:
+                return
+            if not self.decoder_args:
+                await asyncio.to_thread(self._prepare)
+            workers = await asyncio.gather(
+                *(_Worker.spawn(self.decoder_args) for _ in range(self._workers)),
+                return_exceptions=True)
+            errors = [w for w in workers if isinstance(w, BaseException)]
+            started = [w for w in workers if isinstance(w, _Worker)]
+            if errors:
+                for w in started:
+                    await w.stop()
+                raise errors[0]
+            self._all = set(started)
+            self._idle = asyncio.Queue()
+            for w in started:
+                self._idle.put_nowait(w)
+
+    def _prepare(self) -> None:
+        hmm, cmudict, general_lm = model_paths()
+        self._tmp = tempfile.TemporaryDirectory(prefix="patterd-stt-")
+        built = build_model(self.phrases, self.messages, self._tmp.name, cmudict)
+        if built is None:
+            log.info("pocketsphinx: no vocabulary configured; using the general English model")
+            self.decoder_args = {"hmm": hmm, "dict": cmudict, "lm": general_lm}
+            return
+        self.skipped = built.skipped
+        if self.skipped:
+            log.warning("pocketsphinx: no pronunciation for %s; these words cannot be "
+                        "recognised", ", ".join(self.skipped))
+        self.homophones = sound_alike(self._groups, built.pronunciations)
+        for a, b in self.homophones:
+            log.warning("pocketsphinx: rule phrases %r and %r sound the same; the recogniser "
+                        "cannot tell them apart", a, b)
+        self.decoder_args = {"hmm": hmm, "dict": built.dict_path, "lm": built.lm_path}
+
+    async def decode(self, pcm_s16le_8khz: bytes) -> str:
+        """Recognise one whole utterance in an idle decoder process.
+
+        A worker that dies is replaced and the utterance tried once more on another; one whose
+        request is cancelled midway is replaced too (its answer would be out of step).
+        """
+        for attempt in (1, 2):
+            if self._idle is None:
+                await self.start()
+            idle = self._idle
+            assert idle is not None
+            worker = await idle.get()
+            try:
+                text = await worker.decode(pcm_s16le_8khz)
+            except BaseException as exc:
+                worker.kill()
+                self._all.discard(worker)
+                task = asyncio.ensure_future(self._replace(idle, worker))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                if isinstance(exc, (OSError, asyncio.IncompleteReadError)) and attempt == 1:
+                    log.error("pocketsphinx: decoder process failed (%r); retrying", exc)
+                    continue
+                raise
+            idle.put_nowait(worker)
+            return text
+        raise AssertionError("unreachable")
+
+    async def _replace(self, idle: "asyncio.Queue[_Worker]", dead: _Worker) -> None:
+        await dead.proc.wait()
+        try:
+            worker = await _Worker.spawn(self.decoder_args)
+        except Exception:               # noqa: BLE001 - logged; the pool shrinks by one
+            log.exception("pocketsphinx: could not restart a decoder process")
+            return
+        if idle is self._idle:
+            self._all.add(worker)
+            idle.put_nowait(worker)
+        else:                           # closed meanwhile
+            await worker.stop()
+
+    def open_stream(self) -> "PocketsphinxStream":
+        """A recogniser for one call (the provider starts itself on first use if needed)."""
+        return PocketsphinxStream(self)
+
+    async def close(self) -> None:
+        """Stop the decoder processes and delete the generated model files."""
+        workers, self._all, self._idle = self._all, set(), None
+        await asyncio.gather(*self._tasks, return_exceptions=True)   # replacements stop too
+        await asyncio.gather(*(w.stop() for w in workers))
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+            self.decoder_args = {}
+
+
+class PocketsphinxStream(STTStream):
+    """One call's utterance buffer; each :meth:`finalize` decodes it in a worker process."""
+
+    def __init__(self, provider: PocketsphinxSTT) -> None:
+        self._provider = provider
+        self._audio = bytearray()
+        self._max_bytes = int(MAX_UTTERANCE_SECONDS * SAMPLE_RATE) * 2
+        self._queue: asyncio.Queue[Transcript | None] = asyncio.Queue()
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    def push(self, pcm_s16le_8khz: bytes) -> None:
+        """Append caller audio to the current utterance (keeps its last 30 s)."""
+        if self._closed:
+            return
+        self._audio += pcm_s16le_8khz
+        excess = len(self._audio) - self._max_bytes
+        if excess > 0:
+            del self._audio[: excess + (excess & 1)]
+
+    async def events(self) -> AsyncIterator[Transcript]:
+        """Final transcripts, one per :meth:`finalize`; ends after :meth:`close`."""
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            yield item
+
+    async def finalize(self) -> Transcript:
+        """Decode the utterance collected since the last call and start a new one."""
+        async with self._lock:
+            audio, self._audio = bytes(self._audio), bytearray()
+            text = await self._provider.decode(audio) if audio else ""
+            result = Transcript(text, True)
+            if not self._closed:
+                self._queue.put_nowait(result)
+            return result
+
+    async def close(self) -> None:
+        """Drop buffered audio and end :meth:`events`."""
+        if not self._closed:
+            self._closed = True
+            self._audio.clear()
+            self._queue.put_nowait(None)
+
+
+__all__ = ["PocketsphinxSTT", "PocketsphinxStream"]

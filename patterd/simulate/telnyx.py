@@ -1,0 +1,242 @@
+"""Telnyx Call Control, simulated: an inbound call placed exactly as Telnyx places it.
+
+``call.initiated`` (Ed25519-signed) → the daemon's ``answer`` command arrives at the local
+REST stand-in → ``call.answered`` + ``streaming.started`` → the media WebSocket (``connected``,
+``start`` with ``media_format``, 20 ms ``media`` frames in the leg's codec, ``dtmf``, mark
+echoes, ``stop``) → ``call.hangup``. Telnyx ignores webhook answers: everything the daemon does
+comes in as REST commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import uuid
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ..audio.codecs import Codec, get_codec
+from ..config import TelnyxSettings
+from .call import SimulatedCall
+from .media import LegError, MediaLeg, dial_url
+from .results import COMPLETED, HUNG_UP, REJECTED, STREAM_CLOSED, TRANSFERRED, Line
+from .telnyx_wire import TelnyxFrames, TelnyxSigner, install, now_iso, telnyx_error
+
+__all__ = ["TelnyxCall", "TelnyxFrames", "TelnyxSigner", "install"]
+
+VOICE_PATH = "/webhooks/telnyx/voice"
+ANSWER_TIMEOUT = 10.0       # seconds the daemon has to send a command after call.initiated
+CLOSE_GRACE = 2.0           # after the daemon closes the socket, wait this long for a hangup
+CODECS = ("PCMU", "PCMA")
+
+
+class TelnyxCall(SimulatedCall):
+    """One inbound Telnyx call to the daemon. ``codec``: the caller leg's codec (PCMU, PCMA)."""
+
+    carrier = "telnyx"
+
+    def __init__(self, *args: Any, signer: TelnyxSigner | None = None, codec: str = "PCMU",
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        assert isinstance(self.config.carrier, TelnyxSettings)
+        self.settings: TelnyxSettings = self.config.carrier
+        if codec.upper() not in CODECS:
+            raise ValueError(f"codec {codec!r}: expected one of {', '.join(CODECS)}")
+        self.signer, self.codec = signer, codec.upper()
+        self.leg_id, self.session_id = str(uuid.uuid4()), str(uuid.uuid4())
+        self.state = "parked"
+        self.client_state: str | None = None
+        self._commands: set[str] = set()
+        self._hangup: tuple[str, str] | None = None      # (cause, source) to report
+        self._streaming = ""                              # stream_url while a stream is up
+        self._start_time = now_iso()
+
+    def new_call_id(self) -> str:
+        return "v3:" + base64.urlsafe_b64encode(secrets.token_bytes(36)).decode().rstrip("=")
+
+    def payload(self, **extra: Any) -> dict[str, Any]:
+        """The ids every call event carries, plus ``extra``."""
+        return {"call_control_id": self.call_id, "call_leg_id": self.leg_id,
+                "call_session_id": self.session_id, "connection_id": self.settings.connection_id,
+                "from": self.from_number, "to": self.config.phone_number,
+                "client_state": self.client_state, **extra}
+
+    async def webhook(self, event_type: str, required: bool = False, **extra: Any) -> bool:
+        """POST a signed call event to the daemon; False (and a problem) when it fails."""
+        body = json.dumps({
+            "data": {"record_type": "event", "event_type": event_type,
+                     "id": str(uuid.uuid4()), "occurred_at": now_iso(),
+                     "payload": self.payload(**extra)},
+            "meta": {"attempt": 1, "delivered_to":
+                     self.config.server.public_url.rstrip("/") + VOICE_PATH}}).encode()
+        headers = {"Content-Type": "application/json", "User-Agent": "telnyx-webhooks"}
+        if self.signer is not None:
+            headers.update(self.signer.headers(body))
+        problem = ""
+        try:
+            async with self.session.post(self.url + VOICE_PATH, data=body, headers=headers,
+                                         timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                if resp.status >= 300:
+                    problem = f"answered HTTP {resp.status}: {(await resp.text())[:200]}"
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            problem = f"cannot reach the daemon at {self.url}: {exc or type(exc).__name__}"
+        if not problem:
+            return True
+        message = f"webhook {event_type} {problem}"
+        if required:
+            self.fail(message)
+        else:
+            self.result.warnings.append(message)
+        return False
+
+    def spawn_webhook(self, event_type: str, **extra: Any) -> None:
+        """Send a webhook in the background (e.g. ``call.dtmf.received``)."""
+        self._tasks.append(asyncio.create_task(self.webhook(event_type, **extra)))
+
+    async def _run(self) -> None:
+        if not await self.webhook("call.initiated", required=True, direction="incoming",
+                                  state="parked", start_time=self._start_time,
+                                  caller_id_name=self.from_number):
+            return
+        try:
+            kind, body = await asyncio.wait_for(self.next_event(None), ANSWER_TIMEOUT)
+        except asyncio.TimeoutError:
+            kind, body = "no_command", None
+        if kind == "reject":
+            self._hangup = ("call_rejected", "callee")
+            self.end(REJECTED, str(body.get("cause") or "rejected"))
+        elif kind == "hangup":
+            self._hangup = ("normal_clearing", "callee")
+            self.end(HUNG_UP, "hung up without answering")
+        elif kind == "answer":
+            await self._answered(body)
+        else:
+            self._hangup = ("timeout", "unknown")
+            self.fail(f"the daemon sent no answer command within {ANSWER_TIMEOUT:g} s of "
+                      "call.initiated")
+
+    async def _answered(self, body: dict[str, Any]) -> None:
+        assert self.caller is not None
+        self.state, self._hangup = "answered", ("normal_clearing", "caller")
+        self.client_state = body.get("client_state") or self.client_state
+        await self.webhook("call.answered", state="answered", start_time=self._start_time)
+        url = body.get("stream_url")
+        if not isinstance(url, str) or not url:
+            self.fail("the answer command has no stream_url: no media stream, the agent is mute")
+            return
+        leg = self._leg(url, body)
+        try:
+            await leg.connect(self.session)
+        except LegError as exc:
+            await self.webhook("streaming.failed", failure_reason=str(exc), stream_type="websocket")
+            self.fail(str(exc))
+            return
+        self._streaming = url
+        await self.webhook("streaming.started", stream_url=url)
+        self.result.stream_ids.append(leg.dialect.stream_id)  # type: ignore[attr-defined]
+        self.caller.leg = leg
+        self.answered()
+        task = asyncio.create_task(leg.run(), name=f"telnyx-{self.call_id}")
+        while not self.ended:
+            kind, data = await self.next_event(task if self._streaming else None)
+            if kind == "leg_closed":
+                await self._leg_closed(leg, task)
+            elif kind in ("hangup", "transfer", "script_done", "timeout", "streaming_stop"):
+                await self.end_leg(leg, task, stop=True)
+                await self._stream_stopped()
+                self._on_event(kind, data)
+
+    async def _leg_closed(self, leg: MediaLeg, task: asyncio.Task[Any]) -> None:
+        await self.end_leg(leg, task, stop=False)
+        await self._stream_stopped()
+        try:
+            kind, data = await asyncio.wait_for(self.next_event(None), CLOSE_GRACE)
+        except asyncio.TimeoutError:
+            kind, data = "", None
+        if kind in ("hangup", "transfer"):
+            self._on_event(kind, data)
+        else:
+            self.end(STREAM_CLOSED, "the daemon closed the media stream without a hangup "
+                                    "command: on Telnyx the call stays up (and billed)")
+
+    def _on_event(self, kind: str, data: Any) -> None:
+        if kind == "hangup":
+            self._hangup = ("normal_clearing", "callee")
+            self.end(HUNG_UP, "hangup command")
+        elif kind == "transfer":
+            self.end(TRANSFERRED, str(data.get("to", "")))
+        elif kind == "script_done":
+            self.end(COMPLETED, "the caller hung up")
+        elif kind == "timeout":
+            self.fail(f"the call was still up after {self.timeout:g} s; the caller hung up")
+
+    def _leg(self, url: str, body: dict[str, Any]) -> MediaLeg:
+        assert self.caller is not None
+        mode = body.get("stream_bidirectional_mode") or "mp3"
+        bidi = str(body.get("stream_bidirectional_codec") or "PCMU")
+        rx: Codec | None = None
+        drop = ""
+        if mode != "rtp":
+            drop = (f"stream_bidirectional_mode is {mode!r}: Telnyx expects MP3 files in that "
+                    "mode and drops the daemon's raw audio (one-way call); use \"rtp\"")
+            self.result.errors.append(drop)
+        elif bidi in ("PCMU", "PCMA", "L16"):
+            rx = get_codec(bidi, 8000)
+        else:
+            drop = f"stream_bidirectional_codec {bidi!r} is not simulated (PCMU, PCMA, L16)"
+            self.result.errors.append(drop)
+        wanted = body.get("stream_codec")
+        encoding = wanted if wanted in CODECS else self.codec  # Telnyx transcodes PCMU⇄PCMA only
+        if body.get("stream_track") == "both_tracks":
+            self.result.warnings.append("stream_track both_tracks: the simulator sends the "
+                                        "inbound track only")
+        dialect = TelnyxFrames(str(uuid.uuid4()), self, encoding)
+        return MediaLeg(self.caller, dialect, url=dial_url(url, self.url), headers={},
+                        tx_codec=get_codec(encoding), rx_codec=rx, drop_reason=drop,
+                        errors=self.result.errors, warnings=self.result.warnings)
+
+    async def _stream_stopped(self) -> None:
+        if self._streaming:
+            url, self._streaming = self._streaming, ""
+            await self.webhook("streaming.stopped", stream_url=url)
+
+    async def on_rest(self, action: str, fields: dict[str, Any]) -> web.Response:
+        if self.state == "hangup" or (self.ended and action != "hangup"):
+            return telnyx_error(422, "90018", "Call has already ended",
+                                "This call is no longer active and can't receive commands.")
+        command = str(fields.get("command_id") or "")
+        if command and command in self._commands:
+            return web.json_response({"data": {"result": "ok"}})  # a retry: applied once
+        if command:
+            self._commands.add(command)
+        if action in ("answer", "reject") and self.state != "parked":
+            return telnyx_error(422, "90020", "Call is not ringing",
+                                f"{action} is only possible before the call is answered")
+        if action == "transfer" and not fields.get("to"):
+            return telnyx_error(422, "10015", "Invalid parameter", "to is required")
+        if action == "send_dtmf" and not fields.get("digits"):
+            return telnyx_error(422, "10015", "Invalid parameter", "digits is required")
+        self.action(action, fields)
+        if action in ("hangup", "reject"):
+            self.state = "hangup"
+        elif action == "answer":
+            self.state = "answering"
+        elif action == "send_dtmf" and self.caller is not None:
+            now = self.caller.now()
+            self.caller.lines.append(Line("agent", now, now, f"[DTMF {fields['digits']}]"))
+        if action in ("answer", "reject", "hangup", "transfer", "streaming_stop"):
+            self.events.put_nowait((action, fields))
+        return web.json_response({"data": {"result": "ok"}})
+
+    async def _after_end(self) -> None:
+        await self._stream_stopped()
+        self.state = "hangup"
+        if self._hangup is not None:
+            cause, source = self._hangup
+            await self.webhook("call.hangup", hangup_cause=cause, hangup_source=source,
+                               sip_hangup_cause="unspecified" if cause != "call_rejected"
+                               else "603", start_time=self._start_time, end_time=now_iso())
