@@ -52,6 +52,20 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():  # type: ignore[no-untyped-def]
+    """Tests that configure logging (to a captured stream) must not leak it to later tests."""
+    import logging
+
+    import structlog
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture
 def telnyx_signer() -> TelnyxSigner:
     """A fresh Ed25519 key standing in for Telnyx's."""

@@ -45,10 +45,12 @@ class CallRegistry:
     """Calls by carrier call id, bounded in size; ended calls are evicted first."""
 
     def __init__(self, max_records: int = 50_000, max_call_seconds: float = 3600.0) -> None:
-        self._calls: OrderedDict[str, CallRecord] = OrderedDict()
-        self._live: dict[str, CallRecord] = {}
+        self._calls: dict[str, CallRecord] = {}
+        self._live: OrderedDict[str, CallRecord] = OrderedDict()    # oldest first
+        self._ended: OrderedDict[str, None] = OrderedDict()         # in the order they ended
         self._max = max_records
         self._max_call_seconds = max_call_seconds
+        self._next_sweep = 0.0
 
     def get(self, call_id: str) -> CallRecord | None:
         """The record, if any."""
@@ -109,29 +111,33 @@ class CallRegistry:
         return True
 
     def live_count(self) -> int:
-        """Calls not ended and younger than ``max_call_seconds`` (stale ones are closed)."""
+        """Calls not ended and younger than ``max_call_seconds`` (stale ones are closed;
+        the live set is kept oldest first, so the sweep stops at the first young call)."""
         now = time.time()
-        stale = [r for r in self._live.values() if now - r.created_at > self._max_call_seconds]
-        for rec in stale:
-            self._close(rec, "expired", now)
+        if now >= self._next_sweep:
+            self._next_sweep = now + 1.0
+            limit = now - self._max_call_seconds
+            while self._live:
+                rec = next(iter(self._live.values()))
+                if rec.created_at > limit:
+                    break
+                self._close(rec, "expired", now)
         return len(self._live)
 
     def _close(self, rec: CallRecord, outcome: str, now: float) -> None:
         rec.ended_at = now
         rec.outcome = rec.outcome or outcome
         self._live.pop(rec.call_id, None)
+        self._ended[rec.call_id] = None
 
     def __len__(self) -> int:
         return len(self._calls)
 
     def _trim(self) -> None:
-        if len(self._calls) <= self._max:
-            return
-        for call_id, rec in list(self._calls.items()):
-            if len(self._calls) <= self._max:
-                return
-            if rec.ended_at is not None:
-                del self._calls[call_id]
-        while len(self._calls) > self._max:  # all live: drop the oldest
-            call_id, _ = self._calls.popitem(last=False)
-            self._live.pop(call_id, None)
+        """Evict the longest-ended records first, then (all live) the oldest: O(1) each."""
+        while len(self._calls) > self._max:
+            if self._ended:
+                call_id, _ = self._ended.popitem(last=False)
+            else:
+                call_id, _ = self._live.popitem(last=False)
+            self._calls.pop(call_id, None)
