@@ -56,12 +56,13 @@ class Gateway:
             log.error("background_task_failed", task=task.get_name(),
                       error=repr(task.exception()))
 
-    def record_call_end(self, session: Any, outcome: str) -> None:
-        """A media session ended: store its transcript and count the call once."""
+    def record_stream_end(self, session: Any, outcome: str, *, call_over: bool) -> None:
+        """A media stream ended: keep its transcript (a call may have several streams) and,
+        when the call is over, count it once."""
         rec = self.registry.ensure(session.call_id, session.carrier)
-        rec.transcript = [line.as_dict() for line in session.transcript]
-        rec.turns = list(session.turn_latencies)
-        if self.registry.finish(session.call_id, session.carrier, outcome):
+        rec.transcript.extend(line.as_dict() for line in session.transcript)
+        rec.turns.extend(session.turn_latencies)
+        if call_over and self.registry.finish(session.call_id, session.carrier, outcome):
             self.metrics.calls_total.labels(rec.direction, outcome).inc()
             self.metrics.call_duration.labels(rec.direction).observe(session.duration)
 

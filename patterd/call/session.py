@@ -106,8 +106,8 @@ class CallSession:
                 await self.control.hangup(self.call_id)
             except Exception as exc:  # noqa: BLE001 - logged, nothing else to do
                 log.warning("hangup_after_drop_failed", call_id=self.call_id, error=repr(exc))
-        if not self.restart_expected:
-            self.gw.record_call_end(self, self.outcome or "completed")
+        self.gw.record_stream_end(self, self.outcome or "completed",
+                                  call_over=not self.restart_expected)
 
     # -- events from the carrier (hot path) ------------------------------------------------
     def on_audio(self, event: AudioIn) -> None:
@@ -213,32 +213,27 @@ class CallSession:
 
     async def _run_reply(self, fixed: str, user_text: str | None, dtmf: str | None) -> None:
         self.speaker.spoken = []
-        try:
-            if fixed:
-                result = TurnResult(utterances=[await self.speaker.say(fixed)], text=fixed)
-            else:
-                try:
-                    result = await run_turn(self.llm, self.speaker, self.history,
-                                            user_text=user_text, dtmf=dtmf,
-                                            metrics=self.gw.metrics)
-                except Exception as exc:  # noqa: BLE001 - a backend failed: apologise, stay up
-                    log.warning("reply_failed", call_id=self.call_id, error=repr(exc))
-                    self.gw.metrics.backend_errors.labels("llm", self.config.llm.provider).inc()
-                    result = TurnResult(utterances=[await self.speaker.say(FAILURE_APOLOGY)])
-                if user_text:
-                    self.history.append(Message("user", user_text))
-                elif dtmf:
-                    self.history.append(Message("user", f"[pressed {dtmf}]"))
-                if result.text:
-                    self.history.append(Message("assistant", result.text))
-            total = sum(u.seconds for u in result.utterances)
-            await played(result.utterances, timeout=total + 5.0)
-            self._record_agent(self.speaker.spoken, interrupted=False)
-            self.last_activity = self.loop.time()
-            for tool in result.tools:
-                await self._act(tool)
-        except asyncio.CancelledError:
-            raise
+        if user_text:
+            self.history.append(Message("user", user_text))
+        elif dtmf:
+            self.history.append(Message("user", f"[pressed {dtmf}]"))
+        history = self.history[:-1] if (user_text or dtmf) else self.history
+        if fixed:
+            result = TurnResult(utterances=[await self.speaker.say(fixed)], text=fixed)
+        else:
+            try:
+                result = await run_turn(self.llm, self.speaker, history, user_text=user_text,
+                                        dtmf=dtmf, metrics=self.gw.metrics)
+            except Exception as exc:  # noqa: BLE001 - a backend failed: apologise, stay up
+                log.warning("reply_failed", call_id=self.call_id, error=repr(exc))
+                self.gw.metrics.backend_errors.labels("llm", self.config.llm.provider).inc()
+                result = TurnResult(utterances=[await self.speaker.say(FAILURE_APOLOGY)])
+        total = sum(u.seconds for u in result.utterances)
+        await played(result.utterances, timeout=total + 5.0)
+        self._record_agent(self.speaker.spoken, interrupted=False)
+        self.last_activity = self.loop.time()
+        for tool in result.tools:
+            await self._act(tool)
 
     def _utterance_started(self, utt: Utterance) -> None:
         if self._speech_end_at is not None and utt.first_sent_at is not None:
@@ -259,6 +254,8 @@ class CallSession:
         text = " ".join(p for p in parts if p)
         if utterances:
             self.transcript.append(Line("agent", text, interrupted=interrupted and cut))
+            if text:  # the model remembers what the caller actually heard
+                self.history.append(Message("assistant", text))
         utterances.clear()
 
     async def _act(self, tool: Any) -> None:

@@ -139,3 +139,40 @@ async def test_max_call_seconds_ends_the_call(daemon) -> None:  # type: ignore[n
     assert result.outcome == "hung_up_by_agent"
     assert result.duration < 8
     assert gateway_of(client).registry.get(result.call_id).outcome == "max_duration"
+
+
+DTMF_RULES = {"llm": {"provider": "rules", "rules": [
+    {"dtmf": "5", "reply": "Sending tones.", "action": {"send_dtmf": "123#"}},
+    {"phrases": ["goodbye"], "dtmf": "9", "reply": "Goodbye!", "action": {"hangup": True}},
+], "fallback": "Sorry?"}}
+
+
+async def test_twilio_send_dtmf_replays_the_stream_and_call_continues(daemon) -> None:  # type: ignore[no-untyped-def]
+    cfg = twilio_cfg(**DTMF_RULES)
+    client = await daemon(cfg)
+    steps = [WaitForAgent(), Dtmf("5"), WaitForAgent(), Wait(1.0), Dtmf("9"),
+             WaitForAgent(required=False)]
+    result = await simulate_call(cfg, url_of(client), steps, timeout=60)
+    assert result.outcome == "hung_up_by_agent", (result.outcome, result.detail, result.errors)
+    twiml = [a.fields.get("Twiml", "") for a in result.actions]
+    played_digits = [t for t in twiml if '<Play digits="123#"/>' in t]
+    assert played_digits and "<Connect><Stream" in played_digits[0]
+    assert 'name="resumed" value="1"' in played_digits[0]
+    assert len(result.stream_ids) == 2          # a new stream after the TwiML update
+    rec = gateway_of(client).registry.get(result.call_id)
+    assert any(e["type"] == "send_dtmf" and e["digits"] == "123#" for e in rec.events)
+    greetings = [t for t in agent_lines(client, result.call_id) if t.startswith("Thanks")]
+    assert len(greetings) == 1                  # the resumed stream does not greet again
+    assert rec.outcome == "completed"
+
+
+async def test_telnyx_send_dtmf_uses_call_control(daemon) -> None:  # type: ignore[no-untyped-def]
+    cfg = telnyx_cfg(**DTMF_RULES)
+    client = await daemon(cfg)
+    steps = [WaitForAgent(), Dtmf("5"), WaitForAgent(), Dtmf("9"), WaitForAgent(required=False)]
+    result = await simulate_call(cfg, url_of(client), steps, signer=TelnyxSigner(SEED),
+                                 timeout=60)
+    assert result.outcome == "hung_up_by_agent", (result.outcome, result.detail, result.errors)
+    dtmf = [a for a in result.actions if a.action == "send_dtmf"]
+    assert dtmf and dtmf[0].fields["digits"] == "123#" and dtmf[0].fields.get("command_id")
+    assert len(result.stream_ids) == 1
