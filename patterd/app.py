@@ -31,7 +31,10 @@ def build_app(config: Config, carrier: Carrier, *, gateway: Gateway | None = Non
                           middlewares=[_json_errors])
     app[GATEWAY] = gw
     app.add_routes(health.ROUTES)
+    gw.carrier_name = carrier.name
     app.add_routes(carrier.routes(gw))
+    from .web.admin import admin_routes
+    app.add_routes(admin_routes(gw))
     app.cleanup_ctx.append(_lifecycle(carrier))
     return app
 

@@ -32,6 +32,8 @@ class Gateway:
     draining: bool = False
     sessions: set[Any] = field(default_factory=set)   # live media sessions of this process
     backends: Any = None                              # call.backends.Backends, at start-up
+    control: Any = None                               # the carrier's CallControl
+    carrier_name: str = ""
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:

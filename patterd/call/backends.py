@@ -61,10 +61,11 @@ class Backends:
         """Create and start the providers the config names."""
         from ..backends import create_llm, create_stt, create_tts
         stt = create_stt(config.stt, config.agent, llm=config.llm)
+        tts = create_tts(config.tts, config.agent)
         await stt.start()
+        await tts.start()   # a wrong voice fails here, at start-up, not on the first call
         segmenter, batcher = default_segmenter(config)
-        return cls(stt=stt, llm=create_llm(config.llm, config.agent),
-                   tts=create_tts(config.tts, config.agent),
+        return cls(stt=stt, llm=create_llm(config.llm, config.agent), tts=tts,
                    new_segmenter=segmenter, vad_batcher=batcher)
 
     async def close(self) -> None:

@@ -133,6 +133,10 @@ class CallRegistry:
     def __len__(self) -> int:
         return len(self._calls)
 
+    def records(self) -> list[CallRecord]:
+        """Every record held (a snapshot)."""
+        return list(self._calls.values())
+
     def _trim(self) -> None:
         """Evict the longest-ended records first, then (all live) the oldest: O(1) each."""
         while len(self._calls) > self._max:

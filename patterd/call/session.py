@@ -15,6 +15,7 @@ from ..audio.codecs import get_codec
 from ..audio.resample import Resampler
 from ..audio.segmenter import SpeechEnd, SpeechStart
 from ..backends.llm.base import Message
+from ..carriers.telnyx.rest import read_client_state
 from ..carriers.base import AudioIn, CallControl, DtmfIn, MarkPlayed, MediaProtocol, StreamStarted
 from ..config import Config
 from ..ops.logging import get_logger
@@ -32,6 +33,21 @@ FAILURE_APOLOGY = "Sorry, something went wrong on our side. Please try again in 
 PREROLL_FRAMES = 15  # 300 ms of audio before the VAD confirmed speech
 
 
+def stream_context(parameters: dict[str, str]) -> dict[str, str]:
+    """The call's context from the stream: Twilio ``<Parameter>``s as they are; Telnyx's
+    ``client_state`` (base64 JSON we set on answer/dial) unpacked into the same names."""
+    params = dict(parameters)
+    state = read_client_state(params.pop("client_state", None))
+    for key in ("direction", "to", "from", "amd", "vm"):
+        if isinstance(state.get(key), str):
+            params.setdefault(key, state[key])
+    variables = state.get("vars")
+    if isinstance(variables, dict):
+        for name, value in variables.items():
+            params.setdefault(f"var_{name}", str(value))
+    return params
+
+
 class CallSession:
     """The state of one call's media stream."""
 
@@ -40,7 +56,7 @@ class CallSession:
         self.gw, self.config = gw, gw.config
         cfg: Config = self.config
         self.call_id, self.carrier = start.call_id, carrier
-        self.parameters = dict(start.parameters)
+        self.parameters = stream_context(start.parameters)
         self.resumed = self.parameters.get("resumed") == "1"
         # The webhook may have landed on another replica: the signed stream context says who.
         gw.registry.ensure(self.call_id, carrier,
@@ -80,10 +96,29 @@ class CallSession:
 
     # -- lifecycle -------------------------------------------------------------------------
     def begin(self) -> None:
-        """Greet the caller (unless this stream resumes a call) and start the timers."""
+        """Greet the caller (unless this stream resumes a call), start recording if asked,
+        and start the timers."""
         if not self.resumed:
             self._start_reply(fixed=self._fill(self.config.agent.first_message))
+            if self.config.recording.enabled:
+                self._spawn(self._record())
         self._spawn(self._watchdog())
+
+    async def _record(self) -> None:
+        try:
+            ref = await self.control.start_recording(self.call_id,
+                                                     self.config.recording.channels)
+        except Exception as exc:  # noqa: BLE001 - a recording failure never ends the call
+            log.warning("recording_start_failed", call_id=self.call_id, error=repr(exc))
+            self.gw.metrics.backend_errors.labels("carrier", self.carrier).inc()
+            return
+        self.gw.registry.add_event(self.call_id, self.carrier, "recording_started",
+                                   recording_id=ref)
+
+    async def leave_voicemail(self, text: str) -> None:
+        """A machine answered: speak ``text`` after its beep, then hang up."""
+        if not self.ending:
+            await self._end_call("voicemail", text)
 
     async def close(self) -> None:
         """The stream is gone: stop everything and record the call."""
@@ -332,7 +367,9 @@ class CallSession:
             self.tx_frames = 0
 
     def _fill(self, text: str) -> str:
-        for name, value in self.config.agent.variables.items():
+        variables = {**self.config.agent.variables,
+                     **{k[4:]: v for k, v in self.parameters.items() if k.startswith("var_")}}
+        for name, value in variables.items():
             text = text.replace("{" + name + "}", value)
         return text
 

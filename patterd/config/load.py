@@ -238,6 +238,7 @@ def _read_agent(a: Section) -> AgentConfig:
         language=a.str("language", "en-US", pattern=re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*"),
                        expected="a language tag like en-US"),
         voicemail_message=a.str("voicemail_message"),
+        machine_detection=a.bool("machine_detection", False),
         transfer_targets=MappingProxyType(targets),
         max_call_seconds=a.float("max_call_seconds", 3600.0, minimum=1),
         barge_in=a.bool("barge_in", True),

@@ -56,6 +56,7 @@ class AgentConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     language: str = "en-US"
     voicemail_message: str = ""
+    machine_detection: bool = False
     transfer_targets: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     max_call_seconds: float = 3600.0
     barge_in: bool = True

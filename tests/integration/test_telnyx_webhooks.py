@@ -191,9 +191,11 @@ async def test_call_lifecycle_events_are_recorded(daemon, telnyx_signer, fake_te
         assert resp.status == 200
     rec = gateway_of(client).registry.get(CCID)
     assert rec.status == "completed" and rec.outcome == "completed"
-    assert [e["type"] for e in rec.events] == ["dtmf", "amd", "recording", "cost"]
+    assert [e["type"] for e in rec.events] == ["dtmf", "amd", "amd_verdict", "recording",
+                                               "cost"]
+    assert rec.events[2]["verdict"] == "human"
     assert rec.events[1]["result"] == "human"
-    assert rec.events[2]["recording_urls"]["wav"] == "https://r.example/1.wav"
+    assert rec.events[3]["recording_urls"]["wav"] == "https://r.example/1.wav"
     calls = gateway_of(client).metrics.calls_total.labels("inbound", "completed")
     assert calls._value.get() == 1
 

@@ -141,8 +141,9 @@ async def test_unanswered_outcomes_are_recorded(daemon) -> None:  # type: ignore
                         outcome="no_answer") == 1
 
 
-async def test_recording_and_amd_callbacks_recorded_once(daemon) -> None:  # type: ignore[no-untyped-def]
-    client = await daemon(config(twilio_raw()))
+async def test_recording_and_amd_callbacks_recorded_once(daemon, fake_twilio) -> None:  # type: ignore[no-untyped-def]
+    fake, base = fake_twilio
+    client = await daemon(config(twilio_raw(carrier={"api_base_url": base})))
     sid = call_sid(3)
     rec_params = {"CallSid": sid, "RecordingSid": "RE" + "ab" * 16,
                   "RecordingStatus": "completed", "RecordingDuration": "12",
@@ -152,10 +153,16 @@ async def test_recording_and_amd_callbacks_recorded_once(daemon) -> None:  # typ
     for _ in range(2):
         assert (await post(client, "/webhooks/twilio/recording", rec_params)).status == 204
         assert (await post(client, "/webhooks/twilio/amd", amd_params)).status == 204
+    for _ in range(100):   # a machine with no voicemail message: hung up via REST
+        if fake.requests:
+            break
+        await asyncio.sleep(0.02)
     events = gateway_of(client).registry.get(sid).events
-    assert [e["type"] for e in events] == ["recording", "amd"]
+    assert [e["type"] for e in events][:3] == ["recording", "amd", "amd_verdict"]
     assert events[0]["url"] == "https://api.twilio.com/rec/RE1" and events[0]["duration"] == 12
-    assert events[1]["verdict"] == "machine_end_beep"
+    assert events[1]["verdict"] == "machine_end_beep" and events[2]["verdict"] == "machine"
+    assert [dict(r.form) for r in fake.requests] == [{"Status": "completed"}]
+    assert gateway_of(client).registry.get(sid).outcome == "voicemail"
     bad = await post(client, "/webhooks/twilio/amd", {**amd_params, "AnsweredBy": "robot"})
     assert bad.status == 400
 

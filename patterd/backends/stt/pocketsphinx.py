@@ -15,6 +15,7 @@ guard is needed. Only final transcripts are produced.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ class _Worker:
 
     @classmethod
     async def spawn(cls, decoder_args: dict[str, Any]) -> "_Worker":
+        """Start a worker and wait until its decoder is loaded."""
         root = str(Path(__file__).resolve().parents[3])     # the directory holding patterd/
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
@@ -55,6 +57,8 @@ class _Worker:
             ready = await asyncio.wait_for(proc.stdout.read(1), WORKER_START_TIMEOUT)
         except BaseException:
             worker.kill()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(proc.wait())       # reap it before reporting
             raise
         if ready != b"R":
             worker.kill()
@@ -63,6 +67,7 @@ class _Worker:
         return worker
 
     async def decode(self, pcm: bytes) -> str:
+        """One request/answer round trip."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(len(pcm).to_bytes(4, "little") + pcm)
         await self.proc.stdin.drain()
@@ -70,6 +75,7 @@ class _Worker:
         return (await self.proc.stdout.readexactly(n)).decode("utf-8")
 
     def kill(self) -> None:
+        """Kill the process now (reaped by whoever awaits ``proc.wait()``)."""
         if self.proc.returncode is None:
             self.proc.kill()
 
@@ -109,12 +115,14 @@ class PocketsphinxSTT(STT):
         self._idle: asyncio.Queue[_Worker] | None = None
         self._all: set[_Worker] = set()
         self._tasks: set[asyncio.Future[None]] = set()
+        self._closed = False
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.decoder_args: dict[str, Any] = {}
         self._start_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Build the dictionary and language model and start the decoder processes."""
+        self._closed = False
         async with self._start_lock:
             if self._idle is not None:
                 return
@@ -159,6 +167,8 @@ class PocketsphinxSTT(STT):
         request is cancelled midway is replaced too (its answer would be out of step).
         """
         for attempt in (1, 2):
+            if self._closed:
+                raise RuntimeError("the pocketsphinx STT provider is closed")
             if self._idle is None:
                 await self.start()
             idle = self._idle
@@ -198,7 +208,9 @@ class PocketsphinxSTT(STT):
         return PocketsphinxStream(self)
 
     async def close(self) -> None:
-        """Stop the decoder processes and delete the generated model files."""
+        """Stop the decoder processes (utterances being decoded still finish) and delete the
+        generated model files. Later decodes fail; :meth:`start` may open the provider again."""
+        self._closed = True
         workers, self._all, self._idle = self._all, set(), None
         await asyncio.gather(*self._tasks, return_exceptions=True)   # replacements stop too
         await asyncio.gather(*(w.stop() for w in workers))

@@ -2,11 +2,12 @@
 
 From the rule phrases (``llm.rules``), ``stt.vocabulary`` and the agent's own messages, plus a
 few everyday words that soak up what callers say around a keyword, :func:`build_model` writes a
-pronunciation dictionary (looked up in the cmudict the pocketsphinx wheel ships; words missing
-from it are reported) and a trigram language model (ARPA, built with
-``pocketsphinx.lm.ArpaBoLM``) in which the rule phrases weigh most. Measured on synthetic
-telephone speech this finds the rule a caller meant far more often than a JSGF grammar of the
-same words, a keyword-spotting search, or the general English model.
+pronunciation dictionary (looked up in the cmudict the pocketsphinx wheel ships; for words
+missing from it, espeak's letter-to-sound rules give a guess; words left over are reported) and
+a trigram language model (ARPA, built with ``pocketsphinx.lm.ArpaBoLM``) in which the rule
+phrases weigh most. Measured on synthetic telephone speech this finds the rule a caller meant far
+more often than a JSGF grammar of the same words, a keyword-spotting search, or the general
+English model.
 """
 
 from __future__ import annotations
@@ -69,9 +70,10 @@ class Vocabulary:
 
 
 def build_model(phrases: Sequence[str], messages: Sequence[str], directory: str,
-                cmudict: str) -> Vocabulary | None:
+                cmudict: str, *, g2p: bool = True) -> Vocabulary | None:
     """Write ``vocab.dict`` and ``vocab.arpa`` into ``directory``; None when there is no
-    vocabulary at all (no phrases and no messages)."""
+    vocabulary at all (no phrases and no messages). Words cmudict lacks get espeak's guess
+    (``g2p``); those still without a pronunciation are listed in ``Vocabulary.skipped``."""
     from pocketsphinx.lm import ArpaBoLM
 
     phrase_words = [normalise(p) for p in phrases]
@@ -80,6 +82,9 @@ def build_model(phrases: Sequence[str], messages: Sequence[str], directory: str,
         return None
     vocab = {w for ws in phrase_words + message_words for w in ws} | set(FILLER_WORDS)
     prons = read_cmudict(cmudict, vocab)
+    unknown = sorted(w for w in vocab - prons.keys() if not w.isdigit())
+    for w, phones in (guess_pronunciations(unknown) if unknown and g2p else {}).items():
+        prons[w] = [(w, phones)]
     missing = sorted(vocab - prons.keys())
     add_weak_onsets(prons, {w for ws in phrase_words for w in ws})
     known = sorted(prons)
@@ -98,6 +103,50 @@ def build_model(phrases: Sequence[str], messages: Sequence[str], directory: str,
         lm.write(f)
     return Vocabulary(dict_path, lm_path, missing,
                       {w: [phones for _, phones in prons[w]] for w in known})
+
+
+_IPA = {  # espeak's en-us IPA → the acoustic model's ARPAbet, longest symbols first
+    "aɪə": "AY ER", "ɚɹ": "ER", "ɜːɹ": "ER", "aɪ": "AY", "aʊ": "AW", "eɪ": "EY", "oʊ": "OW",
+    "əʊ": "OW", "ɔɪ": "OY",
+    "tʃ": "CH", "dʒ": "JH", "ɑː": "AA", "ɔː": "AO", "ɜː": "ER", "iː": "IY", "uː": "UW",
+    "n̩": "AH N", "l̩": "AH L", "m̩": "AH M", "ɑ": "AA", "ɒ": "AA", "æ": "AE", "ʌ": "AH",
+    "ə": "AH", "ɐ": "AH", "ɚ": "ER", "ɝ": "ER", "ɜ": "ER", "ɔ": "AO", "ɛ": "EH", "e": "EH",
+    "ɪ": "IH", "ᵻ": "IH", "i": "IY", "ʊ": "UH", "u": "UW", "o": "OW", "a": "AA",
+    "p": "P", "b": "B", "t": "T", "d": "D", "k": "K", "ɡ": "G", "g": "G", "f": "F", "v": "V",
+    "θ": "TH", "ð": "DH", "s": "S", "z": "Z", "ʃ": "SH", "ʒ": "ZH", "h": "HH", "m": "M",
+    "n": "N", "ŋ": "NG", "l": "L", "ɹ": "R", "r": "R", "w": "W", "j": "Y", "ɾ": "T", "ʔ": "T",
+    "x": "K",
+}
+_IPA_IGNORED = set("ˈˌː.‿- ")
+
+
+def ipa_to_arpabet(ipa: str) -> str | None:
+    """An IPA pronunciation (as espeak writes it) in ARPAbet, or None if a symbol is unknown."""
+    phones: list[str] = []
+    i = 0
+    while i < len(ipa):
+        if ipa[i] in _IPA_IGNORED:
+            i += 1
+            continue
+        for size in (3, 2, 1):
+            if ipa[i:i + size] in _IPA:
+                phones.append(_IPA[ipa[i:i + size]])
+                i += size
+                break
+        else:
+            return None
+    return " ".join(phones) or None
+
+
+def guess_pronunciations(words: Sequence[str]) -> dict[str, str]:
+    """ARPAbet for words cmudict lacks, from espeak's letter-to-sound rules ({} without espeak)."""
+    try:
+        from ..tts.espeak import pronounce_ipa
+        ipa = pronounce_ipa(list(words))
+    except Exception:                       # noqa: BLE001 - espeak missing: no guesses
+        return {}
+    guesses = {w: ipa_to_arpabet(p) for w, p in zip(words, ipa)}
+    return {w: p for w, p in guesses.items() if p}
 
 
 def add_weak_onsets(prons: dict[str, list[tuple[str, str]]], targets: Iterable[str]) -> None:
@@ -136,4 +185,5 @@ def sound_alike(groups: Sequence[Sequence[str]],
     return clashes
 
 
-__all__ = ["Vocabulary", "add_weak_onsets", "build_model", "model_paths", "normalise", "read_cmudict", "sound_alike"]
+__all__ = ["Vocabulary", "add_weak_onsets", "build_model", "guess_pronunciations",
+           "ipa_to_arpabet", "model_paths", "normalise", "read_cmudict", "sound_alike"]

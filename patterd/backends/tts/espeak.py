@@ -110,6 +110,7 @@ class _Engine:
 
     @classmethod
     def get(cls) -> "_Engine":
+        """The process's engine (created on first use; libespeak-ng is loaded lazily)."""
         with cls._instance_lock:
             if cls._instance is None:
                 cls._instance = cls()
@@ -253,11 +254,13 @@ class _EspeakStream(SpeechStream):
         return self._job.produced
 
     def cancel(self) -> None:
+        """Make the synth callback abort; the iteration ends at the next ``__anext__``."""
         self._job.cancelled.set()
         with self._job.room:
             self._job.room.notify_all()
 
     async def aclose(self) -> None:
+        """Cancel and wait until the engine has let go of this text."""
         self.cancel()
         self._done = True
         await asyncio.shield(self._future)   # the engine is free again once this returns

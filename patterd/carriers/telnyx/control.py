@@ -1,20 +1,31 @@
-"""Live-call actions through Telnyx Call Control."""
+"""Live-call actions and outbound calls through Telnyx Call Control."""
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
+from ...call.outbound import RING_TIMEOUT, OutboundCall
 from ...config import Config, TelnyxSettings
-from ..rest import SessionSource
-from .rest import TelnyxRest
+from ..rest import RestError, SessionSource
+from .rest import TelnyxRest, client_state
+from .stream_token import StreamTokens
+
+OUTBOUND_REF = "out:"  # stream tokens of outbound calls name a reference, not a call id yet
 
 
 class TelnyxControl:
-    """Hang-up, transfer and DTMF for Telnyx calls (the stream stays up for DTMF)."""
+    """Hang-up, transfer, DTMF, recording and dialling for Telnyx calls."""
 
     dtmf_ends_stream = False
 
-    def __init__(self, session: SessionSource, settings: TelnyxSettings, config: Config) -> None:
+    def __init__(self, session: SessionSource, settings: TelnyxSettings, config: Config,
+                 tokens: StreamTokens, stream_url: Any) -> None:
         self._rest = TelnyxRest(session, settings)
+        self._settings = settings
         self._from = config.phone_number
+        self._tokens = tokens
+        self._stream_url = stream_url   # token → wss URL
 
     async def hangup(self, call_id: str) -> bool:
         """``actions/hangup`` (90018 = already ended, also fine)."""
@@ -27,3 +38,39 @@ class TelnyxControl:
     async def send_dtmf(self, call_id: str, digits: str, parameters: dict[str, str]) -> bool:
         """``actions/send_dtmf``."""
         return await self._rest.send_dtmf(call_id, digits)
+
+    async def start_recording(self, call_id: str, channels: str) -> str:
+        """``actions/record_start`` (``call.recording.saved`` comes after the call)."""
+        ok = await self._rest.record_start(call_id, "single" if channels == "mono" else "dual")
+        return "record_start" if ok else ""
+
+    async def say_and_hangup(self, call_id: str, text: str) -> bool:
+        """``actions/speak``; the ``call.speak.ended`` webhook then hangs up."""
+        return await self._rest.speak(call_id, text, {"after_speak": "hangup"})
+
+    async def dial(self, call: OutboundCall) -> str:
+        """``POST /calls`` with the stream fields, so media starts at answer."""
+        if not self._settings.connection_id:
+            raise RestError(0, "config", "carrier.connection_id (or TELNYX_CONNECTION_ID) is "
+                                         "needed to place Telnyx calls")
+        ref = OUTBOUND_REF + uuid.uuid4().hex
+        state: dict[str, Any] = {"direction": "outbound", "ref": ref, "to": call.to,
+                                 "from": self._from}
+        if call.machine_detection:
+            state["amd"] = "1"
+        if call.voicemail_message:
+            state["vm"] = call.voicemail_message
+        if call.variables:
+            state["vars"] = call.variables
+        body: dict[str, Any] = {
+            "connection_id": self._settings.connection_id, "to": call.to, "from": self._from,
+            "timeout_secs": RING_TIMEOUT,
+            "stream_url": self._stream_url(self._tokens.mint(ref)),
+            "stream_track": "inbound_track", "stream_bidirectional_mode": "rtp",
+            "stream_bidirectional_codec": "PCMU", "stream_bidirectional_target_legs": "self",
+            "client_state": client_state(state),
+        }
+        if call.machine_detection:
+            body["answering_machine_detection"] = "greeting_end"
+        data = await self._rest.dial(body)
+        return str(data.get("call_control_id", ""))

@@ -11,10 +11,12 @@ from ...call.media_socket import serve_media
 from ...config import TelnyxSettings
 from ...ops.logging import get_logger
 from ...web.request import Forbidden
-from .control import TelnyxControl
+from ...carriers.base import StreamStarted
+from .control import OUTBOUND_REF, TelnyxControl
 from .media import TelnyxMedia
+from .rest import read_client_state
 from .stream_token import StreamTokens
-from .webhooks import MEDIA_PATH
+from .webhooks import MEDIA_PATH, stream_url
 
 if TYPE_CHECKING:
     from ...gateway import Gateway
@@ -24,7 +26,9 @@ log = get_logger("patterd.telnyx")
 
 def media_route(gw: Gateway, settings: TelnyxSettings, tokens: StreamTokens) -> web.RouteDef:
     """The route; the token names the one call it may carry."""
-    control = TelnyxControl(gw.session, settings, gw.config)
+    public_url = gw.config.server.public_url
+    control = gw.control = TelnyxControl(gw.session, settings, gw.config, tokens,
+                                         lambda token: stream_url(public_url, token))
 
     async def media(request: web.Request) -> web.StreamResponse:
         call_id = tokens.verify(request.match_info["token"])
@@ -32,6 +36,16 @@ def media_route(gw: Gateway, settings: TelnyxSettings, tokens: StreamTokens) -> 
             gw.metrics.signature_failures.labels("telnyx").inc()
             log.warning("telnyx_media_token_rejected")
             raise Forbidden("bad or expired media stream token")
+        if call_id.startswith(OUTBOUND_REF):
+            # Dialled by us: the call id did not exist yet; the client_state names the dial.
+            def same_dial(start: StreamStarted) -> str:
+                state = read_client_state(start.parameters.get("client_state"))
+                if state and state.get("ref") != call_id:
+                    return "start belongs to another outbound call than the stream token"
+                return ""
+
+            return await serve_media(request, gw, carrier="telnyx", proto=TelnyxMedia(),
+                                     control=control, check_start=same_dial)
         return await serve_media(request, gw, carrier="telnyx", proto=TelnyxMedia(),
                                  control=control, expected_call_id=call_id)
 

@@ -79,6 +79,25 @@ class TelnyxRest:
         return False
 
 
+    async def dial(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /calls``; the call (``call_control_id``…) or :class:`RestError`."""
+        payload = {**body, "command_id": body.get("command_id") or str(uuid.uuid4())}
+        resp = await self._client.request("POST", "/calls", json_body=payload)
+        _raise_for(resp, "place the call")
+        data = resp.body.get("data") if isinstance(resp.body, dict) else None
+        return data if isinstance(data, dict) else {}
+
+    async def record_start(self, call_control_id: str, channels: str) -> bool:
+        """Record the call (``call.recording.saved`` follows the hang-up)."""
+        return await self._checked(call_control_id, "record_start",
+                                   {"format": "wav", "channels": channels})
+
+    async def speak(self, call_control_id: str, text: str, state: dict[str, Any]) -> bool:
+        """Have Telnyx speak ``text`` (``call.speak.ended`` follows, carrying ``state``)."""
+        return await self._checked(call_control_id, "speak", {
+            "payload": text[:3000], "voice": "AWS.Polly.Joanna-Neural", "language": "en-US",
+            "payload_type": "text", "client_state": client_state(state)})
+
     async def transfer(self, call_control_id: str, to: str, from_number: str = "") -> bool:
         """Transfer the call to ``to`` (E.164 or ``sip:``)."""
         body: dict[str, Any] = {"to": to}

@@ -12,6 +12,7 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
+from ...call.amd import on_verdict
 from ...call.registry import TERMINAL
 from ...gateway import Gateway
 from ...ops.logging import get_logger
@@ -100,10 +101,12 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier | None, rest: TelnyxRes
 def handle_event(gw: Gateway, event_type: str, payload: dict[str, Any], call_id: str) -> Any:
     """Record the event; return a coroutine function to run after the 200, if any."""
     occurred = _text(payload, "occurred_at")
+    state = read_client_state(payload.get("client_state"))
     if event_type == "call.initiated":
         direction = "outbound" if payload.get("direction") == "outgoing" else "inbound"
         if direction == "outbound":
-            gw.registry.ensure(call_id, "telnyx", direction=direction)
+            gw.registry.ensure(call_id, "telnyx", direction=direction,
+                               from_number=_text(payload, "from"), to_number=_text(payload, "to"))
             gw.registry.apply_status(call_id, "telnyx", "initiated")
             return None
         if not gw.accepting:
@@ -139,6 +142,14 @@ def handle_event(gw: Gateway, event_type: str, payload: dict[str, Any], call_id:
             log.info("call_ended", call_id=call_id, outcome=outcome, cause=cause,
                      started=start)
         return None
+    if event_type.startswith("call.machine.") and call_id:
+        result = _text(payload, "result")
+        gw.registry.add_event(call_id, "telnyx", _EVENT_KINDS[event_type],
+                              event_type=event_type, result=result)
+        voicemail = state.get("vm") if isinstance(state.get("vm"), str) else ""
+        return lambda rest, tokens: on_verdict(gw, "telnyx", call_id, result, voicemail)
+    if event_type == "call.speak.ended" and state.get("after_speak") == "hangup":
+        return lambda rest, tokens: _hangup(rest, call_id)
     kind = _EVENT_KINDS.get(event_type)
     if kind is None:
         kind = event_type
@@ -176,6 +187,13 @@ async def _answer(gw: Gateway, rest: TelnyxRest, tokens: StreamTokens, call_id: 
         gw.registry.end(call_id, "failed")
         return
     log.info("call_answered", call_id=call_id)
+
+
+async def _hangup(rest: TelnyxRest, call_id: str) -> None:
+    try:
+        await rest.hangup(call_id)
+    except RestError as exc:
+        log.warning("hangup_failed", call_id=call_id, status=exc.status, reason=exc.message)
 
 
 async def _reject(rest: TelnyxRest, call_id: str) -> None:

@@ -1,23 +1,47 @@
-"""Live-call actions through Twilio's REST API."""
+"""Live-call actions and outbound calls through Twilio's REST API."""
 
 from __future__ import annotations
 
+import base64
+import json
+
+from ...call.outbound import RING_TIMEOUT, OutboundCall, stream_parameters
 from ...config import Config, TwilioSettings
 from ..rest import SessionSource
 from .rest import TwilioRest
+from .twiml import connect_stream
+
+
+def amd_context(voicemail: str) -> str:
+    """Voicemail text carried in the (Twilio-signed) AMD callback URL, so that whichever
+    replica receives the verdict can leave it."""
+    raw = json.dumps({"vm": voicemail}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def read_amd_context(value: str) -> str:
+    """The voicemail text of :func:`amd_context` (``""`` if absent or malformed)."""
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+    except (ValueError, TypeError):
+        return ""
+    vm = doc.get("vm") if isinstance(doc, dict) else None
+    return vm if isinstance(vm, str) else ""
 
 
 class TwilioControl:
-    """Hang-up, transfer and DTMF for Twilio calls. Any TwiML update ends the running stream,
-    so DTMF re-attaches it in the same update."""
+    """Hang-up, transfer, DTMF, recording and dialling for Twilio calls. Any TwiML update ends
+    the running stream, so DTMF re-attaches it in the same update."""
 
     dtmf_ends_stream = True
 
     def __init__(self, session: SessionSource, settings: TwilioSettings, config: Config,
                  stream_url: str) -> None:
         self._rest = TwilioRest(session, settings)
+        self._config = config
         self._caller_id = config.phone_number
         self._stream_url = stream_url
+        self._base = config.server.public_url
 
     async def hangup(self, call_id: str) -> bool:
         """``Status=completed`` (20404 = already ended, also fine)."""
@@ -31,3 +55,32 @@ class TwilioControl:
         """``<Play digits>`` then ``<Connect><Stream>`` again, marked as a resumed stream."""
         params = {**parameters, "resumed": "1"}
         return await self._rest.send_dtmf(call_id, digits, self._stream_url, params)
+
+    async def start_recording(self, call_id: str, channels: str) -> str:
+        """Dual-channel recording with status callbacks to ``/webhooks/twilio/recording``."""
+        return await self._rest.start_recording(
+            call_id, f"{self._base}/webhooks/twilio/recording", channels)
+
+    async def say_and_hangup(self, call_id: str, text: str) -> bool:
+        """Twilio speaks ``text`` and hangs up (the stream, wherever it is, ends)."""
+        return await self._rest.say_and_hangup(call_id, text)
+
+    async def dial(self, call: OutboundCall) -> str:
+        """``POST /Calls.json`` with the stream inline; returns the CallSid."""
+        params = stream_parameters(call, self._caller_id)
+        form = [("To", call.to), ("From", self._caller_id),
+                ("Twiml", connect_stream(self._stream_url, params)),
+                ("StatusCallback", f"{self._base}/webhooks/twilio/status"),
+                ("StatusCallbackMethod", "POST")]
+        form += [("StatusCallbackEvent", e)
+                 for e in ("initiated", "ringing", "answered", "completed")]
+        form.append(("Timeout", str(RING_TIMEOUT)))
+        if call.machine_detection:
+            amd_url = f"{self._base}/webhooks/twilio/amd"
+            if call.voicemail_message:
+                amd_url += f"?ctx={amd_context(call.voicemail_message)}"
+            form += [("MachineDetection", "DetectMessageEnd"), ("AsyncAmd", "true"),
+                     ("AsyncAmdStatusCallback", amd_url),
+                     ("AsyncAmdStatusCallbackMethod", "POST")]
+        resource = await self._rest.create_call(form)
+        return str(resource.get("sid", ""))

@@ -65,6 +65,32 @@ class TwilioRest:
         _raise_for(resp, "hang up")
         return False
 
+    async def create_call(self, form: list[tuple[str, str]]) -> dict[str, Any]:
+        """``POST /Calls.json``; the call resource (its ``sid``) or :class:`RestError`."""
+        resp = await self._client.request("POST", "/Calls.json", form=form)
+        _raise_for(resp, "place the call")
+        return resp.body if isinstance(resp.body, dict) else {}
+
+    async def start_recording(self, call_sid: str, callback_url: str, channels: str) -> str:
+        """Record the live call; returns the ``RE…`` sid."""
+        resp = await self._client.request(
+            "POST", f"/Calls/{quote(call_sid, safe='')}/Recordings.json",
+            form=[("RecordingChannels", channels), ("RecordingStatusCallback", callback_url),
+                  ("RecordingStatusCallbackMethod", "POST"),
+                  ("RecordingStatusCallbackEvent", "in-progress"),
+                  ("RecordingStatusCallbackEvent", "completed"),
+                  ("RecordingStatusCallbackEvent", "absent")])
+        _raise_for(resp, "start recording")
+        return str(resp.body.get("sid", "")) if isinstance(resp.body, dict) else ""
+
+    async def say_and_hangup(self, call_sid: str, text: str) -> bool:
+        """Have Twilio speak ``text`` and hang up (a voicemail left without our stream)."""
+        from xml.sax.saxutils import escape
+
+        from .twiml import XML_HEAD
+        doc = f"{XML_HEAD}<Response><Say>{escape(text)}</Say><Hangup/></Response>"
+        return await _update_twiml(self, call_sid, doc, "leave the voicemail")
+
     async def transfer(self, call_sid: str, target: str, caller_id: str = "") -> bool:
         """Cold-transfer the call with ``<Dial>`` (this ends our media stream)."""
         from .twiml import dial

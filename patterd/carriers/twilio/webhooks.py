@@ -16,7 +16,9 @@ from ...call.registry import TERMINAL
 from ...gateway import GATEWAY, Gateway
 from ...ops.logging import get_logger
 from ...web.request import BadRequest, Forbidden, counted, parse_json, read_body
+from ...call.amd import on_verdict
 from . import twiml
+from .control import read_amd_context
 from .signature import SignatureVerifier
 
 log = get_logger("patterd.twilio")
@@ -206,6 +208,9 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
         if gw.deduper.first_time(("twilio-amd", sid, verdict)):
             gw.registry.add_event(sid, "twilio", "amd", verdict=verdict, duration_ms=took)
             log.info("amd_result", call_id=sid, verdict=verdict)
+            # The voicemail text rides in the signed callback URL (any replica can act).
+            voicemail = read_amd_context(request.rel_url.query.get("ctx", ""))
+            gw.spawn(on_verdict(gw, "twilio", sid, verdict, voicemail), name="amd")
         return web.Response(status=204)
 
     return [

@@ -1,0 +1,203 @@
+"""The admin API under ``/v1`` (contract §4): place calls, read call records, steer live calls.
+
+Every request needs ``Authorization: Bearer <admin.token>`` (compared in constant time); with
+no token configured the API is not served at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..call.actions import ActionError, resolve_target
+from ..call.amd import session_for
+from ..call.outbound import parse_outbound
+from ..call.registry import CallRecord
+from ..carriers.rest import RestError
+from ..config.backends import DTMF_SEND
+from ..gateway import Gateway
+from ..ops.logging import get_logger
+
+log = get_logger("patterd.admin")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_LIMIT = 200
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def admin_routes(gw: Gateway) -> list[web.RouteDef]:
+    """The ``/v1`` routes, or none when no admin token is configured."""
+    token = gw.config.admin.token.encode()
+    if not token:
+        return []
+
+    def guarded(handler: Handler) -> Handler:
+        async def run(request: web.Request) -> web.StreamResponse:
+            given = request.headers.get("Authorization", "")
+            scheme, _, value = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    value.strip().encode("utf-8", "replace"), token):
+                return web.json_response({"error": "missing or wrong bearer token"},
+                                         status=401, headers={"WWW-Authenticate": "Bearer"})
+            return await handler(request)
+        return run
+
+    async def body_of(request: web.Request) -> Any:
+        raw = await request.content.read(gw.config.server.max_body_bytes + 1)
+        if len(raw) > gw.config.server.max_body_bytes:
+            raise web.HTTPRequestEntityTooLarge(max_size=gw.config.server.max_body_bytes,
+                                                actual_size=len(raw))
+        try:
+            return json.loads(raw) if raw else {}
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise web.HTTPBadRequest(text=json.dumps({"error": "body is not valid JSON"}),
+                                     content_type="application/json") from None
+
+    async def place(request: web.Request) -> web.StreamResponse:
+        try:
+            call = parse_outbound(await body_of(request),
+                                  default_amd=gw.config.agent.machine_detection,
+                                  default_voicemail=gw.config.agent.voicemail_message)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        if gw.draining:
+            return _error(503, "draining: not placing new calls")
+        try:
+            call_id = await gw.control.dial(call)
+        except RestError as exc:
+            log.warning("dial_failed", to=call.to, status=exc.status, reason=exc.message)
+            return _error(502, f"the carrier refused the call: {exc.message}")
+        rec = gw.registry.ensure(call_id, gw.carrier_name, direction="outbound",
+                                 from_number=gw.config.phone_number, to_number=call.to)
+        gw.registry.apply_status(call_id, gw.carrier_name, "queued")
+        gw.registry.add_event(call_id, gw.carrier_name, "dial",
+                              machine_detection=call.machine_detection,
+                              voicemail=bool(call.voicemail_message))
+        log.info("call_placed", call_id=call_id, to=call.to, amd=call.machine_detection)
+        return web.json_response({"call_id": rec.call_id}, status=201)
+
+    async def list_calls(request: web.Request) -> web.StreamResponse:
+        q = request.query
+        try:
+            limit = int(q.get("limit", "50"))
+        except ValueError:
+            return _error(400, "limit: expected an integer")
+        if not 1 <= limit <= MAX_LIMIT:
+            return _error(400, f"limit: expected 1 to {MAX_LIMIT}")
+        records = sorted(gw.registry.records(), key=lambda r: (r.created_at, r.call_id),
+                         reverse=True)
+        if status := q.get("status"):
+            records = [r for r in records if r.status == status or r.outcome == status]
+        if cursor := q.get("cursor"):
+            try:
+                at, _, after_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+                key = (float(at), after_id)
+            except (ValueError, UnicodeDecodeError):
+                return _error(400, "cursor: malformed")
+            records = [r for r in records if (r.created_at, r.call_id) < key]
+        page = records[:limit]
+        out: dict[str, Any] = {"calls": [summary(r) for r in page]}
+        if len(records) > limit:
+            last = page[-1]
+            out["next_cursor"] = base64.urlsafe_b64encode(
+                f"{last.created_at!r}|{last.call_id}".encode()).decode()
+        return web.json_response(out)
+
+    def record_or_404(request: web.Request) -> CallRecord:
+        rec = gw.registry.get(request.match_info["call_id"])
+        if rec is None:
+            raise web.HTTPNotFound(text=json.dumps({"error": "no such call"}),
+                                   content_type="application/json")
+        return rec
+
+    async def get_call(request: web.Request) -> web.StreamResponse:
+        return web.json_response(detail(record_or_404(request)))
+
+    async def hangup(request: web.Request) -> web.StreamResponse:
+        rec = record_or_404(request)
+        return await _steer(gw, rec, "hangup", lambda: gw.control.hangup(rec.call_id))
+
+    async def transfer(request: web.Request) -> web.StreamResponse:
+        rec = record_or_404(request)
+        doc = await body_of(request)
+        try:
+            target = resolve_target(str(doc.get("to", "")) if isinstance(doc, dict) else "",
+                                    gw.config.agent.transfer_targets)
+        except ActionError as exc:
+            return _error(400, f"to: {exc}")
+        return await _steer(gw, rec, "transfer",
+                            lambda: gw.control.transfer(rec.call_id, target), to=target)
+
+    async def dtmf(request: web.Request) -> web.StreamResponse:
+        rec = record_or_404(request)
+        doc = await body_of(request)
+        digits = doc.get("digits") if isinstance(doc, dict) else None
+        if not isinstance(digits, str) or not DTMF_SEND.fullmatch(digits):
+            return _error(400, "digits: expected 1-32 of 0-9, *, #, A-D, w, W")
+        session = session_for(gw, rec.call_id)
+        params = session.parameters if session is not None else {
+            "call_id": rec.call_id, "direction": rec.direction, "from": rec.from_number,
+            "to": rec.to_number}
+        if session is not None and gw.control.dtmf_ends_stream:
+            session.restart_expected = True
+        return await _steer(gw, rec, "send_dtmf",
+                            lambda: gw.control.send_dtmf(rec.call_id, digits, params),
+                            digits=digits)
+
+    return [
+        web.post("/v1/calls", guarded(place)),
+        web.get("/v1/calls", guarded(list_calls)),
+        web.get("/v1/calls/{call_id}", guarded(get_call)),
+        web.post("/v1/calls/{call_id}/hangup", guarded(hangup)),
+        web.post("/v1/calls/{call_id}/transfer", guarded(transfer)),
+        web.post("/v1/calls/{call_id}/dtmf", guarded(dtmf)),
+    ]
+
+
+async def _steer(gw: Gateway, rec: CallRecord, kind: str,
+                 act: Callable[[], Awaitable[bool]], **detail_: Any) -> web.Response:
+    if rec.ended_at is not None:
+        return _error(409, f"the call has ended ({rec.outcome})")
+    try:
+        ok = await act()
+    except RestError as exc:
+        gw.registry.add_event(rec.call_id, rec.carrier, kind, by="admin", ok=False,
+                              error=exc.message, **detail_)
+        return _error(502, f"the carrier refused: {exc.message}")
+    gw.registry.add_event(rec.call_id, rec.carrier, kind, by="admin", ok=ok, **detail_)
+    session = session_for(gw, rec.call_id)
+    if ok and session is not None and kind in ("hangup", "transfer"):
+        session.outcome = "transferred" if kind == "transfer" else "completed"
+        session.ending = True
+    if not ok:
+        return _error(409, "the carrier says the call has already ended")
+    return web.json_response({"ok": True, "call_id": rec.call_id, "action": kind})
+
+
+def summary(rec: CallRecord) -> dict[str, Any]:
+    """A call in a list."""
+    return {"call_id": rec.call_id, "carrier": rec.carrier, "direction": rec.direction,
+            "from": rec.from_number, "to": rec.to_number, "status": rec.status,
+            "outcome": rec.outcome or None, "created_at": rec.created_at,
+            "ended_at": rec.ended_at}
+
+
+def detail(rec: CallRecord) -> dict[str, Any]:
+    """One call in full: status history, transcript, DTMF, events and turn latencies."""
+    out = summary(rec)
+    out.update({
+        "status_history": rec.history,
+        "transcript": rec.transcript,
+        "dtmf": "".join(line.get("dtmf", "") for line in rec.transcript),
+        "events": rec.events,
+        "turns": rec.turns,
+    })
+    return out
