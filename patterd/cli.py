@@ -32,6 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", dest="sub_config")
     check = sub.add_parser("check", help="validate a config and print it with secrets masked")
     check.add_argument("--config", dest="sub_config")
+    call = sub.add_parser("call", help="place an outbound call through the running daemon")
+    call.add_argument("--config", dest="sub_config")
+    call.add_argument("--to", required=True, help="E.164 number to call")
+    call.add_argument("--machine-detection", action="store_true",
+                      help="detect answering machines (leave the voicemail message)")
+    call.add_argument("--voicemail", default=None, help="voicemail message for this call")
+    call.add_argument("--var", action="append", default=[], metavar="K=V",
+                      help="a variable for the agent's messages (repeatable)")
+    call.add_argument("--url", default="", help="the daemon's base URL (default: from config)")
     sub.add_parser("version", help="print the version")
     # `simulate` is dispatched to patterd.simulate.cli before parsing (see main); listed for --help
     sub.add_parser("simulate", add_help=False,
@@ -99,6 +108,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_call(args: argparse.Namespace) -> int:
+    """``POST /v1/calls`` on the running daemon; prints the call id."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    cfg = _load(_config_path(args))
+    if not cfg.admin.token:
+        print("patterd: admin.token is not set (nor PATTERD_ADMIN_TOKEN): the admin API is off",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    variables: dict[str, str] = {}
+    for item in args.var:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"patterd: --var {item!r}: expected NAME=VALUE", file=sys.stderr)
+            return EXIT_CONFIG
+        variables[name] = value
+    body: dict[str, object] = {"to": args.to, "machine_detection": args.machine_detection,
+                               "variables": variables}
+    if args.voicemail is not None:
+        body["voicemail_message"] = args.voicemail
+    host = cfg.server.host if cfg.server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    url = (args.url or f"http://{host}:{cfg.server.port}").rstrip("/") + "/v1/calls"
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
+        "Authorization": f"Bearer {cfg.admin.token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            answer = json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace")[:500]
+        print(f"patterd: the daemon refused the call (HTTP {exc.code}): {detail}",
+              file=sys.stderr)
+        return EXIT_CONFIG if exc.code == 400 else EXIT_RUNTIME
+    except OSError as exc:
+        print(f"patterd: cannot reach the daemon at {url}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(answer.get("call_id", ""))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``patterd`` console script."""
     rest = list(sys.argv[1:] if argv is None else argv)
@@ -112,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "check":
             return cmd_check(args)
+        if args.command == "call":
+            return cmd_call(args)
         return cmd_serve(args)
     except KeyboardInterrupt:
         return EXIT_OK

@@ -38,8 +38,18 @@ class FakeTwilio:
         base = "/2010-04-01/Accounts/{sid}"
         app.router.add_get(base + "/IncomingPhoneNumbers.json", self._list_numbers)
         app.router.add_post(base + "/IncomingPhoneNumbers/{pn}.json", self._update_number)
+        app.router.add_post(base + "/Calls.json", self._create_call)
         app.router.add_post(base + "/Calls/{call}.json", self._update_call)
         return app
+
+    async def _create_call(self, request: web.Request) -> web.Response:
+        seen = await self._seen(request)
+        form = dict(seen.form)
+        if not form.get("To") or not form.get("From"):
+            raise _twilio_error(400, 21201, "No 'To' number is specified")
+        sid = "CA" + f"{len(self.requests):032x}"
+        return web.json_response({"sid": sid, "status": "queued", "to": form["To"],
+                                  "from": form["From"], "direction": "outbound-api"}, status=201)
 
     async def _seen(self, request: web.Request) -> Seen:
         form = []
@@ -111,7 +121,18 @@ class FakeTelnyx:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v2/calls/{call}/actions/{action}", self._action)
+        app.router.add_post("/v2/calls", self._dial)
         return app
+
+    async def _dial(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append(Seen("POST", request.path, dict(request.headers), json=body))
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return _telnyx_error(401, "10009", "Authentication failed")
+        n = len(self.requests)
+        return web.json_response({"data": {"call_control_id": f"v3:dialled-{n}",
+                                           "call_leg_id": f"leg-{n}", "call_session_id": f"s-{n}",
+                                           "is_alive": False, "record_type": "call"}})
 
     async def _action(self, request: web.Request) -> web.Response:
         if request.content_type != "application/json":
