@@ -12,6 +12,8 @@ tests/openapi/package-lock.json with ``npm ci`` when missing. Missing tools fail
 
 from __future__ import annotations
 
+import contextlib
+
 import base64
 import ctypes
 import os
@@ -406,3 +408,93 @@ async def test_telnyx_mock_refuses_a_bad_codec(wire: Wire, mocks: SimpleNamespac
 async def test_telnyx_mock_refuses_missing_auth(wire: Wire, mocks: SimpleNamespace) -> None:
     async with wire.session.post(_action_url(mocks, "hangup"), json={}) as resp:
         assert resp.status == 401
+
+
+# --- Call control: outbound calls, recording, voicemail, transfer, DTMF ----------------------
+
+def _twilio_control(wire: Wire, mocks: SimpleNamespace):  # type: ignore[no-untyped-def]
+    from patterd.carriers.twilio.control import TwilioControl
+    from patterd.config import build_config
+    cfg = build_config({"server": {"public_url": PUBLIC_URL}, "phone_number": PHONE,
+                        "carrier": {"provider": "twilio", "account_sid": ACCOUNT_SID,
+                                    "auth_token": AUTH_TOKEN, "configure_number": False,
+                                    "api_base_url": mocks.twilio.url}}, env={})
+    return TwilioControl(wire.session, cfg.carrier, cfg, "wss://voice.example.com/media/twilio")
+
+
+def _only_repeated_key_complaints(wire: Wire, mock: Mock, repeated: set[str]) -> Exchange:
+    """Twilio takes list fields as one form field per value (``A=x&A=y``, as twilio-python
+    sends them); Prism cannot decode repeated form keys into the spec's arrays and reports
+    exactly those fields as "must be array". Any other violation fails the test."""
+    import json as _json
+    ex = wire.only()
+    if 200 <= ex.status < 300:
+        return ex
+    assert ex.status == 422, f"{ex}\n--- prism log ---\n{mock.log_tail()}"
+    violations = _json.loads(ex.body)["validation"]
+    others = [v for v in violations if not (v["code"] == "type"
+                                            and v["location"][-1] in repeated)]
+    assert not others, f"{others}\n--- prism log ---\n{mock.log_tail()}"
+    return ex
+
+
+async def test_twilio_outbound_call_with_amd(wire: Wire, mocks: SimpleNamespace) -> None:
+    from patterd.call.outbound import OutboundCall
+    from patterd.carriers.rest import RestError
+    control = _twilio_control(wire, mocks)
+    with contextlib.suppress(RestError):
+        await control.dial(OutboundCall("+15557654321", True, "Please call back.",
+                                        {"name": "A"}))
+    ex = _only_repeated_key_complaints(wire, mocks.twilio, {"StatusCallbackEvent"})
+    assert (ex.method, ex.url) == ("POST", f"{mocks.twilio.url}{TWILIO_ACCOUNT}/Calls.json")
+
+
+async def test_twilio_start_recording(wire: Wire, mocks: SimpleNamespace) -> None:
+    from patterd.carriers.rest import RestError
+    with contextlib.suppress(RestError):
+        await _twilio_control(wire, mocks).start_recording(CALL_SID, "dual")
+    ex = _only_repeated_key_complaints(wire, mocks.twilio, {"RecordingStatusCallbackEvent"})
+    assert ex.url == f"{mocks.twilio.url}{TWILIO_ACCOUNT}/Calls/{CALL_SID}/Recordings.json"
+
+
+async def test_twilio_voicemail_transfer_and_dtmf(wire: Wire, mocks: SimpleNamespace) -> None:
+    control = _twilio_control(wire, mocks)
+    for act in (lambda: control.say_and_hangup(CALL_SID, "Bye & thanks"),
+                lambda: control.transfer(CALL_SID, "+15550009999"),
+                lambda: control.send_dtmf(CALL_SID, "1w2#", {"call_id": CALL_SID})):
+        wire.exchanges.clear()
+        assert await act() is True
+        _accepted(wire, mocks.twilio)
+
+
+def _telnyx_control(wire: Wire, mocks: SimpleNamespace):  # type: ignore[no-untyped-def]
+    from patterd.carriers.telnyx.control import TelnyxControl
+    from patterd.carriers.telnyx.stream_token import StreamTokens
+    from patterd.config import build_config
+    from tests.support.signing import TelnyxSigner
+    cfg = build_config({"server": {"public_url": PUBLIC_URL}, "phone_number": PHONE,
+                        "carrier": {"provider": "telnyx", "api_key": TELNYX_KEY,
+                                    "connection_id": "1494404757140276705",
+                                    "public_key": TelnyxSigner().public_key_b64,
+                                    "api_base_url": mocks.telnyx.url}}, env={})
+    return TelnyxControl(wire.session, cfg.carrier, cfg, StreamTokens(TELNYX_KEY),
+                         lambda token: telnyx_stream_url(PUBLIC_URL, token))
+
+
+async def test_telnyx_outbound_call_with_amd(wire: Wire, mocks: SimpleNamespace) -> None:
+    from patterd.call.outbound import OutboundCall
+    await _telnyx_control(wire, mocks).dial(OutboundCall("+15557654321", True, "Call back."))
+    ex = _accepted(wire, mocks.telnyx)
+    assert (ex.method, ex.url) == ("POST", f"{mocks.telnyx.url}/calls")
+
+
+async def test_telnyx_record_speak_transfer_dtmf(wire: Wire, mocks: SimpleNamespace) -> None:
+    control = _telnyx_control(wire, mocks)
+    for action, act in (("record_start", lambda: control.start_recording(CALL_CONTROL_ID, "dual")),
+                        ("speak", lambda: control.say_and_hangup(CALL_CONTROL_ID, "Call back.")),
+                        ("transfer", lambda: control.transfer(CALL_CONTROL_ID, "+15550009999")),
+                        ("send_dtmf", lambda: control.send_dtmf(CALL_CONTROL_ID, "1w2#", {}))):
+        wire.exchanges.clear()
+        assert await act()
+        ex = _accepted(wire, mocks.telnyx)
+        assert ex.url == _action_url(mocks, action)
