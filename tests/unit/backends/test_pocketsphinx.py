@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from types import MappingProxyType
 
 import pytest
@@ -14,7 +15,7 @@ from patterd.audio.codecs import ulaw_decode, ulaw_encode
 from patterd.backends import STT, Transcript, create_llm, create_stt
 from patterd.backends.llm.rules import RulesLLM
 from patterd.backends.stt.pocketsphinx import PocketsphinxSTT
-from patterd.backends.stt.sphinx_vocab import model_paths, normalise
+from patterd.backends.stt.sphinx_vocab import build_model, model_paths, normalise
 from patterd.backends.tts.espeak import EspeakTTS
 from patterd.config.model import AgentConfig, BackendConfig, Rule, RuleAction
 
@@ -85,14 +86,21 @@ async def test_vocabulary_and_dictionary(stt: PocketsphinxSTT) -> None:
     assert normalise("Press 1, then 42#!") == ["press", "one", "then", "four", "two"]
 
 
-async def test_unknown_words_are_skipped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+async def test_words_missing_from_cmudict_get_espeak_pronunciations(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = BackendConfig("pocketsphinx", options={"vocabulary": ("zorblax fnord", "billing")})
-    s = PocketsphinxSTT(cfg, AgentConfig(first_message="Hi"))
+    s = PocketsphinxSTT(cfg, AgentConfig(first_message="Welcome to Zendesk"))
     with caplog.at_level(logging.WARNING):
         await s.start()
-    assert s.skipped == ["fnord", "zorblax"]
-    assert "zorblax" in caplog.text
+    assert s.skipped == [] and "zorblax" not in caplog.text
+    entries = Path(s.decoder_args["dict"]).read_text().splitlines()
+    assert "zorblax Z AO R B L AE K S" in entries and "zendesk Z EH N D EH S K" in entries
     await s.close()
+    # without the grapheme-to-phoneme fallback they are reported and left out
+    built = build_model(["zorblax fnord", "billing"], [], str(tmp_path), model_paths()[1],
+                        g2p=False)
+    assert built is not None and built.skipped == ["fnord", "zorblax"]
+    assert "zorblax" not in Path(built.dict_path).read_text()
 
 
 async def test_no_vocabulary_uses_the_general_model() -> None:
@@ -203,3 +211,34 @@ async def test_cancelled_decode_leaves_the_pool_usable(stt: PocketsphinxSTT) -> 
         await task
     llm = create_llm(LLM_CFG, AGENT)
     assert llm.match(await recognise(stt, pcm)).rule is RULES[0]
+
+
+async def test_round_trip_of_a_word_cmudict_lacks() -> None:
+    """"patterd" is not in cmudict: espeak's letter-to-sound guess makes it recognisable."""
+    rules = RULES + (Rule(("patterd",), "", "That's us."),)
+    cfg = BackendConfig("rules", rules=rules, fallback=LLM_CFG.fallback)
+    s = create_stt(BackendConfig("pocketsphinx"), AGENT, cfg)
+    await s.start()
+    try:
+        llm = create_llm(cfg, AGENT)
+        for text in ("patterd", "talk to patterd"):
+            assert llm.match(await recognise(s, await speak(text, 0.2))).rule is rules[-1]
+    finally:
+        await s.close()
+
+
+async def test_close_lets_decoding_finish_and_does_not_restart() -> None:
+    s = PocketsphinxSTT(BackendConfig("pocketsphinx"), AGENT, LLM_CFG, workers=1)
+    await s.start()
+    pcm = await speak("billing please", 0.2)
+    task = asyncio.ensure_future(s.decode(pcm * 20))
+    await asyncio.sleep(0.05)
+    await s.close()                              # the utterance in progress still completes
+    assert s._all == set() and task.done()
+    assert create_llm(LLM_CFG, AGENT).match(task.result()).rule is RULES[0]
+    assert s._all == set() and s.decoder_args == {}
+    with pytest.raises(RuntimeError, match="closed"):
+        await s.decode(pcm)
+    await s.start()                              # an explicit start opens it again
+    assert create_llm(LLM_CFG, AGENT).match(await s.decode(pcm)).rule is RULES[0]
+    await s.close()
