@@ -9,6 +9,7 @@ command -v gcc >/dev/null 2>&1 || want+=(gcc)
 if [ "${1:-runtime}" = "test" ]; then
   command -v node >/dev/null 2>&1 || want+=(nodejs)
   command -v npm >/dev/null 2>&1 || want+=(npm)
+  command -v systemd-analyze >/dev/null 2>&1 || want+=(systemd)   # verifies deploy/systemd
 fi
 [ ${#want[@]} -eq 0 ] && exit 0
 echo "patterd: installing system packages: ${want[*]}" >&2
