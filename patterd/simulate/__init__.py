@@ -15,13 +15,23 @@ transfers and DTMF are observed. Typical use from a test::
 Telnyx needs the webhook key: ``simulate_call(..., signer=TelnyxSigner(seed))``, and
 ``carrier.api_base_url`` must be a local ``http://`` URL (the simulator serves the carrier's REST
 API there; for Twilio that is optional but without it hang-ups and transfers go unobserved).
+
+Outbound calls: :func:`simulate_outbound` asks the daemon's admin API to place a call and plays
+the carrier and the :class:`Callee` (a person, a voicemail machine, a busy line…)::
+
+    r = await simulate_outbound(config, url, "+15557654321", Callee("busy"), admin_token=TOKEN)
+    assert r.ok and r.outcome == BUSY and not r.media_opened
 """
 
-from .api import CarrierApi, is_loopback
+from .api import ApiRequest, CarrierApi, is_loopback
+from .callee import DEFAULT_GREETING, Callee
 from .caller import Caller, Dtmf, Say, Step, Wait, WaitForAgent, WaitForAgentSpeech
 from .clock import Clock
-from .results import (COMPLETED, ERROR, HUNG_UP, REJECTED, STREAM_CLOSED, TRANSFERRED,
-                      Action, BargeIn, CallResult, Line, Summary, Turn, percentile, summarize)
+from .outbound import simulate_outbound
+from .outbound_result import OutboundResult, format_outbound
+from .results import (BUSY, CANCELED, COMPLETED, ERROR, FAILED, HUNG_UP, NO_ANSWER, REJECTED,
+                      STREAM_CLOSED, TRANSFERRED, Action, BargeIn, CallResult, Line, Summary,
+                      Turn, Webhook, percentile, summarize)
 from .runner import Report, SimulationError, make_api, simulate, simulate_call
 from .speech import (SpeechError, closest_message, make_transcriber, read_wav, say, say_wav,
                      synthesize, transcribe_agent, vocabulary, write_wav)
@@ -29,11 +39,13 @@ from .telnyx import TelnyxCall, TelnyxSigner
 from .twilio import TwilioCall
 
 __all__ = [
-    "COMPLETED", "ERROR", "HUNG_UP", "REJECTED", "STREAM_CLOSED", "TRANSFERRED",
-    "Action", "BargeIn", "CallResult", "Caller", "CarrierApi", "Clock", "Dtmf", "Line", "Report",
-    "Say", "SimulationError", "SpeechError", "Step", "Summary", "TelnyxCall", "TelnyxSigner",
-    "Turn", "TwilioCall", "Wait", "WaitForAgent", "WaitForAgentSpeech", "is_loopback",
-    "closest_message", "make_api", "make_transcriber", "percentile", "read_wav", "say",
-    "say_wav", "simulate", "simulate_call", "summarize", "synthesize", "transcribe_agent",
-    "vocabulary", "write_wav",
+    "BUSY", "CANCELED", "COMPLETED", "DEFAULT_GREETING", "ERROR", "FAILED", "HUNG_UP",
+    "NO_ANSWER", "REJECTED", "STREAM_CLOSED", "TRANSFERRED",
+    "Action", "ApiRequest", "BargeIn", "CallResult", "Callee", "Caller", "CarrierApi", "Clock",
+    "Dtmf", "Line", "OutboundResult", "Report", "Say", "SimulationError", "SpeechError", "Step",
+    "Summary", "TelnyxCall", "TelnyxSigner", "Turn", "TwilioCall", "Wait", "WaitForAgent",
+    "WaitForAgentSpeech", "Webhook", "is_loopback",
+    "closest_message", "format_outbound", "make_api", "make_transcriber", "percentile",
+    "read_wav", "say", "say_wav", "simulate", "simulate_call", "simulate_outbound",
+    "summarize", "synthesize", "transcribe_agent", "vocabulary", "write_wav",
 ]

@@ -9,10 +9,12 @@ dispatch each request to the live simulated call it names.
 from __future__ import annotations
 
 import ipaddress
+import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
 
@@ -45,6 +47,29 @@ class ApiRequest:
     path: str
     status: int = 0
     fields: dict[str, Any] = field(default_factory=dict)
+    call_id: str = ""
+
+
+Watcher = Callable[[ApiRequest], None]
+CALL_ID = web.RequestKey("sim_call_id", str)    # the call a request created (set by routes)
+
+
+def request_fields(body: bytes, content_type: str) -> dict[str, Any]:
+    """A request body as a dict: JSON as is; a form with repeated keys as lists."""
+    if content_type == "application/json":
+        try:
+            doc = json.loads(body or b"{}")
+        except ValueError:
+            return {"_raw": body.decode("utf-8", "replace")[:2000]}
+        return doc if isinstance(doc, dict) else {"_json": doc}
+    out: dict[str, Any] = {}
+    for name, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
+        if name in out:
+            prev = out[name]
+            out[name] = [*prev, value] if isinstance(prev, list) else [prev, value]
+        else:
+            out[name] = value
+    return out
 
 
 class CarrierApi:
@@ -61,11 +86,36 @@ class CarrierApi:
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         self.prefix = parts.path.rstrip("/")
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[self._watch])
         self.calls: dict[str, ApiCall] = {}
         self.ended: set[str] = set()        # calls that are over (the carrier says so)
         self.requests: list[ApiRequest] = []
+        # outbound calls the simulator expects the daemon to place, by the number dialled
+        self.pending: dict[str, list[Any]] = {}
+        # call id → who wants every request about that call (outbound results)
+        self.watchers: dict[str, Watcher] = {}
+        # outbound calls that are over: their final resource, for GETs (Twilio keeps calls)
+        self.finished: dict[str, dict[str, Any]] = {}
         self._runner: web.AppRunner | None = None
+
+    @web.middleware
+    async def _watch(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Report every request about a watched call (``request[CALL_ID]`` or the
+        ``{call}`` of the route) with the status it was answered."""
+        try:
+            resp = await handler(request)
+            status = resp.status
+        except web.HTTPException as exc:
+            resp, status = exc, exc.status
+        call_id = request.get(CALL_ID) or request.match_info.get("call", "")
+        watcher = self.watchers.get(call_id) if call_id else None
+        if watcher is not None:
+            fields = request_fields(await request.read(), request.content_type)
+            watcher(ApiRequest(time.time(), request.method, request.path, status, fields,
+                               call_id))
+        if isinstance(resp, web.HTTPException):
+            raise resp
+        return resp
 
     def add_post(self, path: str, handler: Any) -> None:
         """Route ``POST {prefix}{path}``."""

@@ -112,6 +112,12 @@ class SimulatedCall:
         finally:
             self.events.put_nowait(("script_done", None))
 
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run ``coro`` alongside the call (cancelled when the call is over)."""
+        task = asyncio.create_task(coro)
+        self._tasks.append(task)
+        return task
+
     def action(self, name: str, fields: dict[str, Any]) -> None:
         """Record a REST command of the daemon."""
         at = self.caller.now() if self.caller is not None else 0.0

@@ -3,12 +3,16 @@
 Steps run in the order given on the command line. The caller first listens to the greeting
 (unless the first step is a barge-in), and after each ``--say``/``--wav``/``--dtmf`` listens to
 the agent's reply; then it hangs up. With no steps: listen to the greeting, then hang up.
+
+``--outbound TO``: ask the daemon's admin API to call TO instead, and be the carrier and the
+callee (``--callee human|machine|busy|no-answer|failed|canceled``; a human runs the steps).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import sys
@@ -16,9 +20,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..config import Config, ConfigError, TelnyxSettings, load_config
+from .callee import KINDS, Callee
 from .caller import Dtmf, Step, Wait, WaitForAgent, WaitForAgentSpeech
+from .outbound import simulate_outbound
+from .outbound_result import format_outbound
 from .runner import SimulationError, simulate
-from .speech import SpeechError, say, say_wav
+from .speech import SpeechError, say, say_wav, write_wav
 from .telnyx import TelnyxSigner
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -72,6 +79,22 @@ def parser() -> argparse.ArgumentParser:
                    help="do not recognise the agent's words")
     p.add_argument("--no-status-callback", action="store_true",
                    help="Twilio: do not post the final status callback")
+    out = p.add_argument_group("outbound calls (placed through the daemon's admin API)")
+    out.add_argument("--outbound", metavar="TO", help="have the daemon call TO (E.164)")
+    out.add_argument("--callee", choices=KINDS, default="human",
+                     help="who answers (default human: runs the steps)")
+    out.add_argument("--admin-token", help="the admin API's bearer token (default: "
+                                           "$PATTERD_ADMIN_TOKEN, then admin.token)")
+    out.add_argument("--amd", action=argparse.BooleanOptionalAction, default=None,
+                     help="ask for answering-machine detection (default: the daemon's)")
+    out.add_argument("--voicemail", metavar="TEXT", help="the voicemail message to leave")
+    out.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                     help="a call variable (repeatable)")
+    out.add_argument("--ring", type=float, metavar="SECONDS", help="how long the phone rings")
+    out.add_argument("--shuffle-callbacks", action="store_true",
+                     help="deliver status callbacks out of order")
+    out.add_argument("--duplicate-callbacks", action="store_true",
+                     help="deliver every callback twice")
     return p
 
 
@@ -141,8 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("patterd simulate: --config PATH is required (or set PATTERD_CONFIG)",
               file=sys.stderr)
         return EXIT_USAGE
-    if args.calls < 1:
-        print("patterd simulate: --calls: expected at least 1", file=sys.stderr)
+    if args.calls < 1 or (args.outbound and args.calls != 1):
+        print("patterd simulate: --calls: expected at least 1 (exactly 1 with --outbound)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if any("=" not in v for v in args.var):
+        print("patterd simulate: --var: expected NAME=VALUE", file=sys.stderr)
         return EXIT_USAGE
     try:
         config = load_config(path)
@@ -165,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _main(config: Config, url: str, args: argparse.Namespace,
                 signer: TelnyxSigner | None) -> int:
     steps = await build_steps(args.steps or [], args.reply_timeout)
+    if args.outbound:
+        return await _outbound(config, url, args, signer, steps)
     report = await simulate(config, url, steps, calls=args.calls, out=args.out,
                             json_output=args.json, stagger=args.stagger, pid=args.pid,
                             signer=signer, codec=args.codec, timeout=args.timeout,
@@ -180,3 +209,24 @@ def _run(coro: Any) -> int:
         return asyncio.run(coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
+
+
+async def _outbound(config: Config, url: str, args: argparse.Namespace,
+                    signer: TelnyxSigner | None, steps: list[Step]) -> int:
+    token = args.admin_token or os.environ.get("PATTERD_ADMIN_TOKEN") or config.admin.token
+    if not token:
+        raise SimulationError("--admin-token: required to place calls (or set "
+                              "PATTERD_ADMIN_TOKEN, or admin.token in the config)")
+    callee = Callee(args.callee, steps=steps, ring_seconds=args.ring,
+                    shuffle_callbacks=args.shuffle_callbacks,
+                    duplicate_callbacks=args.duplicate_callbacks)
+    variables = dict(v.split("=", 1) for v in args.var) or None
+    result = await simulate_outbound(config, url, args.outbound, callee, admin_token=token,
+                                     machine_detection=args.amd,
+                                     voicemail_message=args.voicemail, variables=variables,
+                                     signer=signer, timeout=args.timeout)
+    if args.out:
+        write_wav(args.out, result.agent_audio)
+    sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n" if args.json
+                     else format_outbound(result))
+    return EXIT_OK if result.ok else EXIT_FAILED

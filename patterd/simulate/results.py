@@ -17,6 +17,11 @@ REJECTED = "rejected"              # the daemon declined the call (TwiML <Reject
 STREAM_CLOSED = "stream_closed"    # the daemon closed the media socket without a REST hang-up
 ERROR = "error"                    # anything else went wrong (detail says what)
 GOOD_OUTCOMES = frozenset({COMPLETED, HUNG_UP, TRANSFERRED})
+# outbound calls that were never answered (the carrier's terminal status, Telnyx hangup cause)
+BUSY = "busy"                      # the callee was busy (Twilio busy, Telnyx user_busy)
+NO_ANSWER = "no_answer"            # nobody answered before the ring timeout
+FAILED = "failed"                  # the call could not be placed (bad number, network)
+CANCELED = "canceled"              # ended before the answer (Twilio canceled, originator_cancel)
 
 
 @dataclass(slots=True)
@@ -60,6 +65,19 @@ class Action:
 
 
 @dataclass(slots=True)
+class Webhook:
+    """A request the simulated carrier sent to the daemon, and how the daemon answered."""
+
+    at: float                       # call time (s) it was sent
+    kind: str                       # Twilio: voice, status, amd, recording, stream; Telnyx: the event
+    url: str                        # the public URL it was signed for
+    fields: dict[str, Any] = field(default_factory=dict)   # form fields, or the Telnyx payload
+    status: int = 0                 # the daemon's HTTP status (0: no answer)
+    attempt: int = 1                # 2 for a deliberate duplicate (same id / idempotency token)
+    error: str = ""                 # why there was no answer
+
+
+@dataclass(slots=True)
 class CallResult:
     """Everything one simulated call observed."""
 
@@ -78,6 +96,7 @@ class CallResult:
     frames: dict[str, int] = field(default_factory=dict)
     jitter: dict[str, float] = field(default_factory=dict)
     stream_ids: list[str] = field(default_factory=list)
+    webhooks: list[Webhook] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -115,6 +134,7 @@ class CallResult:
             "frames": dict(self.frames), "jitter_ms": _rounded(dict(self.jitter)),
             "agent_audio_seconds": round(len(self.agent_audio) / 16000, 3),
             "stream_ids": list(self.stream_ids),
+            "webhooks": [_rounded(asdict(w)) for w in self.webhooks],
             "errors": list(self.errors), "warnings": list(self.warnings),
         }
 

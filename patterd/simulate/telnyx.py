@@ -15,6 +15,7 @@ import json
 import secrets
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -23,7 +24,8 @@ from ..audio.codecs import Codec, get_codec
 from ..config import TelnyxSettings
 from .call import SimulatedCall
 from .media import LegError, MediaLeg, dial_url
-from .results import COMPLETED, HUNG_UP, REJECTED, STREAM_CLOSED, TRANSFERRED, Line
+from . import telnyx_extras
+from .results import COMPLETED, HUNG_UP, REJECTED, STREAM_CLOSED, TRANSFERRED, Line, Webhook
 from .telnyx_wire import TelnyxFrames, TelnyxSigner, install, now_iso, telnyx_error
 
 __all__ = ["TelnyxCall", "TelnyxFrames", "TelnyxSigner", "install"]
@@ -38,6 +40,7 @@ class TelnyxCall(SimulatedCall):
     """One inbound Telnyx call to the daemon. ``codec``: the caller leg's codec (PCMU, PCMA)."""
 
     carrier = "telnyx"
+    post_cost = False           # send call.cost after the hang-up (outbound calls do)
 
     def __init__(self, *args: Any, signer: TelnyxSigner | None = None, codec: str = "PCMU",
                  **kwargs: Any) -> None:
@@ -54,36 +57,57 @@ class TelnyxCall(SimulatedCall):
         self._hangup: tuple[str, str] | None = None      # (cause, source) to report
         self._streaming = ""                              # stream_url while a stream is up
         self._start_time = now_iso()
+        self.hook_url = self.config.server.public_url.rstrip("/") + VOICE_PATH
+        self.recordings: list[dict[str, Any]] = []      # record_start → recording.saved
+        self.speaking: list[dict[str, Any]] = []        # speak commands being said
+        self.sip_cause = ""                               # call.hangup's sip_hangup_cause
 
     def new_call_id(self) -> str:
         return "v3:" + base64.urlsafe_b64encode(secrets.token_bytes(36)).decode().rstrip("=")
 
     def payload(self, **extra: Any) -> dict[str, Any]:
         """The ids every call event carries, plus ``extra``."""
+        if extra.pop("drop_call_control_id", False):    # e.g. call.recording.saved
+            return {k: v for k, v in self.payload(**extra).items() if k != "call_control_id"}
         return {"call_control_id": self.call_id, "call_leg_id": self.leg_id,
                 "call_session_id": self.session_id, "connection_id": self.settings.connection_id,
                 "from": self.from_number, "to": self.config.phone_number,
                 "client_state": self.client_state, **extra}
 
+    def envelope(self, event_type: str, **extra: Any) -> dict[str, Any]:
+        """A call event as Telnyx posts it."""
+        return {"data": {"record_type": "event", "event_type": event_type,
+                         "id": str(uuid.uuid4()), "occurred_at": now_iso(),
+                         "payload": self.payload(**extra)},
+                "meta": {"attempt": 1, "delivered_to": self.hook_url}}
+
     async def webhook(self, event_type: str, required: bool = False, **extra: Any) -> bool:
         """POST a signed call event to the daemon; False (and a problem) when it fails."""
-        body = json.dumps({
-            "data": {"record_type": "event", "event_type": event_type,
-                     "id": str(uuid.uuid4()), "occurred_at": now_iso(),
-                     "payload": self.payload(**extra)},
-            "meta": {"attempt": 1, "delivered_to":
-                     self.config.server.public_url.rstrip("/") + VOICE_PATH}}).encode()
+        return await self.send_event(self.envelope(event_type, **extra), required)
+
+    async def send_event(self, doc: dict[str, Any], required: bool = False,
+                         attempt: int = 1) -> bool:
+        """POST ``doc`` (signed, recorded in ``result.webhooks``); False when it failed."""
+        doc["meta"]["attempt"] = attempt
+        event_type = doc["data"]["event_type"]
+        body = json.dumps(doc).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "telnyx-webhooks"}
         if self.signer is not None:
             headers.update(self.signer.headers(body))
+        hook = Webhook(self.caller.now() if self.caller else 0.0, event_type, self.hook_url,
+                       doc["data"]["payload"], attempt=attempt)
+        self.result.webhooks.append(hook)
         problem = ""
         try:
-            async with self.session.post(self.url + VOICE_PATH, data=body, headers=headers,
+            async with self.session.post(self.to_daemon(self.hook_url), data=body,
+                                         headers=headers,
                                          timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                hook.status = resp.status
                 if resp.status >= 300:
                     problem = f"answered HTTP {resp.status}: {(await resp.text())[:200]}"
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            problem = f"cannot reach the daemon at {self.url}: {exc or type(exc).__name__}"
+            hook.error = problem = (f"cannot reach the daemon at {self.url}: "
+                                    f"{exc or type(exc).__name__}")
         if not problem:
             return True
         message = f"webhook {event_type} {problem}"
@@ -92,6 +116,11 @@ class TelnyxCall(SimulatedCall):
         else:
             self.result.warnings.append(message)
         return False
+
+    def to_daemon(self, public_url: str) -> str:
+        """Where a public URL of the daemon is reached locally (``--url`` + its path)."""
+        parts = urlsplit(public_url)
+        return self.url + parts.path + (f"?{parts.query}" if parts.query else "")
 
     def spawn_webhook(self, event_type: str, **extra: Any) -> None:
         """Send a webhook in the background (e.g. ``call.dtmf.received``)."""
@@ -220,7 +249,11 @@ class TelnyxCall(SimulatedCall):
             return telnyx_error(422, "10015", "Invalid parameter", "to is required")
         if action == "send_dtmf" and not fields.get("digits"):
             return telnyx_error(422, "10015", "Invalid parameter", "digits is required")
+        problem = telnyx_extras.check(self, action, fields)
+        if problem is not None:
+            return problem
         self.action(action, fields)
+        telnyx_extras.apply(self, action, fields)
         if action in ("hangup", "reject"):
             self.state = "hangup"
         elif action == "answer":
@@ -234,9 +267,14 @@ class TelnyxCall(SimulatedCall):
 
     async def _after_end(self) -> None:
         await self._stream_stopped()
+        await telnyx_extras.before_hangup(self)
         self.state = "hangup"
         if self._hangup is not None:
             cause, source = self._hangup
             await self.webhook("call.hangup", hangup_cause=cause, hangup_source=source,
-                               sip_hangup_cause="unspecified" if cause != "call_rejected"
-                               else "603", start_time=self._start_time, end_time=now_iso())
+                               sip_hangup_cause=self.sip_cause or (
+                                   "603" if cause == "call_rejected" else "unspecified"),
+                               start_time=self._start_time, end_time=now_iso())
+        seconds = None if self.answered_at is None or self.caller is None \
+            else self.caller.now() - self.answered_at
+        await telnyx_extras.after_hangup(self, seconds)

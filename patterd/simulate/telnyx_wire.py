@@ -9,7 +9,7 @@ import binascii
 import json
 import uuid
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from nacl.signing import SigningKey
@@ -113,19 +113,33 @@ def telnyx_error(status: int, code: str, title: str, detail: str = "") -> web.Re
 
 
 def install(api: CarrierApi, settings: TelnyxSettings) -> None:
-    """Add ``POST /calls/{call_control_id}/actions/{action}`` (Bearer auth, JSON)."""
+    """Add ``POST /calls/{call_control_id}/actions/{action}`` and ``POST /calls`` (dial)
+    (Bearer auth, JSON)."""
 
-    async def action(request: web.Request) -> web.Response:
+    async def _body(request: web.Request) -> tuple[dict[str, Any], web.Response | None]:
         try:
             body = json.loads(await request.read() or b"{}")
         except ValueError:
             body = None
         if request.headers.get("Authorization") != f"Bearer {settings.api_key}":
             api.log(request, 401, {})
-            return telnyx_error(401, "10009", "Authentication failed")
+            return {}, telnyx_error(401, "10009", "Authentication failed")
         if request.content_type != "application/json" or not isinstance(body, dict):
             api.log(request, 400, {})
-            return telnyx_error(400, "10015", "Bad request", "expected a JSON object")
+            return {}, telnyx_error(400, "10015", "Bad request", "expected a JSON object")
+        return body, None
+
+    async def dial(request: web.Request) -> web.Response:
+        body, denied = await _body(request)
+        if denied is not None:
+            return denied
+        from .telnyx_out import dial as place    # (it builds calls, which import this module)
+        return await place(api, settings.connection_id, request, body)
+
+    async def action(request: web.Request) -> web.Response:
+        body, denied = await _body(request)
+        if denied is not None:
+            return denied
         call = api.calls.get(request.match_info["call"])
         if call is None:
             ended = request.match_info["call"] in api.ended
@@ -137,3 +151,4 @@ def install(api: CarrierApi, settings: TelnyxSettings) -> None:
         return await call.on_rest(request.match_info["action"], body)
 
     api.add_post("/calls/{call}/actions/{action}", action)
+    api.add_post("/calls", dial)

@@ -13,10 +13,9 @@ import asyncio
 import email.utils
 import math
 import secrets
-import uuid
 import xml.etree.ElementTree as ET
 from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -24,18 +23,19 @@ from aiohttp import web
 from ..audio.codecs import get_codec
 from ..carriers.twilio.signature import compute_signature
 from ..config import TwilioSettings
+from . import twilio_rec
 from .api import is_loopback
 from .call import SimulatedCall
 from .media import LegError, MediaLeg, dial_url
 from .results import COMPLETED, HUNG_UP, REJECTED, STREAM_CLOSED, TRANSFERRED, Line
 from .twilio_wire import (API_VERSION, TwilioFrames, describe, dial_target, install,
-                          parse_twiml, twilio_error)
+                          parse_twiml, post_signed, twilio_error)
+from .twilio_wire import WEBHOOK_TIMEOUT
 
 __all__ = ["TwilioCall", "TwilioFrames", "install", "parse_twiml"]
 
 VOICE_PATH = "/webhooks/twilio/voice"
 STATUS_PATH = "/webhooks/twilio/status"
-WEBHOOK_TIMEOUT = 15.0          # Twilio gives up on a webhook after 15 s (error 11205)
 _CONTINUE = object()            # the stream ended by the daemon: run the next TwiML verb
 
 
@@ -55,6 +55,7 @@ class TwilioCall(SimulatedCall):
         self._daemon_closed = False
         self._reached = False           # the daemon answered a webhook at all
         self._doc_url = self.public + VOICE_PATH
+        self.recordings: list[twilio_rec.Recording] = []
 
     def new_call_id(self) -> str:
         return "CA" + secrets.token_hex(16)
@@ -74,17 +75,13 @@ class TwilioCall(SimulatedCall):
         parts = urlsplit(public_url)
         return self.url + parts.path + (f"?{parts.query}" if parts.query else "")
 
-    async def post_signed(self, public_url: str, params: list[tuple[str, str]]
-                          ) -> tuple[int, str, str]:
-        """POST a form signed over ``public_url``; (status, body, content type)."""
-        sig = compute_signature(self.settings.auth_token.encode(), public_url, params).decode()
-        headers = {"X-Twilio-Signature": sig, "User-Agent": "TwilioProxy/1.1",
-                   "Content-Type": "application/x-www-form-urlencoded",
-                   "I-Twilio-Idempotency-Token": str(uuid.uuid4())}
-        async with self.session.post(self.to_daemon(public_url), data=urlencode(params),
-                                     headers=headers,
-                                     timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT)) as r:
-            return r.status, await r.text(), r.content_type
+    async def post_signed(self, public_url: str, params: list[tuple[str, str]], *,
+                          kind: str = "", token: str = "", attempt: int = 1,
+                          method: str = "POST") -> tuple[int, str, str]:
+        """POST (or GET) a form signed over ``public_url``; (status, body, content type).
+        Recorded in ``result.webhooks``; ``token``: the idempotency token (same on a retry)."""
+        return await post_signed(self, public_url, params, kind=kind, token=token,
+                                 attempt=attempt, method=method)
 
     async def fetch_twiml(self, public_url: str, status: str) -> str | None:
         """Request TwiML like Twilio does; None (and an error) when the daemon fails."""
@@ -143,7 +140,7 @@ class TwilioCall(SimulatedCall):
                 self.end(TRANSFERRED, dial_target(verb))
                 return None
             elif verb.tag == "Say":
-                self.caller.lines.append(Line("agent", now, now, (verb.text or "").strip()))
+                await self.on_say((verb.text or "").strip())
             elif verb.tag == "Play" and verb.get("digits"):
                 self.caller.lines.append(Line("agent", now, now, f"[DTMF {verb.get('digits')}]"))
             elif verb.tag == "Pause":
@@ -157,6 +154,12 @@ class TwilioCall(SimulatedCall):
             else:
                 self.result.warnings.append(f"TwiML <{verb.tag}> is not simulated; skipped")
         return None
+
+    async def on_say(self, text: str) -> None:
+        """TwiML ``<Say>``: Twilio speaks ``text`` to the caller (kept as text)."""
+        assert self.caller is not None
+        now = self.caller.now()
+        self.caller.lines.append(Line("agent", now, now, text))
 
     async def _pause(self, seconds: float) -> tuple[str, Any]:
         try:
@@ -247,9 +250,7 @@ class TwilioCall(SimulatedCall):
         if self.status == "completed":
             return twilio_error(404, 20404, "The requested resource was not found")
         if action == "recording":
-            self.action("record_start", fields)
-            return web.json_response({"sid": "RE" + secrets.token_hex(16), "call_sid":
-                                      self.call_id, "status": "in-progress"}, status=201)
+            return twilio_rec.start(self, fields)
         if fields.get("Status") == "completed":
             self.action("hangup", fields)
             self.status = "completed"
@@ -272,9 +273,12 @@ class TwilioCall(SimulatedCall):
 
     async def _after_end(self) -> None:
         self.status = "completed"
-        if not self.status_callback or not self._reached or self.caller is None:
-            return
-        seconds = 0 if self.answered_at is None else round(self.caller.now() - self.answered_at)
+        if self.status_callback and self._reached and self.caller is not None:
+            await self._final_status_callback(self.caller.now())
+        await twilio_rec.finish(self)
+
+    async def _final_status_callback(self, now: float) -> None:
+        seconds = 0 if self.answered_at is None else round(now - self.answered_at)
         params = self.params(self._final_status) + [
             ("CallDuration", str(seconds)), ("Duration", str(math.ceil(seconds / 60))),
             ("SequenceNumber", "0"), ("Timestamp", email.utils.formatdate(usegmt=True)),

@@ -4,19 +4,27 @@ bodies, Twilio's error JSON) the daemon's commands arrive at."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 import xml.etree.ElementTree as ET
-from typing import Any
-from urllib.parse import parse_qsl
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import aiohttp
 from aiohttp import web
 
+from ..carriers.twilio.signature import compute_signature
 from ..config import TwilioSettings
-from .api import CarrierApi
+from .api import CarrierApi, request_fields
 from .media import Dialect
+from .results import Webhook
+
+if TYPE_CHECKING:
+    from .twilio import TwilioCall
 
 API_VERSION = "2010-04-01"
+WEBHOOK_TIMEOUT = 15.0          # Twilio gives up on a webhook after 15 s (error 11205)
 
 
 class TwilioFrames(Dialect):
@@ -102,6 +110,36 @@ def describe(verbs: list[ET.Element]) -> tuple[str, dict[str, str]]:
     return "twiml", {}
 
 
+async def post_signed(call: TwilioCall, public_url: str, params: list[tuple[str, str]], *,
+                      kind: str = "", token: str = "", attempt: int = 1,
+                      method: str = "POST") -> tuple[int, str, str]:
+    """A webhook as Twilio sends it: the form (POST) or query (GET) signed over the public
+    URL, posted to the daemon, recorded in ``call.result.webhooks``."""
+    url, body = public_url, urlencode(params)
+    if method.upper() == "GET":     # GET: the fields are in the signed URL
+        url = public_url + ("&" if "?" in public_url else "?") + body
+        params, body = [], ""
+    sig = compute_signature(call.settings.auth_token.encode(), url, params).decode()
+    headers = {"X-Twilio-Signature": sig, "User-Agent": "TwilioProxy/1.1",
+               "I-Twilio-Idempotency-Token": token or str(uuid.uuid4())}
+    if body:
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    hook = Webhook(call.caller.now() if call.caller else 0.0,
+                   kind or urlsplit(public_url).path.rsplit("/", 1)[-1], public_url,
+                   dict(params) if params else dict(parse_qsl(urlsplit(url).query)),
+                   attempt=attempt)
+    call.result.webhooks.append(hook)
+    try:
+        async with call.session.request(
+                method.upper(), call.to_daemon(url), data=body or None, headers=headers,
+                timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT)) as r:
+            hook.status = r.status
+            return r.status, await r.text(), r.content_type
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        hook.error = str(exc) or type(exc).__name__
+        raise
+
+
 def twilio_error(status: int, code: int, message: str) -> web.Response:
     """An error in Twilio's JSON shape."""
     return web.json_response({"code": code, "message": message, "status": status,
@@ -116,8 +154,7 @@ def install(api: CarrierApi, settings: TwilioSettings, phone_number: str) -> Non
     base = "/2010-04-01/Accounts/{sid}"
 
     async def _form(request: web.Request) -> tuple[dict[str, str], web.Response | None]:
-        fields = dict(parse_qsl((await request.read()).decode("utf-8", "replace"),
-                                keep_blank_values=True))
+        fields = request_fields(await request.read(), "")     # repeated keys → lists
         if (request.headers.get("Authorization") != expected
                 or request.match_info.get("sid") != settings.account_sid):
             api.log(request, 401, fields)
@@ -129,6 +166,9 @@ def install(api: CarrierApi, settings: TwilioSettings, phone_number: str) -> Non
         if denied is not None:
             return denied
         call = api.calls.get(request.match_info["call"])
+        done = api.finished.get(request.match_info["call"]) if action == "fetch" else None
+        if call is None and done is not None:
+            return web.json_response(done)
         if call is None:
             api.log(request, 404, fields)
             return twilio_error(404, 20404, "The requested resource was not found")
@@ -139,6 +179,13 @@ def install(api: CarrierApi, settings: TwilioSettings, phone_number: str) -> Non
 
     async def recording(request: web.Request) -> web.Response:
         return await call_route(request, "recording")
+
+    async def create_call(request: web.Request) -> web.Response:
+        _, denied = await _form(request)
+        if denied is not None:
+            return denied
+        from .twilio_create import create    # (it builds calls, which import this module)
+        return await create(api, phone_number, request)
 
     async def numbers(request: web.Request) -> web.Response:
         _, denied = await _form(request)
@@ -153,6 +200,7 @@ def install(api: CarrierApi, settings: TwilioSettings, phone_number: str) -> Non
         return denied or web.json_response({"sid": request.match_info["pn"],
                                             "voice_url": fields.get("VoiceUrl", "")})
 
+    api.add_post(base + "/Calls.json", create_call)
     api.add_post(base + "/Calls/{call}.json", update)
     api.add_get(base + "/Calls/{call}.json", update)
     api.add_post(base + "/Calls/{call}/Recordings.json", recording)

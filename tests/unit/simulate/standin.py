@@ -189,10 +189,14 @@ class StandIn:
         app.router.add_post("/webhooks/telnyx/voice", self._telnyx_webhook)
         app.router.add_get("/media/twilio", self._media)
         app.router.add_get("/media/telnyx/{token}", self._media)
+        self.add_routes(app)
         self.server = TestServer(app, host="127.0.0.1")
         await self.server.start_server()
         self.session = aiohttp.ClientSession()
         return self
+
+    def add_routes(self, app: web.Application) -> None:
+        """More routes (subclasses)."""
 
     async def __aexit__(self, *exc: object) -> None:
         for task in self._tasks:
@@ -213,7 +217,7 @@ class StandIn:
     async def _twilio_webhook(self, request: web.Request) -> web.Response:
         body = await request.read()
         params = dict(parse_qsl(body.decode(), keep_blank_values=True))
-        url = PUBLIC_URL + request.path
+        url = PUBLIC_URL + request.raw_path           # the signed URL keeps its query string
         ok = RequestValidator(TWILIO_TOKEN).validate(
             url, params, request.headers.get("X-Twilio-Signature", ""))
         self.webhooks.append((request.path, dict(request.headers), body, ok))
