@@ -32,6 +32,7 @@ class CallRecord:
     outcome: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    leg_id: str = ""          # Telnyx call_leg_id (recording events name only the leg)
     transcript: list[dict[str, Any]] = field(default_factory=list)
     turns: list[dict[str, Any]] = field(default_factory=list)
 
@@ -51,6 +52,7 @@ class CallRegistry:
         self._max = max_records
         self._max_call_seconds = max_call_seconds
         self._next_sweep = 0.0
+        self._legs: dict[str, str] = {}
 
     def get(self, call_id: str) -> CallRecord | None:
         """The record, if any."""
@@ -67,6 +69,8 @@ class CallRegistry:
         for key, value in fields.items():
             if value not in (None, ""):
                 setattr(rec, key, value)
+        if rec.leg_id:
+            self._legs[rec.leg_id] = call_id
         rec.updated_at = time.time()
         return rec
 
@@ -77,16 +81,19 @@ class CallRegistry:
         rec = self.ensure(call_id, carrier)
         now = time.time()
         rec.history.append({"status": status, "sequence": sequence, "at": now, **detail})
-        rec.history.sort(key=lambda h: (h["sequence"] is None, h["sequence"] or 0, h["at"]))
+        # Carrier sequence numbers order callbacks; our own entries (no number) come first.
+        rec.history.sort(key=lambda h: (-1 if h["sequence"] is None else h["sequence"], h["at"]))
         if sequence is not None:
             if sequence <= rec.status_sequence:
                 return False
             rec.status_sequence = sequence
         if rec.ended_at is not None:
+            if status in TERMINAL and rec.status not in TERMINAL:
+                rec.status = status   # the carrier's last word; our outcome stays
             return False  # a terminal state is final
         rec.status = status
         if status in TERMINAL:
-            self._close(rec, status, now)
+            self._close(rec, status.replace("-", "_"), now)
         return True
 
     def add_event(self, call_id: str, carrier: str, kind: str, **data: Any) -> CallRecord:
@@ -133,6 +140,11 @@ class CallRegistry:
     def __len__(self) -> int:
         return len(self._calls)
 
+    def by_leg(self, leg_id: str) -> CallRecord | None:
+        """The call whose Telnyx leg is ``leg_id``."""
+        call_id = self._legs.get(leg_id)
+        return self._calls.get(call_id) if call_id else None
+
     def records(self) -> list[CallRecord]:
         """Every record held (a snapshot)."""
         return list(self._calls.values())
@@ -144,4 +156,6 @@ class CallRegistry:
                 call_id, _ = self._ended.popitem(last=False)
             else:
                 call_id, _ = self._live.popitem(last=False)
-            self._calls.pop(call_id, None)
+            rec = self._calls.pop(call_id, None)
+            if rec is not None and rec.leg_id:
+                self._legs.pop(rec.leg_id, None)

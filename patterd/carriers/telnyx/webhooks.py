@@ -106,7 +106,8 @@ def handle_event(gw: Gateway, event_type: str, payload: dict[str, Any], call_id:
         direction = "outbound" if payload.get("direction") == "outgoing" else "inbound"
         if direction == "outbound":
             gw.registry.ensure(call_id, "telnyx", direction=direction,
-                               from_number=_text(payload, "from"), to_number=_text(payload, "to"))
+                               from_number=_text(payload, "from"), to_number=_text(payload, "to"),
+                               leg_id=_text(payload, "call_leg_id"))
             gw.registry.apply_status(call_id, "telnyx", "initiated")
             return None
         if not gw.accepting:
@@ -117,7 +118,8 @@ def handle_event(gw: Gateway, event_type: str, payload: dict[str, Any], call_id:
             log.info("call_rejected", call_id=call_id, reason=reason)
             return lambda rest, tokens: _reject(rest, call_id)
         gw.registry.ensure(call_id, "telnyx", direction=direction,
-                           from_number=_text(payload, "from"), to_number=_text(payload, "to"))
+                           from_number=_text(payload, "from"), to_number=_text(payload, "to"),
+                           leg_id=_text(payload, "call_leg_id"))
         gw.registry.apply_status(call_id, "telnyx", "ringing")
         log.info("call_answering", call_id=call_id, caller=_text(payload, "from"))
         return lambda rest, tokens: _answer(gw, rest, tokens, call_id, direction)
@@ -153,7 +155,9 @@ def handle_event(gw: Gateway, event_type: str, payload: dict[str, Any], call_id:
     kind = _EVENT_KINDS.get(event_type)
     if kind is None:
         kind = event_type
-    record_id = call_id or _text(payload, "call_leg_id") or _text(payload, "call_session_id")
+    leg = gw.registry.by_leg(_text(payload, "call_leg_id")) if not call_id else None
+    record_id = call_id or (leg.call_id if leg else "") or _text(payload, "call_leg_id") \
+        or _text(payload, "call_session_id")
     if record_id:
         detail = {k: payload[k] for k in _DETAIL_KEYS if k in payload}
         gw.registry.add_event(record_id, "telnyx", kind, event_type=event_type, **detail)
