@@ -1,0 +1,84 @@
+"""Drain with live calls: SIGTERM → /readyz 503, new calls declined, live calls go on until they
+end or drain_timeout passes (then a goodbye and a carrier hang-up), exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from patterd.config import load_config
+from patterd.simulate import Wait, WaitForAgent, make_api, simulate_call
+from tests.conftest import twilio_raw
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def readyz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+async def test_sigterm_drains_live_calls_then_exits_0(tmp_path: Path) -> None:
+    port = free_port()
+    raw = twilio_raw(server={"host": "127.0.0.1", "port": port, "drain_timeout": 4,
+                             "public_url": f"http://127.0.0.1:{port}"},
+                     agent={"first_message": "Hello.", "silence_timeout": 60},
+                     logging={"level": "info"})
+    raw["carrier"]["api_base_url"] = f"http://127.0.0.1:{free_port()}"
+    path = tmp_path / "patter.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    proc = subprocess.Popen([sys.executable, "-m", "patterd", "--config", str(path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ})
+    try:
+        deadline = time.monotonic() + 30
+        while readyz(port) != 200:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            await asyncio.sleep(0.1)
+        url = f"http://127.0.0.1:{port}"
+        api = make_api(cfg)            # the carrier's REST API, shared by both calls
+        await api.start()
+        live = asyncio.create_task(simulate_call(cfg, url, [WaitForAgent(), Wait(30)],
+                                                 api=api, timeout=60))
+        await asyncio.sleep(2.5)                      # the call is up and greeted
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        assert readyz(port) == 503
+        declined = await simulate_call(cfg, url, [Wait(1)], api=api, timeout=20)
+        assert declined.outcome == "rejected"
+        result = await live
+        # The live call was not dropped: it went on until drain_timeout, then the agent said
+        # goodbye and hung up through the carrier's REST API.
+        assert result.outcome == "hung_up_by_agent", (result.outcome, result.detail)
+        assert any(a.fields.get("Status") == "completed" for a in result.actions)
+        assert time.monotonic() - began >= 3.5
+        assert proc.wait(timeout=40) == 0
+        await api.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read()
+    assert '"event": "drain_timeout"' in err and '"event": "stopped"' in err
