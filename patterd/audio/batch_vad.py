@@ -276,21 +276,10 @@ class AsyncSegmenter(SpeechSegmenter):
         if (event := self._step(p)) is not None:
             self.on_event(event)
 
-    def feed(self, pcm: BytesLike) -> tuple[SpeechEvent, ...]:
-        """Queue s16le PCM (any length) for scoring; events go to ``on_event``."""
-        if len(pcm) & 1:
-            raise ValueError(f"16-bit PCM must have an even number of bytes, got {len(pcm)}")
-        samples = np.frombuffer(pcm, dtype="<i2")
-        n, buf, window, i = len(samples), self._buf, self._window, 0
-        while i < n:
-            take = min(window - self._fill, n - i)
-            np.multiply(samples[i : i + take], _SCALE, out=buf[self._fill : self._fill + take])
-            self._fill += take
-            i += take
-            if self._fill == window:
-                self._fill = 0
-                self.stream.submit(buf)
-        return ()
+    def _window_ready(self, window: np.ndarray) -> SpeechEvent | None:
+        """Queue the window for the batcher; its event arrives through ``on_event``."""
+        self.stream.submit(window)
+        return None
 
     def finish(self) -> tuple[SpeechEvent, ...]:
         """End of stream: close an open segment (event to ``on_event``), then reset."""

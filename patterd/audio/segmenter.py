@@ -144,10 +144,14 @@ class SpeechSegmenter:
             i += take
             if self._fill == window:
                 self._fill = 0
-                event = self._step(self._vad.probability_f32(buf))
+                event = self._window_ready(buf)
                 if event is not None:
                     events = (*events, event)
         return events
+
+    def _window_ready(self, window: np.ndarray) -> SpeechEvent | None:
+        """One full window: score it now (a batched subclass queues it instead)."""
+        return self._step(self._vad.probability_f32(window))
 
     def _step(self, p: float) -> SpeechEvent | None:
         self.last_probability = p
