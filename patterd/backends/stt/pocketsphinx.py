@@ -111,7 +111,9 @@ class PocketsphinxSTT(STT):
         self.skipped: list[str] = []
         self.homophones: list[tuple[str, str]] = []
         self._groups = [list(r.phrases) for r in rules]
-        self._workers = workers or min(4, os.cpu_count() or 1)
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else (os.cpu_count() or 1)   # a daemon pinned to one core decodes on that core
+        self._workers = workers or min(4, usable)
         self._idle: asyncio.Queue[_Worker] | None = None
         self._all: set[_Worker] = set()
         self._tasks: set[asyncio.Future[None]] = set()
