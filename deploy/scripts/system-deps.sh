@@ -10,6 +10,8 @@ if [ "${1:-runtime}" = "test" ]; then
   command -v node >/dev/null 2>&1 || want+=(nodejs)
   command -v npm >/dev/null 2>&1 || want+=(npm)
   command -v systemd-analyze >/dev/null 2>&1 || want+=(systemd)   # verifies deploy/systemd
+  # The store tests use the PostgreSQL on 127.0.0.1:5432, or start a throwaway one from these.
+  ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || want+=(postgresql)
 fi
 [ ${#want[@]} -eq 0 ] && exit 0
 echo "patterd: installing system packages: ${want[*]}" >&2

@@ -1,0 +1,92 @@
+"""The SQL both back ends run, written once and rendered with each one's placeholders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .records import COLUMNS, JSON_COLUMNS, SUMMARY_COLUMNS
+
+SWEEP_CHUNK = 5000
+#: A call never marked ended is swept only once it has not been updated for this long (and
+#: for the retention period): no live call goes that long without a snapshot.
+STALE_AFTER = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Queries:
+    """Statements for one database kind (``sqlite``: ``?``; ``postgresql``: ``$n``)."""
+
+    kind: str
+
+    def p(self, n: int, column: str = "") -> str:
+        """The ``n``-th (1-based) placeholder, cast to jsonb for JSON columns on PostgreSQL."""
+        if self.kind == "sqlite":
+            return "?"
+        return f"${n}::jsonb" if column in JSON_COLUMNS else f"${n}"
+
+    @property
+    def upsert(self) -> str:
+        """Insert a full row or replace every column of the existing one."""
+        values = ", ".join(self.p(i, c) for i, c in enumerate(COLUMNS, 1))
+        sets = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "call_id")
+        return (f"INSERT INTO calls ({', '.join(COLUMNS)}) VALUES ({values}) "
+                f"ON CONFLICT (call_id) DO UPDATE SET {sets}")
+
+    @property
+    def get(self) -> str:
+        """One full row by id."""
+        return f"SELECT {', '.join(COLUMNS)} FROM calls WHERE call_id = {self.p(1)}"
+
+    def page(self, *, status: bool, cursor: bool) -> str:
+        """A page of summaries, newest first; parameters: [status, status], [at, id], limit."""
+        where, n = [], 0
+        if status:
+            where.append(f"(status = {self.p(n + 1)} OR outcome = {self.p(n + 2)})")
+            n += 2
+        if cursor:
+            where.append(f"(created_at, call_id) < ({self.p(n + 1)}, {self.p(n + 2)})")
+            n += 2
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        return (f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM calls{clause} "
+                f"ORDER BY created_at DESC, call_id DESC LIMIT {self.p(n + 1)}")
+
+    @property
+    def sweep_ended(self) -> str:
+        """Delete up to SWEEP_CHUNK calls that ended before the cutoff (parameter 1)."""
+        return (f"DELETE FROM calls WHERE call_id IN (SELECT call_id FROM calls "
+                f"WHERE ended_at IS NOT NULL AND ended_at < {self.p(1)} LIMIT {SWEEP_CHUNK})")
+
+    @property
+    def sweep_stale(self) -> str:
+        """Delete up to SWEEP_CHUNK never-ended calls last updated before parameter 1
+        (``stale_cutoff``: a crashed replica's leftovers)."""
+        return (f"DELETE FROM calls WHERE call_id IN (SELECT call_id FROM calls "
+                f"WHERE ended_at IS NULL AND updated_at < {self.p(1)} LIMIT {SWEEP_CHUNK})")
+
+    @property
+    def log_sweep(self) -> str:
+        """Record a sweep: swept_at, older_than, cutoff, deleted."""
+        return (f"INSERT INTO retention (swept_at, older_than, cutoff, deleted) "
+                f"VALUES ({self.p(1)}, {self.p(2)}, {self.p(3)}, {self.p(4)})")
+
+    @property
+    def trim_sweeps(self) -> str:
+        """Forget sweep records older than the cutoff (the table stays small)."""
+        return f"DELETE FROM retention WHERE swept_at < {self.p(1)}"
+
+    @staticmethod
+    def cutoffs(now: float, older_than: float) -> tuple[float, float]:
+        """``(cutoff for ended calls, cutoff for never-ended ones)``."""
+        cutoff = now - older_than
+        return cutoff, min(cutoff, now - STALE_AFTER)
+
+    @property
+    def current_version(self) -> str:
+        """The highest applied migration (0 for none)."""
+        return "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+
+    @property
+    def record_version(self) -> str:
+        """Mark a migration applied: version, applied_at."""
+        return (f"INSERT INTO schema_version (version, applied_at) "
+                f"VALUES ({self.p(1)}, {self.p(2)})")

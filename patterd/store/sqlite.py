@@ -1,0 +1,228 @@
+"""The SQLite store: the standard library's ``sqlite3`` on one dedicated worker thread.
+
+Every database call runs on that thread, never on the event loop; records are encoded on the
+loop (so a snapshot is read where it is consistent) and handed over as plain tuples. The
+file is opened in WAL mode with a busy timeout. A connection that failed with anything but
+"busy/locked" is reopened on the next call, so a file made writable again is written again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .base import Store, StoreDataError, StoreError, StoreUnavailable
+from .migrations import SCHEMA_VERSION_TABLE, pending
+from .queries import Queries
+from .records import check_limit, decode_cursor, detail_of, page, to_row
+
+T = TypeVar("T")
+Q = Queries("sqlite")
+BUSY_TIMEOUT = 5.0
+_TRANSIENT_NAMES = ("SQLITE_BUSY", "SQLITE_LOCKED")
+
+
+def _name(exc: sqlite3.Error) -> str:
+    return getattr(exc, "sqlite_errorname", "") or ""
+
+
+def classify(exc: sqlite3.Error, path: str) -> StoreError:
+    """Our error for a ``sqlite3`` one: data errors are the record's; the rest are transient."""
+    if isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError)):
+        return StoreDataError(f"sqlite: {exc}")
+    name = _name(exc)
+    if name.startswith("SQLITE_READONLY"):
+        msg = f"the SQLite database {path} is read-only (check its and its folder's permissions)"
+    elif name.startswith("SQLITE_CANTOPEN"):
+        msg = (f"cannot open the SQLite database {path} (does its folder exist, and may "
+               "patterd write there?)")
+    elif name.startswith("SQLITE_NOTADB"):
+        msg = f"{path} is not a SQLite database"
+    elif name.startswith(_TRANSIENT_NAMES):
+        msg = f"the SQLite database {path} is locked by another connection ({exc})"
+    else:
+        msg = f"SQLite database {path}: {exc}"
+    return StoreUnavailable(f"store.url: {msg}")
+
+
+class SqliteStore(Store):
+    """Call records in one SQLite file (or ``:memory:``)."""
+
+    kind = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patterd-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str) -> SqliteStore:
+        """Open (creating the file and its folder if need be), migrate, check it's writable."""
+        store = cls(path)
+        try:
+            await store._run(store._prepare)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    # -- the worker thread ------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            if self.path != ":memory:":
+                try:
+                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreError(f"store.url: cannot create the folder for {self.path}: "
+                                     f"{exc.strerror or exc}") from exc
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            try:
+                if self.path != ":memory:":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.OperationalError as exc:
+                if not _name(exc).startswith("SQLITE_READONLY"):
+                    conn.close()
+                    raise
+            self._conn = conn
+        return self._conn
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` on this (the worker) thread, mapping errors."""
+        try:
+            return fn(self._connection(), *args)
+        except sqlite3.Error as exc:
+            if self._conn is not None:
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.rollback()
+                if self.path != ":memory:" and not _name(exc).startswith(_TRANSIENT_NAMES):
+                    self._drop_connection()
+            raise classify(exc, self.path) from exc
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise StoreUnavailable("store: closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn, *args)
+
+    @staticmethod
+    def _prepare(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(SCHEMA_VERSION_TABLE["sqlite"])
+            current = conn.execute(Q.current_version).fetchone()[0]
+            for migration in pending(current):
+                for statement in migration.statements("sqlite"):
+                    conn.execute(statement)
+                conn.execute(Q.record_version, (migration.version, time.time()))
+            # A write that changes nothing: a read-only file fails here, at start, not later.
+            conn.execute("UPDATE schema_version SET applied_at = applied_at "
+                         "WHERE version = (SELECT MAX(version) FROM schema_version)")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.rollback()
+            raise
+
+    @staticmethod
+    def _upsert(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(Q.upsert, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.rollback()
+            raise
+
+    @staticmethod
+    def _get(conn: sqlite3.Connection, call_id: str) -> dict[str, Any] | None:
+        row = conn.execute(Q.get, (call_id,)).fetchone()
+        return None if row is None else detail_of(row)
+
+    @staticmethod
+    def _page(conn: sqlite3.Connection, sql: str, params: list[Any]) -> list[sqlite3.Row]:
+        return conn.execute(sql, params).fetchall()
+
+    @staticmethod
+    def _sweep(conn: sqlite3.Connection, older_than: float) -> int:
+        now = time.time()
+        cutoff, stale_cutoff = Q.cutoffs(now, older_than)
+        total = 0
+        for sql, before in ((Q.sweep_ended, cutoff), (Q.sweep_stale, stale_cutoff)):
+            while True:   # short transactions: the writer never waits long behind a sweep
+                deleted = conn.execute(sql, (before,)).rowcount
+                total += deleted
+                if deleted <= 0:
+                    break
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(Q.trim_sweeps, (cutoff,))
+            conn.execute(Q.log_sweep, (now, older_than, cutoff, total))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.rollback()
+            raise
+        return total
+
+    @staticmethod
+    def _version(conn: sqlite3.Connection) -> int:
+        return int(conn.execute(Q.current_version).fetchone()[0])
+
+    # -- the Store interface ----------------------------------------------------------------
+
+    async def upsert_calls(self, records: Sequence[dict[str, Any]]) -> None:
+        """Insert or replace the calls in one transaction."""
+        rows = [to_row(r) for r in records]   # encoded here, on the loop: a consistent snapshot
+        if rows:
+            await self._run(self._upsert, rows)
+
+    async def get_call(self, call_id: str) -> dict[str, Any] | None:
+        """The full record, or None."""
+        return await self._run(self._get, call_id)
+
+    async def list_calls(self, limit: int, status: str | None = None,
+                         cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of summaries, newest first (see ``Store.list_calls``)."""
+        check_limit(limit)
+        params: list[Any] = []
+        if status:
+            params += [status, status]
+        if cursor:
+            params += list(decode_cursor(cursor))
+        params.append(limit + 1)
+        sql = Q.page(status=bool(status), cursor=bool(cursor))
+        return page(await self._run(self._page, sql, params), limit)
+
+    async def sweep(self, older_than_seconds: float) -> int:
+        """Delete calls ended (or abandoned) more than ``older_than_seconds`` ago."""
+        return await self._run(self._sweep, float(older_than_seconds))
+
+    async def schema_version(self) -> int:
+        """The highest migration applied."""
+        return await self._run(self._version)
+
+    async def close(self) -> None:
+        """Close the connection on its thread and let the thread end; idempotent."""
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._drop_connection)
+        finally:
+            self._closed = True
+            self._executor.shutdown(wait=False)
