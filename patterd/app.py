@@ -10,7 +10,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from .call.records import detail
 from .carriers.base import Carrier
+from .store import StoreWriter, open_store
 from .config import Config
 from .gateway import GATEWAY, Gateway
 from .ops.logging import get_logger
@@ -46,6 +48,10 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
         if owned:  # load models first: a failure here stops start-up cleanly
             from .call.backends import Backends
             gw.backends = await Backends.from_config(gw.config)
+        store = await open_store(gw.config.store.url)
+        writer = gw.store_writer = StoreWriter(store)
+        writer.start()
+        gw.registry.on_change = lambda rec: writer.submit(detail(rec))
         gw.http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=15),
             connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
@@ -63,6 +69,9 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
         if gw.tasks:
             await asyncio.gather(*gw.tasks, return_exceptions=True)
         await gw.http.close()
+        gw.registry.on_change = None
+        await writer.close(timeout=5.0)   # what is still pending is written before exit
+        await store.close()
 
     return ctx
 

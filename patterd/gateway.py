@@ -34,6 +34,7 @@ class Gateway:
     backends: Any = None                              # call.backends.Backends, at start-up
     control: Any = None                               # the carrier's CallControl
     carrier_name: str = ""
+    store_writer: Any = None                          # store.StoreWriter, at start-up
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -64,6 +65,7 @@ class Gateway:
         rec = self.registry.ensure(session.call_id, session.carrier)
         rec.transcript.extend(line.as_dict() for line in session.transcript)
         rec.turns.extend(session.turn_latencies)
+        self.registry.touch(rec)
         if call_over and self.registry.finish(session.call_id, session.carrier, outcome):
             self.metrics.calls_total.labels(rec.direction, outcome).inc()
             self.metrics.call_duration.labels(rec.direction).observe(session.duration)

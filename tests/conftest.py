@@ -27,6 +27,7 @@ def twilio_raw(**sections: Any) -> dict[str, Any]:
         "phone_number": PHONE,
         "carrier": {"provider": "twilio", "account_sid": TWILIO_SID,
                     "auth_token": TWILIO_TOKEN, "configure_number": False},
+        "store": {"url": "sqlite:///:memory:"},
     }
     return _merge(raw, sections)
 
@@ -38,6 +39,7 @@ def telnyx_raw(public_key: str, **sections: Any) -> dict[str, Any]:
         "phone_number": PHONE,
         "carrier": {"provider": "telnyx", "api_key": TELNYX_KEY, "public_key": public_key,
                     "connection_id": "2811212257810187875"},
+        "store": {"url": "sqlite:///:memory:"},
     }
     return _merge(raw, sections)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,7 @@ class CallRegistry:
         self._max_call_seconds = max_call_seconds
         self._next_sweep = 0.0
         self._legs: dict[str, str] = {}
+        self.on_change: Callable[[CallRecord], None] | None = None  # e.g. the store writer
 
     def get(self, call_id: str) -> CallRecord | None:
         """The record, if any."""
@@ -72,7 +74,13 @@ class CallRegistry:
         if rec.leg_id:
             self._legs[rec.leg_id] = call_id
         rec.updated_at = time.time()
+        self.touch(rec)
         return rec
+
+    def touch(self, rec: CallRecord) -> None:
+        """Tell the store (if any) the record changed; never blocks."""
+        if self.on_change is not None:
+            self.on_change(rec)
 
     def apply_status(self, call_id: str, carrier: str, status: str,
                      sequence: int | None = None, **detail: Any) -> bool:
@@ -90,10 +98,12 @@ class CallRegistry:
         if rec.ended_at is not None:
             if status in TERMINAL and rec.status not in TERMINAL:
                 rec.status = status   # the carrier's last word; our outcome stays
+            self.touch(rec)
             return False  # a terminal state is final
         rec.status = status
         if status in TERMINAL:
             self._close(rec, status.replace("-", "_"), now)
+        self.touch(rec)
         return True
 
     def add_event(self, call_id: str, carrier: str, kind: str, **data: Any) -> CallRecord:
@@ -101,6 +111,7 @@ class CallRegistry:
         rec = self.ensure(call_id, carrier)
         if len(rec.events) < MAX_EVENTS_PER_CALL:
             rec.events.append({"type": kind, "at": time.time(), **data})
+        self.touch(rec)
         return rec
 
     def end(self, call_id: str, outcome: str) -> None:
@@ -136,6 +147,7 @@ class CallRegistry:
         rec.outcome = rec.outcome or outcome
         self._live.pop(rec.call_id, None)
         self._ended[rec.call_id] = None
+        self.touch(rec)
 
     def __len__(self) -> int:
         return len(self._calls)

@@ -6,7 +6,6 @@ no token configured the API is not served at all.
 
 from __future__ import annotations
 
-import base64
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -17,16 +16,22 @@ from aiohttp import web
 from ..call.actions import ActionError, resolve_target
 from ..call.amd import session_for
 from ..call.outbound import parse_outbound
+from ..call.records import detail, summary
 from ..call.registry import CallRecord
 from ..carriers.rest import RestError
 from ..config.backends import DTMF_SEND
 from ..gateway import Gateway
 from ..ops.logging import get_logger
+from ..store import StoreError
 
 log = get_logger("patterd.admin")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 200
+
+
+def _dumps(doc: Any) -> str:
+    return json.dumps(doc, default=str)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -92,23 +97,18 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
             return _error(400, "limit: expected an integer")
         if not 1 <= limit <= MAX_LIMIT:
             return _error(400, f"limit: expected 1 to {MAX_LIMIT}")
-        records = sorted(gw.registry.records(), key=lambda r: (r.created_at, r.call_id),
-                         reverse=True)
-        if status := q.get("status"):
-            records = [r for r in records if r.status == status or r.outcome == status]
-        if cursor := q.get("cursor"):
-            try:
-                at, _, after_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-                key = (float(at), after_id)
-            except (ValueError, UnicodeDecodeError):
-                return _error(400, "cursor: malformed")
-            records = [r for r in records if (r.created_at, r.call_id) < key]
-        page = records[:limit]
-        out: dict[str, Any] = {"calls": [summary(r) for r in page]}
-        if len(records) > limit:
-            last = page[-1]
-            out["next_cursor"] = base64.urlsafe_b64encode(
-                f"{last.created_at!r}|{last.call_id}".encode()).decode()
+        writer = gw.store_writer
+        await writer.flush(1.0)   # this process's latest changes are visible to its reads
+        try:
+            calls, cursor = await writer.store.list_calls(limit, status=q.get("status") or None,
+                                                          cursor=q.get("cursor") or None)
+        except ValueError:
+            return _error(400, "cursor: malformed")
+        except StoreError as exc:
+            return _error(503, f"the call store is unavailable: {exc}")
+        out: dict[str, Any] = {"calls": calls}
+        if cursor:
+            out["next_cursor"] = cursor
         return web.json_response(out)
 
     def record_or_404(request: web.Request) -> CallRecord:
@@ -119,7 +119,16 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
         return rec
 
     async def get_call(request: web.Request) -> web.StreamResponse:
-        return web.json_response(detail(record_or_404(request)))
+        rec = gw.registry.get(request.match_info["call_id"])
+        if rec is not None:          # held here: the freshest view
+            return web.json_response(detail(rec))
+        try:
+            stored = await gw.store_writer.store.get_call(request.match_info["call_id"])
+        except StoreError as exc:
+            return _error(503, f"the call store is unavailable: {exc}")
+        if stored is None:
+            return _error(404, "no such call")
+        return web.json_response(stored, dumps=_dumps)
 
     async def hangup(request: web.Request) -> web.StreamResponse:
         rec = record_or_404(request)
@@ -180,24 +189,3 @@ async def _steer(gw: Gateway, rec: CallRecord, kind: str,
     if not ok:
         return _error(409, "the carrier says the call has already ended")
     return web.json_response({"ok": True, "call_id": rec.call_id, "action": kind})
-
-
-def summary(rec: CallRecord) -> dict[str, Any]:
-    """A call in a list."""
-    return {"call_id": rec.call_id, "carrier": rec.carrier, "direction": rec.direction,
-            "from": rec.from_number, "to": rec.to_number, "status": rec.status,
-            "outcome": rec.outcome or None, "created_at": rec.created_at,
-            "ended_at": rec.ended_at}
-
-
-def detail(rec: CallRecord) -> dict[str, Any]:
-    """One call in full: status history, transcript, DTMF, events and turn latencies."""
-    out = summary(rec)
-    out.update({
-        "status_history": rec.history,
-        "transcript": rec.transcript,
-        "dtmf": "".join(line.get("dtmf", "") for line in rec.transcript),
-        "events": rec.events,
-        "turns": rec.turns,
-    })
-    return out

@@ -18,7 +18,9 @@ def problems_of(raw: object, env: dict[str, str] | None = None) -> list[str]:
 
 
 def test_minimal_twilio_config_has_contract_defaults() -> None:
-    cfg = build_config(twilio_raw(), env={})
+    raw = twilio_raw()
+    del raw["store"]
+    cfg = build_config(raw, env={})
     assert cfg.server.port == 8000 and cfg.server.host == "0.0.0.0"
     assert cfg.server.max_calls == 500 and cfg.server.drain_timeout == 600
     assert cfg.server.max_body_bytes == 65536

@@ -97,7 +97,9 @@ async def test_concurrent_texts_are_serialised_and_complete(tts: TTS) -> None:
     alone = [await _collect(tts, t) for t in texts]
     together = await asyncio.gather(*(_collect(tts, t) for t in texts))
     for a, b in zip(alone, together):      # each text whole, none interleaved with another
-        assert abs(len(a) - len(b)) < 160 and rms(b) > 500
+        # espeak's output varies by a few ms from run to run; interleaving would change the
+        # length by whole words (hundreds of ms).
+        assert abs(len(a) - len(b)) < 800 and rms(b) > 500
 
 
 async def test_empty_text_yields_nothing_much(tts: TTS) -> None:
