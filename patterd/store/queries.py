@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass
 
 from .records import COLUMNS, JSON_COLUMNS, SUMMARY_COLUMNS
@@ -36,6 +38,19 @@ class Queries:
     def get(self) -> str:
         """One full row by id."""
         return f"SELECT {', '.join(COLUMNS)} FROM calls WHERE call_id = {self.p(1)}"
+
+    def page_args(self, limit: int, status: str | None, cursor: str | None
+                  ) -> tuple[str, list[Any]]:
+        """The page query and its parameters (one row more than ``limit``: is there more?)."""
+        from .records import check_limit, decode_cursor
+        check_limit(limit)
+        params: list[Any] = []
+        if status:
+            params += [status, status]
+        if cursor:
+            params += list(decode_cursor(cursor))
+        params.append(limit + 1)
+        return self.page(status=bool(status), cursor=bool(cursor)), params
 
     def page(self, *, status: bool, cursor: bool) -> str:
         """A page of summaries, newest first; parameters: [status, status], [at, id], limit."""

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from .base import Store, StoreDataError, StoreError, StoreUnavailable
 from .migrations import SCHEMA_VERSION_TABLE, pending
 from .queries import Queries
-from .records import check_limit, decode_cursor, detail_of, page, to_row
+from .records import detail_of, page, to_row
 
 T = TypeVar("T")
 Q = Queries("sqlite")
@@ -198,14 +198,7 @@ class SqliteStore(Store):
     async def list_calls(self, limit: int, status: str | None = None,
                          cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         """A page of summaries, newest first (see ``Store.list_calls``)."""
-        check_limit(limit)
-        params: list[Any] = []
-        if status:
-            params += [status, status]
-        if cursor:
-            params += list(decode_cursor(cursor))
-        params.append(limit + 1)
-        sql = Q.page(status=bool(status), cursor=bool(cursor))
+        sql, params = Q.page_args(limit, status, cursor)
         return page(await self._run(self._page, sql, params), limit)
 
     async def sweep(self, older_than_seconds: float) -> int:
