@@ -13,6 +13,7 @@ from aiohttp import web
 from .call.dedupe import Deduper
 from .call.registry import CallRegistry
 from .config import Config
+from .ops.cost import COMPONENTS, apply_carrier_price, breakdown
 from .ops.logging import get_logger
 from .ops.metrics import Metrics
 
@@ -65,10 +66,41 @@ class Gateway:
         rec = self.registry.ensure(session.call_id, session.carrier)
         rec.transcript.extend(line.as_dict() for line in session.transcript)
         rec.turns.extend(session.turn_latencies)
+        rec.usage.stt_seconds += session.stt_bytes / 16000.0
+        rec.usage.tts_chars += session.speaker.tts_chars
+        rec.media_seconds += session.duration
+        if call_over:
+            self.price_call(rec)
         self.registry.touch(rec)
         if call_over and self.registry.finish(session.call_id, session.carrier, outcome):
             self.metrics.calls_total.labels(rec.direction, outcome).inc()
             self.metrics.call_duration.labels(rec.direction).observe(session.duration)
+
+    def price_call(self, rec: Any) -> None:
+        """Final cost of an ended call; counted in patterd_call_cost_usd_total once."""
+        if rec.cost is not None:
+            return
+        cfg = self.config
+        rec.cost = breakdown(cfg.pricing, carrier=rec.carrier, direction=rec.direction,
+                             seconds=rec.media_seconds, stt=cfg.stt.provider,
+                             llm=cfg.llm.provider, tts=cfg.tts.provider, usage=rec.usage)
+        if rec.carrier_price is not None:
+            rec.cost = apply_carrier_price(rec.cost, rec.carrier_price)
+        for component in COMPONENTS:
+            if rec.cost[component] > 0:
+                self.metrics.call_cost.labels(component).inc(rec.cost[component])
+
+    def carrier_priced(self, rec: Any, price: float) -> None:
+        """The carrier reported the call's price: it replaces our estimate. (A counter cannot
+        go down, so the metric only ever adds what the estimate missed.)"""
+        rec.carrier_price = price
+        if rec.cost is None:
+            return
+        before = rec.cost["carrier"]
+        rec.cost = apply_carrier_price(rec.cost, price)
+        if rec.cost["carrier"] > before:
+            self.metrics.call_cost.labels("carrier").inc(rec.cost["carrier"] - before)
+        self.registry.touch(rec)
 
     def session(self) -> aiohttp.ClientSession:
         """The shared outbound HTTP session (created at start-up)."""

@@ -24,5 +24,6 @@ def detail(rec: CallRecord) -> dict[str, Any]:
         "dtmf": "".join(line.get("dtmf", "") for line in rec.transcript),
         "events": rec.events,
         "turns": rec.turns,
+        "cost": rec.cost,
     })
     return out

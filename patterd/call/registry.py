@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..ops.cost import Usage
+
 TERMINAL = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
 MAX_EVENTS_PER_CALL = 500
 
@@ -34,6 +36,10 @@ class CallRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     leg_id: str = ""          # Telnyx call_leg_id (recording events name only the leg)
+    usage: Usage = field(default_factory=Usage)     # metered across the call's streams
+    media_seconds: float = 0.0
+    cost: dict[str, Any] | None = None
+    carrier_price: float | None = None              # the carrier's own figure, when reported
     transcript: list[dict[str, Any]] = field(default_factory=list)
     turns: list[dict[str, Any]] = field(default_factory=list)
 

@@ -90,6 +90,7 @@ class CallSession:
         self.reprompted = False
         self.last_activity = self.started
         self.rx_frames = self.tx_frames = 0
+        self.stt_bytes = 0           # 8 kHz s16 PCM sent to the recogniser (= audio seconds)
         self._reply: asyncio.Task[None] | None = None
         self._speech_end_at: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -157,6 +158,7 @@ class CallSession:
         events = self.segmenter.feed(pcm)   # () when the VAD scores in batches
         if self.user_speaking and self.listening:
             self.stt_stream.push(pcm)
+            self.stt_bytes += len(pcm)
         for ev in events:
             self._vad_event(ev)
 
@@ -194,6 +196,7 @@ class CallSession:
         self.user_speaking = True
         for pcm in self.preroll:
             self.stt_stream.push(pcm)
+            self.stt_bytes += len(pcm)
 
     def _speech_ended(self, ev: SpeechEnd) -> None:
         self.last_activity = now = self.loop.time()

@@ -64,6 +64,7 @@ class Speaker:
         self._tts, self._codec, self._playout = tts, codec, playout
         self._cache, self._metrics = cache, metrics
         self.spoken: list[Utterance] = []  # this turn's utterances, for the transcript
+        self.tts_chars = 0                 # characters synthesised (cached replays are free)
 
     async def say(self, text: str) -> Utterance:
         """Queue ``text``; returns once all its audio is queued (playback continues)."""
@@ -77,6 +78,7 @@ class Speaker:
         began = time.monotonic()
         first = True
         parts: list[bytes] = []
+        self.tts_chars += len(text)
         stream = self._tts.synthesize(text)
         try:
             async for pcm in stream:

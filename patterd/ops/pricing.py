@@ -12,12 +12,15 @@ from typing import Any, Mapping
 
 DEFAULT_PRICES: Mapping[str, Any] = MappingProxyType({
     "carrier": {
-        "twilio": {"inbound_per_minute": 0.0085, "outbound_per_minute": 0.014},
-        "telnyx": {"inbound_per_minute": 0.0035, "outbound_per_minute": 0.007},
+        # Twilio bills started minutes; Telnyx's increment is not confirmed here (⚠️): override.
+        "twilio": {"inbound_per_minute": 0.0085, "outbound_per_minute": 0.014,
+                   "billing_increment_seconds": 60.0},
+        "telnyx": {"inbound_per_minute": 0.0035, "outbound_per_minute": 0.007,
+                   "billing_increment_seconds": 60.0},
     },
     "stt": {
         "pocketsphinx": {"per_minute": 0.0},
-        "deepgram": {"per_minute": 0.0077},
+        "deepgram": {"per_minute": 0.0048},
         "openai": {"per_minute": 0.006},
     },
     "llm": {
@@ -32,9 +35,9 @@ DEFAULT_PRICES: Mapping[str, Any] = MappingProxyType({
     },
     "tts": {
         "espeak": {"per_thousand_chars": 0.0},
-        "elevenlabs": {"per_thousand_chars": 0.18},
+        "elevenlabs": {"per_thousand_chars": 0.05},
         "openai": {"per_thousand_chars": 0.015},
-        "deepgram": {"per_thousand_chars": 0.015},
+        "deepgram": {"per_thousand_chars": 0.030},
         "cartesia": {"per_thousand_chars": 0.038},
     },
 })

@@ -150,6 +150,13 @@ def handle_event(gw: Gateway, event_type: str, payload: dict[str, Any], call_id:
                               event_type=event_type, result=result)
         voicemail = state.get("vm") if isinstance(state.get("vm"), str) else ""
         return lambda rest, tokens: on_verdict(gw, "telnyx", call_id, result, voicemail)
+    if event_type == "call.cost" and call_id:
+        try:
+            price = float(payload.get("total_cost"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            price = None
+        if price is not None and price == price and abs(price) < 1e6:
+            gw.carrier_priced(gw.registry.ensure(call_id, "telnyx"), price)
     if event_type == "call.speak.ended" and state.get("after_speak") == "hangup":
         return lambda rest, tokens: _hangup(rest, call_id)
     kind = _EVENT_KINDS.get(event_type)

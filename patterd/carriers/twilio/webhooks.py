@@ -16,7 +16,7 @@ from ...call.registry import TERMINAL
 from ...gateway import GATEWAY, Gateway
 from ...ops.logging import get_logger
 from ...web.request import BadRequest, Forbidden, counted, parse_json, read_body
-from ...call.amd import on_verdict
+from ...call.amd import on_verdict, session_for
 from . import twiml
 from .control import read_amd_context
 from .signature import SignatureVerifier
@@ -177,6 +177,9 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
                                            duration=duration)
         rec = gw.registry.get(sid)
         if changed and state in TERMINAL and rec is not None:
+            if session_for(gw, sid) is None:   # no stream here: price the call from Twilio's
+                rec.media_seconds = rec.media_seconds or float(duration or 0)   # duration
+                gw.price_call(rec)
             outcome = rec.outcome.replace("-", "_")
             gw.metrics.calls_total.labels(rec.direction, outcome).inc()
             if duration is not None:
