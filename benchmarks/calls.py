@@ -364,15 +364,15 @@ def install_clock_probe(yield_when_late: bool = True) -> list[Any]:
     """Replace the simulator's shared 20 ms :class:`Clock` by one that records, per round,
     how late it woke up and how long ticking every call took. Returns the list of clocks.
 
-    ``yield_when_late``: let the event loop run between two rounds when the clock is behind.
-    The shipped clock runs late rounds back to back, and a round never suspends (sending a
-    frame does not wait unless the socket is full): while it catches up, no frame from the
-    daemon is read, so the callers' playout buffers run dry and replies look late — the
-    simulator's own doing."""
+    ``yield_when_late``: let the event loop run between two rounds when the clock is behind
+    (the shipped clock does; False runs late rounds back to back, as it once did: while it
+    catches up no frame from the daemon is read, so replies look late — the simulator's own
+    doing)."""
     import patterd.simulate.runner as runner
     from patterd.simulate.clock import Clock
 
     clocks: list[Any] = []
+    yield_late = yield_when_late
 
     class ProbedClock(Clock):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -384,32 +384,16 @@ def install_clock_probe(yield_when_late: bool = True) -> list[Any]:
             self.slips = 0
             clocks.append(self)
 
-        async def _run(self) -> None:   # Clock._run, timed
-            loop = asyncio.get_running_loop()
-            deadline = loop.time()
-            try:
-                while self._members:
-                    delay = deadline - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    elif delay < -1.0:
-                        self.slips += 1
-                        for member in self._members:
-                            member.counts["clock_slips"] += 1
-                        deadline = loop.time()
-                    woke = loop.time()
-                    members = list(self._members)
-                    for member in members:
-                        await member.tick()
-                    self.late.append(woke - deadline)
-                    self.busy.append(loop.time() - woke)
-                    self.members.append(len(members))
-                    self.at.append(time.time())
-                    deadline += self.period
-                    if yield_when_late and deadline <= loop.time():
-                        await asyncio.sleep(0)
-            finally:
-                self._task = None
+        yield_when_late = yield_late
+
+        def round_done(self, late: float, busy: float, members: int) -> None:
+            self.late.append(late)
+            self.busy.append(busy)
+            self.members.append(members)
+            self.at.append(time.time())
+
+        def slipped(self) -> None:
+            self.slips += 1
 
     runner.Clock = ProbedClock  # type: ignore[misc]
     return clocks

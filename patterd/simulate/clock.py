@@ -28,6 +28,8 @@ class Clock:
     draining; a stall over a second is skipped and counted (``counts["clock_slips"]`` of each
     member: the simulator itself was overloaded, so its figures are suspect)."""
 
+    yield_when_late = True   # let the daemon's frames be read between late rounds
+
     def __init__(self, period: float = TICK) -> None:
         self.period = period
         self._members: list[Ticking] = []
@@ -44,6 +46,12 @@ class Clock:
         if member in self._members:
             self._members.remove(member)
 
+    def round_done(self, late: float, busy: float, members: int) -> None:
+        """After each round: how late it woke, how long ticking took (a hook for probes)."""
+
+    def slipped(self) -> None:
+        """A stall over a second was skipped (a hook for probes)."""
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time()
@@ -53,13 +61,17 @@ class Clock:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 elif delay < -1.0:
+                    self.slipped()
                     for member in self._members:
                         member.counts["clock_slips"] += 1
                     deadline = loop.time()
-                for member in list(self._members):
+                woke = loop.time()
+                members = list(self._members)
+                for member in members:
                     await member.tick()
+                self.round_done(woke - deadline, loop.time() - woke, len(members))
                 deadline += self.period
-                if deadline <= loop.time():
+                if self.yield_when_late and deadline <= loop.time():
                     # Catching up: let the daemon's frames be read between late rounds, or its
                     # audio piles up unread and looks like the daemon's lateness.
                     await asyncio.sleep(0)
