@@ -12,7 +12,7 @@ from aiohttp import web
 
 from .call.records import detail
 from .carriers.base import Carrier
-from .store import StoreWriter, open_store
+from .store import StoreWriter, open_store, retention_loop
 from .config import Config
 from .gateway import GATEWAY, Gateway
 from .ops.logging import get_logger
@@ -47,10 +47,14 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
         owned = gw.backends is None
         if owned:  # load models first: a failure here stops start-up cleanly
             from .call.backends import Backends
-            gw.backends = await Backends.from_config(gw.config)
+            gw.backends = await Backends.from_config(gw.config, on_error=gw.backend_failed)
         store = await open_store(gw.config.store.url)
         writer = gw.store_writer = StoreWriter(store)
         writer.start()
+        if gw.config.store.retention_days > 0:   # cancelled with the other tasks at shutdown
+            gw.spawn(retention_loop(store, gw.config.store.retention_days,
+                                    max_call_seconds=gw.config.agent.max_call_seconds),
+                     name="store-retention")
         gw.registry.on_change = lambda rec: writer.submit(detail(rec))
         gw.http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=15),
@@ -64,6 +68,7 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
             await session.close()
         if owned and gw.backends is not None:
             await gw.backends.close()
+        await gw.release_retired(force=True)
         for task in list(gw.tasks):
             task.cancel()
         if gw.tasks:

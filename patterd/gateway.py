@@ -37,6 +37,7 @@ class Gateway:
     carrier_name: str = ""
     store_writer: Any = None                          # store.StoreWriter, at start-up
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    retired: list[Any] = field(default_factory=list)  # backends replaced by a reload
 
     def __post_init__(self) -> None:
         self.registry = CallRegistry(max_call_seconds=self.config.agent.max_call_seconds)
@@ -60,6 +61,22 @@ class Gateway:
             log.error("background_task_failed", task=task.get_name(),
                       error=repr(task.exception()))
 
+    async def release_retired(self, *, force: bool = False) -> None:
+        """Close the backends a reload replaced once no live call uses them (all of them
+        when ``force``, at shutdown)."""
+        in_use = set() if force else {id(s.backends) for s in self.sessions}
+        for backends in [b for b in self.retired if id(b) not in in_use]:
+            self.retired.remove(backends)
+            try:
+                await backends.close()
+            except Exception as exc:  # noqa: BLE001 - logged; nothing else depends on it
+                log.warning("backends_close_failed", error=repr(exc))
+
+    def backend_failed(self, layer: str, provider: str, exc: BaseException) -> None:
+        """A provider failed (the failover chain moves on): count it and say why."""
+        self.metrics.backend_errors.labels(layer, provider).inc()
+        log.warning("backend_failed", backend=layer, provider=provider, error=str(exc))
+
     def record_stream_end(self, session: Any, outcome: str, *, call_over: bool) -> None:
         """A media stream ended: keep its transcript (a call may have several streams) and,
         when the call is over, count it once."""
@@ -68,6 +85,9 @@ class Gateway:
         rec.turns.extend(session.turn_latencies)
         rec.usage.stt_seconds += session.stt_bytes / 16000.0
         rec.usage.tts_chars += session.speaker.tts_chars
+        rec.usage.llm_input_tokens += session.llm_usage.input_tokens
+        rec.usage.llm_output_tokens += session.llm_usage.output_tokens
+        rec.usage.llm_cached_tokens += session.llm_usage.cached_tokens
         rec.media_seconds += session.duration
         if call_over:
             self.price_call(rec)

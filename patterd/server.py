@@ -114,8 +114,35 @@ def _reload(gw: Gateway, path: Path) -> None:
         from dataclasses import replace
         new = replace(new, server=old.server, carrier=old.carrier,
                       phone_number=old.phone_number)
-    gw.config = new
-    log.info("reloaded", path=str(path))
+    if not _backends_change(old, new):
+        gw.config = new
+        log.info("reloaded", path=str(path))
+        return
+    gw.spawn(_swap_backends(gw, new, path), name="reload-backends")
+
+
+def _backends_change(old: Config, new: Config) -> bool:
+    """Whether new providers are needed (the offline recogniser's vocabulary and the rules
+    agent's variables come from the agent section too)."""
+    return any(getattr(old, k) != getattr(new, k) for k in ("stt", "llm", "tts", "vad", "agent"))
+
+
+async def _swap_backends(gw: Gateway, new: Config, path: Path) -> None:
+    """Start the new config's providers beside the running ones, then switch new calls to
+    them; calls already live finish on the old ones, which close once the last has ended."""
+    from .call.backends import Backends
+    try:
+        fresh = await Backends.from_config(new, on_error=gw.backend_failed)
+    except Exception as exc:  # noqa: BLE001 - a provider that cannot start: keep the old set
+        log.error("reload_rejected", path=str(path), problems=[f"backends: {exc}"],
+                  detail="keeping the running configuration")
+        return
+    old = gw.backends
+    gw.backends, gw.config = fresh, new
+    if old is not None:
+        gw.retired.append(old)
+        await gw.release_retired()
+    log.info("reloaded", path=str(path), backends="restarted")
 
 
 def _start_watchdog(gw: Gateway) -> asyncio.Task[None] | None:

@@ -7,11 +7,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..audio.segmenter import SpeechEvent, SpeechSegmenter
-from ..backends.llm.base import LLM
+from ..backends.failover import ErrorSink
+from ..backends.llm.base import LLM, ToolSpec
 from ..backends.stt.base import STT
 from ..backends.tts.base import TTS
 from ..config import Config
+from ..config.model import BackendConfig
+from .conversation import tool_specs
 from .turns import SpeechCache
+
+DEFAULT_STT_TIMEOUT = 8.0   # seconds for a final transcript before the next provider is tried
 
 
 SegmenterFactory = Callable[[Callable[[SpeechEvent], None]], SpeechSegmenter]
@@ -47,7 +52,8 @@ def default_segmenter(config: Config) -> tuple[SegmenterFactory, Any]:
 
 @dataclass
 class Backends:
-    """STT, LLM and TTS providers plus the per-call VAD factory and the speech cache."""
+    """STT, LLM and TTS providers (each a failover chain) plus the per-call VAD factory, the
+    user tools and the speech cache."""
 
     stt: STT
     llm: LLM
@@ -55,22 +61,42 @@ class Backends:
     new_segmenter: SegmenterFactory
     vad_batcher: Any = None
     speech_cache: SpeechCache = field(default_factory=SpeechCache)
+    tools: Any = None                              # backends.llm.tools.ToolRunner or None
+    tool_specs: tuple[ToolSpec, ...] = ()
 
     @classmethod
-    async def from_config(cls, config: Config) -> Backends:
-        """Create and start the providers the config names."""
+    async def from_config(cls, config: Config,
+                          on_error: ErrorSink | None = None) -> Backends:
+        """Create and start the providers the config names; ``on_error(layer, provider,
+        exc)`` hears of every provider failure (the daemon counts them)."""
         from ..backends import create_llm, create_stt, create_tts
-        stt = create_stt(config.stt, config.agent, llm=config.llm)
-        tts = create_tts(config.tts, config.agent)
+        from ..backends.failover import FailoverLLM, FailoverSTT, FailoverTTS
+        sink = on_error or (lambda layer, provider, exc: None)
+        stt_chain = [create_stt(c, config.agent, llm=config.llm) for c in config.stt.chain]
+        stt = FailoverSTT(stt_chain, on_error=sink,
+                          timeouts=[c.timeout or DEFAULT_STT_TIMEOUT for c in config.stt.chain])
+        tts_chain = [create_tts(c, config.agent) for c in config.tts.chain]
+        last_resort = None
+        if all(c.provider != "espeak" for c in config.tts.chain):
+            last_resort = create_tts(BackendConfig("espeak"), config.agent)
+        tts = FailoverTTS(tts_chain, last_resort=last_resort, on_error=sink)
+        llm = FailoverLLM([create_llm(c, config.agent) for c in config.llm.chain],
+                          on_error=sink)
         await stt.start()
         await tts.start()   # a wrong voice fails here, at start-up, not on the first call
         segmenter, batcher = default_segmenter(config)
-        return cls(stt=stt, llm=create_llm(config.llm, config.agent), tts=tts,
-                   new_segmenter=segmenter, vad_batcher=batcher)
+        runner = None
+        if config.llm.tools:
+            from ..backends.llm.tools import ToolRunner
+            runner = ToolRunner(config.llm.tools)
+        return cls(stt=stt, llm=llm, tts=tts, new_segmenter=segmenter, vad_batcher=batcher,
+                   tools=runner, tool_specs=tool_specs(config.agent.transfer_targets, runner))
 
     async def close(self) -> None:
         """Release every provider."""
         for backend in (self.stt, self.llm, self.tts):
             await backend.close()
+        if self.tools is not None:
+            await self.tools.close()
         if self.vad_batcher is not None:
             await self.vad_batcher.aclose()

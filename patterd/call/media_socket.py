@@ -75,6 +75,8 @@ async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
         if session is not None:
             gw.sessions.discard(session)
             await session.close()
+            if gw.retired:
+                await gw.release_retired()
             log.info("media_ended", call_id=session.call_id, outcome=session.outcome or
                      ("completed" if session.stream_stopped else "dropped"))
         if not ws.closed:

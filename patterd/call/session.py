@@ -14,7 +14,8 @@ from typing import Any
 from ..audio.codecs import get_codec
 from ..audio.resample import Resampler
 from ..audio.segmenter import SpeechEnd, SpeechStart
-from ..backends.llm.base import Message
+from ..backends.llm.base import Message, TokenUsage, user_message
+from ..backends.stt.base import PCM16
 from ..carriers.telnyx.rest import read_client_state
 from ..carriers.base import AudioIn, CallControl, DtmfIn, MarkPlayed, MediaProtocol, StreamStarted
 from ..config import Config
@@ -30,6 +31,7 @@ REPROMPT = "Are you still there?"
 SILENCE_GOODBYE = "I haven't heard anything, so I'll hang up now. Goodbye."
 TIME_LIMIT_GOODBYE = "We have reached the time limit for this call. Goodbye."
 FAILURE_APOLOGY = "Sorry, something went wrong on our side. Please try again in a moment."
+HEARING_APOLOGY = "Sorry, I couldn't hear that just now. Could you say it again?"
 PREROLL_FRAMES = 15  # 300 ms of audio before the VAD confirmed speech
 
 
@@ -69,8 +71,11 @@ class CallSession:
         self.rx_codec = get_codec(start.rx_codec, start.rx_rate)
         self.rx_resampler = Resampler(start.rx_rate, 8000) if start.rx_rate != 8000 else None
         self.tx_codec = get_codec(proto.tx_codec, 8000)
-        b = gw.backends
-        self.llm, self.stt_stream = b.llm, b.stt.open_stream()
+        b = self.backends = gw.backends
+        # A recogniser that takes the carrier's G.711 as is gets the frames untouched.
+        self.stt_raw = start.rx_rate == 8000 and self.rx_codec.name in b.stt.input_encodings
+        self.llm = b.llm
+        self.stt_stream = b.stt.open_stream(self.rx_codec.name if self.stt_raw else PCM16)
         self.segmenter = b.new_segmenter(self._vad_event)
         self.playout = Playout(proto, self._send, on_start=self._utterance_started)
         self.speaker = Speaker(b.tts, self.tx_codec, self.playout, b.speech_cache, gw.metrics)
@@ -90,7 +95,8 @@ class CallSession:
         self.reprompted = False
         self.last_activity = self.started
         self.rx_frames = self.tx_frames = 0
-        self.stt_bytes = 0           # 8 kHz s16 PCM sent to the recogniser (= audio seconds)
+        self.stt_bytes = 0           # audio sent to the recogniser, counted as 8 kHz s16 PCM
+        self.llm_usage = TokenUsage()
         self._reply: asyncio.Task[None] | None = None
         self._speech_end_at: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -154,10 +160,11 @@ class CallSession:
             pcm = self.rx_resampler.process(pcm)
             if not pcm:
                 return
-        self.preroll.append(pcm)
+        stt_audio = event.payload if self.stt_raw else pcm
+        self.preroll.append(stt_audio)
         events = self.segmenter.feed(pcm)   # () when the VAD scores in batches
         if self.user_speaking and self.listening:
-            self.stt_stream.push(pcm)
+            self.stt_stream.push(stt_audio)
             self.stt_bytes += len(pcm)
         for ev in events:
             self._vad_event(ev)
@@ -194,9 +201,9 @@ class CallSession:
             self._spawn(self._barge_in())
         self.listening = True
         self.user_speaking = True
-        for pcm in self.preroll:
-            self.stt_stream.push(pcm)
-            self.stt_bytes += len(pcm)
+        for audio in self.preroll:
+            self.stt_stream.push(audio)
+            self.stt_bytes += len(audio) * (2 if self.stt_raw else 1)
 
     def _speech_ended(self, ev: SpeechEnd) -> None:
         self.last_activity = now = self.loop.time()
@@ -211,8 +218,15 @@ class CallSession:
         self._spawn(self._recognise(self._speech_end_at))
 
     async def _recognise(self, ended_at: float) -> None:
-        result = await self.stt_stream.finalize()
-        self.gw.metrics.turn_latency.labels("stt").observe(self.loop.time() - ended_at)
+        asked = self.loop.time()     # the VAD's decision; its lag is the endpointing stage
+        try:
+            result = await self.stt_stream.finalize()
+        except Exception as exc:  # noqa: BLE001 - every recogniser failed: say so, stay up
+            log.warning("recognition_failed", call_id=self.call_id, error=str(exc))
+            if not self.ending:
+                self._start_reply(fixed=HEARING_APOLOGY)
+            return
+        self.gw.metrics.turn_latency.labels("stt").observe(self.loop.time() - asked)
         text = result.text.strip()
         if self.ending or not text:
             return
@@ -251,20 +265,21 @@ class CallSession:
 
     async def _run_reply(self, fixed: str, user_text: str | None, dtmf: str | None) -> None:
         self.speaker.spoken = []
-        if user_text:
-            self.history.append(Message("user", user_text))
-        elif dtmf:
-            self.history.append(Message("user", f"[pressed {dtmf}]"))
-        history = self.history[:-1] if (user_text or dtmf) else self.history
+        asked = user_message(user_text, dtmf)
+        if asked is not None:
+            self.history.append(asked)
         if fixed:
             result = TurnResult(utterances=[await self.speaker.say(fixed)], text=fixed)
         else:
+            b = self.backends
             try:
-                result = await run_turn(self.llm, self.speaker, history, user_text=user_text,
-                                        dtmf=dtmf, metrics=self.gw.metrics)
-            except Exception as exc:  # noqa: BLE001 - a backend failed: apologise, stay up
+                result = await run_turn(
+                    self.llm, self.speaker, self.history, user_text=user_text, dtmf=dtmf,
+                    metrics=self.gw.metrics, tools=b.tool_specs, runner=b.tools,
+                    context=self._context(), max_rounds=self.config.llm.max_tool_rounds,
+                    on_usage=self._count_tokens)
+            except Exception as exc:  # noqa: BLE001 - every provider failed: apologise
                 log.warning("reply_failed", call_id=self.call_id, error=repr(exc))
-                self.gw.metrics.backend_errors.labels("llm", self.config.llm.provider).inc()
                 result = TurnResult(utterances=[await self.speaker.say(FAILURE_APOLOGY)])
         total = sum(u.seconds for u in result.utterances)
         await played(result.utterances, timeout=total + 5.0)
@@ -375,6 +390,19 @@ class CallSession:
         for name, value in variables.items():
             text = text.replace("{" + name + "}", value)
         return text
+
+    def _context(self) -> dict[str, str]:
+        """What the LLM (and user tools) may know about the call."""
+        p = self.parameters
+        return {"call_id": self.call_id, "carrier": self.carrier,
+                "direction": p.get("direction", "inbound"), "from": p.get("from", ""),
+                "to": p.get("to", "")}
+
+    def _count_tokens(self, used: TokenUsage) -> None:
+        u = self.llm_usage
+        self.llm_usage = TokenUsage(u.input_tokens + used.input_tokens,
+                                    u.output_tokens + used.output_tokens,
+                                    u.cached_tokens + used.cached_tokens)
 
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)

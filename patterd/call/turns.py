@@ -11,14 +11,19 @@ import asyncio
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..audio.codecs import Codec
-from ..backends.llm.base import LLM, Message, TextChunk, ToolCall
-from ..backends.tts.base import TTS
+from ..backends.llm.base import LLM, Message, StartOver, TokenUsage, ToolCall, ToolSpec
+from ..backends.tts.base import PCM16, TTS
 from ..ops.metrics import Metrics
+from .conversation import SpeakNow, converse
 from .playout import Playout, Utterance
+
+if TYPE_CHECKING:
+    from ..backends.llm.tools import ToolRunner
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
 MAX_CACHED_SECONDS = 30.0
@@ -63,6 +68,9 @@ class Speaker:
                  metrics: Metrics) -> None:
         self._tts, self._codec, self._playout = tts, codec, playout
         self._cache, self._metrics = cache, metrics
+        # A provider that speaks the carrier's G.711 itself: its bytes go out untouched.
+        self._native = codec.name in tts.output_encodings and codec.sample_rate == 8000
+        self._encoding = codec.name if self._native else PCM16
         self.spoken: list[Utterance] = []  # this turn's utterances, for the transcript
         self.tts_chars = 0                 # characters synthesised (cached replays are free)
 
@@ -79,14 +87,14 @@ class Speaker:
         first = True
         parts: list[bytes] = []
         self.tts_chars += len(text)
-        stream = self._tts.synthesize(text)
+        stream = self._tts.synthesize(text, self._encoding)
         try:
-            async for pcm in stream:
+            async for audio in stream:
                 if first:
                     self._metrics.turn_latency.labels("tts_first_byte").observe(
                         time.monotonic() - began)
                     first = False
-                encoded = self._codec.encode(pcm)
+                encoded = audio if self._native else self._codec.encode(audio)
                 parts.append(encoded)
                 self._playout.feed(utt, encoded)
                 if utt.cleared_at is not None:
@@ -101,35 +109,52 @@ class Speaker:
 
 async def run_turn(llm: LLM, speaker: Speaker, history: list[Message], *,
                    user_text: str | None, dtmf: str | None, metrics: Metrics,
-                   on_text: Callable[[str], None] | None = None) -> TurnResult:
-    """Stream the LLM's answer into speech; tool calls are returned for the caller to run
-    once the speech has played."""
+                   tools: Sequence[ToolSpec] = (), runner: "ToolRunner | None" = None,
+                   context: Mapping[str, str] | None = None, max_rounds: int = 3,
+                   on_usage: Callable[[TokenUsage], None] = lambda usage: None) -> TurnResult:
+    """Stream the LLM's answer into speech, sentence by sentence as tokens arrive; built-in
+    tool calls are returned for the caller to run once the speech has played.
+
+    ``history`` includes this turn's user message; tool rounds are appended to it (see
+    :func:`~patterd.call.conversation.converse`)."""
     result = TurnResult()
     began = time.monotonic()
     pending = ""
     first = True
     spoken: list[str] = []
-    async for event in llm.respond(history, user_text=user_text, dtmf=dtmf):
-        if isinstance(event, ToolCall):
-            result.tools.append(event)
-            continue
-        if not isinstance(event, TextChunk) or not event.text:
-            continue
-        if first:
-            metrics.turn_latency.labels("llm_first_token").observe(time.monotonic() - began)
-            first = False
-        pending += event.text
-        *sentences, pending = _SENTENCE_END.split(pending)
-        for sentence in sentences:
-            if sentence.strip():
-                spoken.append(sentence.strip())
-                result.utterances.append(await speaker.say(sentence.strip()))
+    events = converse(llm, history, user_text=user_text, dtmf=dtmf, tools=tools, runner=runner,
+                      context=context or {}, max_rounds=max_rounds, on_usage=on_usage)
+    try:
+        async for event in events:
+            if isinstance(event, ToolCall):
+                result.tools.append(event)
+                continue
+            if isinstance(event, StartOver):
+                pending = ""          # the failed provider's unfinished sentence is dropped
+                continue
+            if isinstance(event, SpeakNow):
+                if pending.strip():
+                    spoken.append(pending.strip())
+                    result.utterances.append(await speaker.say(pending.strip()))
+                pending = ""
+                continue
+            if not event.text:
+                continue
+            if first:
+                metrics.turn_latency.labels("llm_first_token").observe(time.monotonic() - began)
+                first = False
+            pending += event.text
+            *sentences, pending = _SENTENCE_END.split(pending)
+            for sentence in sentences:
+                if sentence.strip():
+                    spoken.append(sentence.strip())
+                    result.utterances.append(await speaker.say(sentence.strip()))
+    finally:
+        await events.aclose()
     if pending.strip():
         spoken.append(pending.strip())
         result.utterances.append(await speaker.say(pending.strip()))
     result.text = " ".join(spoken)
-    if on_text is not None:
-        on_text(result.text)
     return result
 
 

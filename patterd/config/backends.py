@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from .model import AgentConfig, BackendConfig, Rule, RuleAction
+from .model import AgentConfig, BackendConfig, Rule, RuleAction, ToolConfig
 from .reader import Section
 
 DTMF_DIGITS = re.compile(r"[0-9A-D*#]+")
@@ -26,7 +26,8 @@ class Provider:
     options: Mapping[str, str] = field(default_factory=dict)  # extra key → int|float|str|bool
 
 
-_CLOUD = frozenset({"api_key", "model", "voice", "base_url"})
+_CLOUD = frozenset({"api_key", "model", "voice", "base_url", "timeout"})
+TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 
 PROVIDERS: dict[str, dict[str, Provider]] = {
     "stt": {
@@ -40,17 +41,20 @@ PROVIDERS: dict[str, dict[str, Provider]] = {
     "llm": {
         "rules": Provider(),
         "openai": Provider("OPENAI_API_KEY", "https://api.openai.com/v1", _CLOUD,
-                           {"temperature": "float", "max_tokens": "int"}),
+                           {"temperature": "float", "max_tokens": "int",
+                            "include_usage": "bool"}),
         "anthropic": Provider("ANTHROPIC_API_KEY", "https://api.anthropic.com", _CLOUD,
                               {"temperature": "float", "max_tokens": "int"}),
-        "webhook": Provider(options={"url": "str", "secret": "str", "timeout": "float"}),
+        "webhook": Provider(common=frozenset({"timeout"}), options={"url": "str", "secret": "str"}),
     },
     "tts": {
         "espeak": Provider(common=frozenset({"voice"}), options={"rate": "int"}),
-        "elevenlabs": Provider("ELEVENLABS_API_KEY", "https://api.elevenlabs.io", _CLOUD),
+        "elevenlabs": Provider("ELEVENLABS_API_KEY", "https://api.elevenlabs.io", _CLOUD,
+                               {"transport": "str", "language": "str"}),
         "openai": Provider("OPENAI_API_KEY", "https://api.openai.com/v1", _CLOUD),
         "deepgram": Provider("DEEPGRAM_API_KEY", "https://api.deepgram.com/v1", _CLOUD),
-        "cartesia": Provider("CARTESIA_API_KEY", "https://api.cartesia.ai", _CLOUD),
+        "cartesia": Provider("CARTESIA_API_KEY", "https://api.cartesia.ai", _CLOUD,
+                             {"language": "str", "version": "str"}),
     },
     "vad": {
         "silero": Provider(options={"threshold": "float", "min_silence": "float",
@@ -66,15 +70,22 @@ SECRET_OPTIONS = frozenset({"secret"})
 
 def read_backend(root: Section, layer: str, agent: AgentConfig,
                  env: Mapping[str, str]) -> BackendConfig:
-    """Read one backend section, checking its keys against the chosen provider."""
-    sec = root.section(layer)
+    """Read one backend section (and its ``failover`` providers), checking each one's keys
+    against the provider it names."""
+    return _read_provider(root.section(layer), layer, agent, env, top=True)
+
+
+def _read_provider(sec: Section, layer: str, agent: AgentConfig, env: Mapping[str, str], *,
+                   top: bool) -> BackendConfig:
     table = PROVIDERS[layer]
     name = sec.str("provider", DEFAULT_PROVIDER[layer], choices=table)
     spec = table.get(name) or table[DEFAULT_PROVIDER[layer]]
-    values: dict[str, str] = {}
+    values: dict[str, Any] = {}
     for key in ("api_key", "model", "voice", "base_url"):
         if key in spec.common:
             values[key] = sec.str(key)
+    if "timeout" in spec.common:
+        values["timeout"] = sec.float("timeout", 0.0, minimum=0.0, maximum=120.0)
     if "api_key" in spec.common and not values["api_key"]:
         values["api_key"] = env.get(spec.env_key, "")
         if not values["api_key"] and not values.get("base_url"):
@@ -100,16 +111,79 @@ def read_backend(root: Section, layer: str, agent: AgentConfig,
             options[key] = tuple(str(v) for v in sec.list(key))
         else:
             options[key] = sec.str(key)
+    if name == "elevenlabs" and options.get("transport", "http") not in ("http", "websocket"):
+        sec.problem("transport", "expected http or websocket, got "
+                                 f"{options.get('transport')!r}")
     if name == "webhook" and not options.get("url"):
         sec.problem("url", "required for the webhook provider (your endpoint's https:// URL)")
+    if name == "webhook" and not options.get("secret"):
+        sec.problem("secret", "required for the webhook provider: requests are signed with it "
+                              "(X-Patterd-Signature) so your endpoint can trust them")
     rules: tuple[Rule, ...] = ()
     fallback = ""
     if name == "rules":
         rules = tuple(_read_rules(sec, agent))
         fallback = sec.str("fallback", "Sorry, I didn't catch that.")
-    sec.done(not_here=_elsewhere(layer, name))
+    if top and layer != "vad":
+        failover = []
+        for i, raw in enumerate(sec.list("failover")):
+            item = Section(raw, f"{sec.key_path('failover')}[{i}]", sec.problems)
+            failover.append(_read_provider(item, layer, agent, env, top=False))
+        values["failover"] = tuple(failover)
+    if top and layer == "llm":
+        values["tools"] = tuple(_read_tools(sec))
+        values["max_tool_rounds"] = sec.int("max_tool_rounds", 3, minimum=1, maximum=10)
+    not_here = _elsewhere(layer, name)
+    if not top:
+        for key in ("failover", "tools", "max_tool_rounds"):
+            not_here[key] = f"belongs to the {layer} section itself, not to a failover provider"
+    sec.done(not_here=not_here)
     return BackendConfig(provider=name, options=MappingProxyType(options), rules=rules,
                          fallback=fallback, **values)
+
+
+def _read_tools(sec: Section) -> list[ToolConfig]:
+    tools: list[ToolConfig] = []
+    seen: set[str] = set()
+    from ..backends.llm.base import TOOL_NAMES
+    for i, raw in enumerate(sec.list("tools")):
+        t = Section(raw, f"{sec.key_path('tools')}[{i}]", sec.problems)
+        name = t.str("name", pattern=TOOL_NAME,
+                     expected="a function name (letters, digits, _ and -, at most 64)")
+        if not name:
+            t.problem("name", "required")
+        elif name in TOOL_NAMES or name in seen:
+            t.problem("name", f"{name!r} is already taken (built-in tools: "
+                              f"{', '.join(TOOL_NAMES)})")
+        seen.add(name)
+        description = t.str("description")
+        if not description:
+            t.problem("description", "required: the model decides from it when to call the tool")
+        url = t.str("url")
+        allow_private = t.bool("allow_private", False)
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+            t.problem("url", f"expected the https:// URL of your endpoint, got {url!r}")
+        elif url.startswith("http://") and not allow_private:
+            t.problem("url", "expected https:// (plain http:// only with allow_private: true, "
+                             "for endpoints on your own network)")
+        params_raw = t._get("parameters")
+        parameters: Mapping[str, Any] = MappingProxyType({"type": "object", "properties": {}})
+        if params_raw is not None:
+            if not isinstance(params_raw, dict) or params_raw.get("type", "object") != "object":
+                t.problem("parameters", "expected a JSON Schema object "
+                                        "({type: object, properties: {...}})")
+            else:
+                parameters = MappingProxyType({"type": "object", **params_raw})
+        tool = ToolConfig(
+            name=name, description=description, url=url, parameters=parameters,
+            timeout=t.float("timeout", 5.0, minimum=0.1, maximum=60.0),
+            retries=t.int("retries", 1, minimum=0, maximum=5),
+            max_response_bytes=t.int("max_response_bytes", 65536, minimum=1,
+                                     maximum=10 * 1024 * 1024),
+            allow_private=allow_private, secret=t.str("secret"))
+        t.done()
+        tools.append(tool)
+    return tools
 
 
 def _elsewhere(layer: str, chosen: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ from .model import (DEFAULT_SYSTEM_PROMPT, AdminConfig, AgentConfig, CarrierSett
 from .reader import Problems, Section, environ, expand_env
 
 TWILIO_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+MAX_RETENTION_DAYS = 36_500   # a century; beyond that "0" (forever) is what is meant
 
 
 class ConfigError(ValueError):
@@ -75,7 +76,9 @@ def build_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
                                 rec.str("channels", "dual", choices=("mono", "dual")))  # type: ignore[arg-type]
     rec.done()
     st = root.section("store")
-    store = StoreConfig(st.str("url", "sqlite:///./patterd.db"))
+    store = StoreConfig(st.str("url", "sqlite:///./patterd.db"),
+                        retention_days=st.float("retention_days", 0.0, minimum=0,
+                                                maximum=MAX_RETENTION_DAYS))
     if not re.match(r"(sqlite:///|postgres(ql)?://)", store.url):
         st.problem("url", f"expected sqlite:///PATH or postgresql://…, got {mask_url(store.url)!r}")
     st.done()

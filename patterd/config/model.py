@@ -83,11 +83,34 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolConfig:
+    """One of ``llm.tools``: a function the model may call, served by the user's HTTPS endpoint.
+
+    The gateway POSTs ``{"name", "arguments", "call"}`` to ``url`` (signed with
+    ``X-Patterd-Signature`` when ``secret`` is set) and gives the model the response body.
+    """
+
+    name: str
+    description: str
+    url: str
+    parameters: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType({"type": "object", "properties": {}}))
+    timeout: float = 5.0
+    retries: int = 1
+    max_response_bytes: int = 65536
+    allow_private: bool = False
+    secret: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class BackendConfig:
     """``stt:``, ``llm:``, ``tts:`` or ``vad:`` — one provider and its settings.
 
     ``api_key`` is already resolved from the provider's usual environment variable. Settings a
-    provider has beyond the common ones live in ``options``.
+    provider has beyond the common ones live in ``options``. ``timeout`` (seconds; 0 = the
+    layer's default) bounds connecting and waiting for the first result before the next
+    provider of ``failover`` is tried. ``tools`` and ``max_tool_rounds`` belong to the ``llm``
+    layer as a whole (not to one provider of it).
     """
 
     provider: str
@@ -98,6 +121,15 @@ class BackendConfig:
     options: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     rules: tuple[Rule, ...] = ()
     fallback: str = ""
+    timeout: float = 0.0
+    failover: tuple["BackendConfig", ...] = ()
+    tools: tuple[ToolConfig, ...] = ()
+    max_tool_rounds: int = 3
+
+    @property
+    def chain(self) -> tuple["BackendConfig", ...]:
+        """This provider, then its failover providers, in order."""
+        return (self, *self.failover)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +142,11 @@ class RecordingConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    """``store:`` — where call records live."""
+    """``store:`` — where call records live, and for how long (``retention_days`` after a
+    call ended; 0 keeps them forever)."""
 
     url: str = "sqlite:///./patterd.db"
+    retention_days: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from .backends import PROVIDERS, SECRET_OPTIONS
 from .load import mask_url
 from .model import BackendConfig, Config, Rule
 
-SECRET_KEYS = frozenset({"auth_token", "api_key", "token"}) | SECRET_OPTIONS
+SECRET_KEYS = frozenset({"auth_token", "api_key", "token", "secret"}) | SECRET_OPTIONS
 
 
 def mask_secret(value: str) -> str:
@@ -28,16 +28,23 @@ def to_plain(cfg: Config) -> dict[str, Any]:
     return out
 
 
-def _backend(layer: str, b: BackendConfig) -> dict[str, Any]:
+def _backend(layer: str, b: BackendConfig, *, top: bool = True) -> dict[str, Any]:
     spec = PROVIDERS[layer][b.provider]
     out: dict[str, Any] = {"provider": b.provider}
     for key in ("api_key", "model", "voice", "base_url"):
         if key in spec.common:
             out[key] = _plain(getattr(b, key), key)
+    if "timeout" in spec.common:
+        out["timeout"] = b.timeout
     out.update({k: _plain(v, k) for k, v in b.options.items()})
     if b.provider == "rules":
         out["rules"] = [_rule(r) for r in b.rules]
         out["fallback"] = b.fallback
+    if layer == "llm" and top:
+        out["tools"] = [_plain(t) for t in b.tools]
+        out["max_tool_rounds"] = b.max_tool_rounds
+    if b.failover:
+        out["failover"] = [_backend(layer, f, top=False) for f in b.failover]
     return out
 
 

@@ -28,8 +28,9 @@ DEFAULT_PRICES: Mapping[str, Any] = MappingProxyType({
                   "cached_input_per_million": 0.0},
         "openai": {"input_per_million": 0.15, "output_per_million": 0.60,
                    "cached_input_per_million": 0.075},
-        "anthropic": {"input_per_million": 0.80, "output_per_million": 4.0,
-                      "cached_input_per_million": 0.08},
+        # claude-haiku-4-5, the provider's default model (⚠️ list price, override as needed)
+        "anthropic": {"input_per_million": 1.0, "output_per_million": 5.0,
+                      "cached_input_per_million": 0.10},
         "webhook": {"input_per_million": 0.0, "output_per_million": 0.0,
                     "cached_input_per_million": 0.0},
     },

@@ -62,8 +62,10 @@ def test_shipped_configs_are_valid() -> None:
     env = {"PATTERD_PUBLIC_URL": "https://x.example.com", "PATTERD_PHONE_NUMBER": "+15550001234",
            "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "t",
            "TELNYX_API_KEY": "k", "TELNYX_CONNECTION_ID": "1",
-           "TELNYX_PUBLIC_KEY": "Ci5Tdzd6n5C6Iu2YvHCnEHh0rjvOrvGw5hQpJ5Sv8Bg="}
-    for name in ("twilio", "telnyx"):
+           "TELNYX_PUBLIC_KEY": "Ci5Tdzd6n5C6Iu2YvHCnEHh0rjvOrvGw5hQpJ5Sv8Bg=",
+           "DEEPGRAM_API_KEY": "dg", "OPENAI_API_KEY": "sk", "ANTHROPIC_API_KEY": "sk-ant",
+           "ELEVENLABS_API_KEY": "el", "CARTESIA_API_KEY": "ca"}
+    for name in ("twilio", "telnyx", "cloud"):
         out = patterd("check", "--config", f"config/examples/{name}.yaml", env=env)
         assert out.returncode == 0, out.stderr
 
@@ -144,7 +146,11 @@ def test_sighup_reload_good_and_bad(tmp_path: Path) -> None:
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     names = [e["event"] for e in events]
     assert "reloaded" in names and "reload_rejected" in names
-    assert names.index("reloaded") < names.index("reload_rejected")
+    # The agent changed, so the providers were restarted in the background (the bad file
+    # may be rejected before that finishes); the good file's reload still completed.
+    assert next(e for e in events if e["event"] == "reloaded").get("backends") == "restarted"
+    rejected = next(e for e in events if e["event"] == "reload_rejected")
+    assert any("expected" in p for p in rejected["problems"]), rejected
 
 
 def test_systemd_notify_ready_and_stopping(tmp_path: Path) -> None:

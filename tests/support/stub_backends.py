@@ -48,7 +48,7 @@ class StubStt(STT):
     def __init__(self, text: str = "goodbye") -> None:
         self.text = text
 
-    def open_stream(self) -> STTStream:
+    def open_stream(self, encoding: str = "PCM16") -> STTStream:
         return StubSttStream(self.text)
 
 
@@ -79,7 +79,7 @@ class StubTts(TTS):
     def __init__(self) -> None:
         self.texts: list[str] = []
 
-    def synthesize(self, text: str) -> SpeechStream:
+    def synthesize(self, text: str, encoding: str = "PCM16") -> SpeechStream:
         self.texts.append(text)
         return StubSpeech(tone(0.06 * len(text)))
 

@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, AsyncIterator, Mapping, Sequence
 
-from .base import END_CALL, LLM, SEND_DTMF, TRANSFER_CALL, LLMEvent, Message, TextChunk, ToolCall
+from .base import (END_CALL, LLM, SEND_DTMF, TRANSFER_CALL, LLMEvent, Message, TextChunk,
+                   ToolCall, ToolSpec)
 
 if TYPE_CHECKING:
     from ...config.model import AgentConfig, BackendConfig, Rule, RuleAction
@@ -84,7 +85,8 @@ class RulesLLM(LLM):
         return Match(None, fill(self.fallback, self.variables), None)
 
     async def respond(self, history: Sequence[Message], user_text: str | None = None,
-                      dtmf: str | None = None) -> AsyncIterator[LLMEvent]:
+                      dtmf: str | None = None, *, tools: Sequence[ToolSpec] = (),
+                      context: Mapping[str, str] | None = None) -> AsyncIterator[LLMEvent]:
         """The winning rule's reply (if any) as one :class:`TextChunk`, then its action."""
         m = self.match(user_text, dtmf)
         if m.reply:

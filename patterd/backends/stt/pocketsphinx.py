@@ -22,9 +22,9 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any
 
-from .base import SAMPLE_RATE, STT, STTStream, Transcript
+from .base import STT, UtteranceStream
 from .sphinx_vocab import build_model, model_paths, sound_alike
 
 if TYPE_CHECKING:
@@ -205,7 +205,7 @@ class PocketsphinxSTT(STT):
         else:                           # closed meanwhile
             await worker.stop()
 
-    def open_stream(self) -> "PocketsphinxStream":
+    def open_stream(self, encoding: str = "PCM16") -> "PocketsphinxStream":
         """A recogniser for one call (the provider starts itself on first use if needed)."""
         return PocketsphinxStream(self)
 
@@ -222,50 +222,16 @@ class PocketsphinxSTT(STT):
             self.decoder_args = {}
 
 
-class PocketsphinxStream(STTStream):
+class PocketsphinxStream(UtteranceStream):
     """One call's utterance buffer; each :meth:`finalize` decodes it in a worker process."""
 
     def __init__(self, provider: PocketsphinxSTT) -> None:
+        super().__init__(max_seconds=MAX_UTTERANCE_SECONDS)
         self._provider = provider
-        self._audio = bytearray()
-        self._max_bytes = int(MAX_UTTERANCE_SECONDS * SAMPLE_RATE) * 2
-        self._queue: asyncio.Queue[Transcript | None] = asyncio.Queue()
-        self._lock = asyncio.Lock()
-        self._closed = False
 
-    def push(self, pcm_s16le_8khz: bytes) -> None:
-        """Append caller audio to the current utterance (keeps its last 30 s)."""
-        if self._closed:
-            return
-        self._audio += pcm_s16le_8khz
-        excess = len(self._audio) - self._max_bytes
-        if excess > 0:
-            del self._audio[: excess + (excess & 1)]
-
-    async def events(self) -> AsyncIterator[Transcript]:
-        """Final transcripts, one per :meth:`finalize`; ends after :meth:`close`."""
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                return
-            yield item
-
-    async def finalize(self) -> Transcript:
-        """Decode the utterance collected since the last call and start a new one."""
-        async with self._lock:
-            audio, self._audio = bytes(self._audio), bytearray()
-            text = await self._provider.decode(audio) if audio else ""
-            result = Transcript(text, True)
-            if not self._closed:
-                self._queue.put_nowait(result)
-            return result
-
-    async def close(self) -> None:
-        """Drop buffered audio and end :meth:`events`."""
-        if not self._closed:
-            self._closed = True
-            self._audio.clear()
-            self._queue.put_nowait(None)
+    async def recognise(self, audio: bytes) -> str:
+        """Decode the utterance in an idle worker ("" for no audio)."""
+        return await self._provider.decode(audio) if audio else ""
 
 
 __all__ = ["PocketsphinxSTT", "PocketsphinxStream"]

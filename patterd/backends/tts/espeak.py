@@ -283,7 +283,7 @@ class EspeakTTS(TTS):
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._engine.executor, self._engine.set_voice, self.voice)
 
-    def synthesize(self, text: str) -> SpeechStream:
+    def synthesize(self, text: str, encoding: str = "PCM16") -> SpeechStream:
         """Speak ``text``: s16le 8 kHz PCM chunks of ~40 ms, streamed as espeak produces them."""
         job = _Job(asyncio.get_running_loop(), text, self.voice, self.rate)
         return _EspeakStream(self._engine, job)

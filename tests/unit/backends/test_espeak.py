@@ -115,5 +115,5 @@ async def test_unknown_voice_fails_at_start() -> None:
 
 
 def test_unknown_provider() -> None:
-    with pytest.raises(UnknownProviderError, match="elevenlabs"):
-        create_tts(BackendConfig("elevenlabs"))
+    with pytest.raises(UnknownProviderError, match="festival"):
+        create_tts(BackendConfig("festival"))

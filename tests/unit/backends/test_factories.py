@@ -24,8 +24,8 @@ def test_offline_defaults() -> None:
 
 
 @pytest.mark.parametrize("factory,layer,name", [
-    (create_stt, "stt", "openai"), (create_llm, "llm", "anthropic"),
-    (create_tts, "tts", "cartesia"), (create_llm, "llm", "nonsense")])
+    (create_stt, "stt", "whisper-cpp"), (create_llm, "llm", "gemini"),
+    (create_tts, "tts", "festival"), (create_llm, "llm", "nonsense")])
 def test_unknown_provider(factory, layer: str, name: str) -> None:
     with pytest.raises(NotImplementedError) as err:
         factory(BackendConfig(name), AgentConfig())
