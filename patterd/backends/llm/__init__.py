@@ -11,7 +11,7 @@ from .base import (END_CALL, LLM, SEND_DTMF, TOOL_NAMES, TRANSFER_CALL, LLMEvent
 if TYPE_CHECKING:
     from ...config.model import AgentConfig, BackendConfig
 
-PROVIDERS = ("rules",)
+PROVIDERS = ("rules", "webhook", "openai", "anthropic")
 
 
 def create_llm(cfg: "BackendConfig", agent: "AgentConfig | None" = None) -> LLM:
@@ -19,6 +19,15 @@ def create_llm(cfg: "BackendConfig", agent: "AgentConfig | None" = None) -> LLM:
     if cfg.provider == "rules":
         from .rules import RulesLLM
         return RulesLLM(cfg, agent)
+    if cfg.provider == "webhook":
+        from .webhook import WebhookLLM
+        return WebhookLLM(cfg, agent)
+    if cfg.provider == "openai":
+        from .openai import OpenAILLM
+        return OpenAILLM(cfg, agent)
+    if cfg.provider == "anthropic":
+        from .anthropic import AnthropicLLM
+        return AnthropicLLM(cfg, agent)
     raise UnknownProviderError("llm", cfg.provider, PROVIDERS)
 
 

@@ -10,7 +10,7 @@ from .base import SAMPLE_RATE, STT, STTStream, Transcript
 if TYPE_CHECKING:
     from ...config.model import AgentConfig, BackendConfig
 
-PROVIDERS = ("pocketsphinx",)
+PROVIDERS = ("pocketsphinx", "deepgram", "openai")
 
 
 def create_stt(cfg: "BackendConfig", agent: "AgentConfig",
@@ -23,6 +23,12 @@ def create_stt(cfg: "BackendConfig", agent: "AgentConfig",
     if cfg.provider == "pocketsphinx":
         from .pocketsphinx import PocketsphinxSTT
         return PocketsphinxSTT(cfg, agent, llm)
+    if cfg.provider == "deepgram":
+        from .deepgram import DeepgramSTT
+        return DeepgramSTT(cfg, agent, llm)
+    if cfg.provider == "openai":
+        from .openai import OpenAISTT
+        return OpenAISTT(cfg, agent, llm)
     raise UnknownProviderError("stt", cfg.provider, PROVIDERS)
 
 

@@ -10,7 +10,7 @@ from .base import SAMPLE_RATE, TTS, SpeechStream
 if TYPE_CHECKING:
     from ...config.model import AgentConfig, BackendConfig
 
-PROVIDERS = ("espeak",)
+PROVIDERS = ("espeak", "elevenlabs", "openai", "deepgram", "cartesia")
 
 
 def create_tts(cfg: "BackendConfig", agent: "AgentConfig | None" = None) -> TTS:
@@ -18,6 +18,18 @@ def create_tts(cfg: "BackendConfig", agent: "AgentConfig | None" = None) -> TTS:
     if cfg.provider == "espeak":
         from .espeak import EspeakTTS
         return EspeakTTS(cfg, agent)
+    if cfg.provider == "elevenlabs":
+        from .elevenlabs import ElevenLabsTTS
+        return ElevenLabsTTS(cfg, agent)
+    if cfg.provider == "openai":
+        from .openai import OpenAITTS
+        return OpenAITTS(cfg, agent)
+    if cfg.provider == "deepgram":
+        from .deepgram import DeepgramTTS
+        return DeepgramTTS(cfg, agent)
+    if cfg.provider == "cartesia":
+        from .cartesia import CartesiaTTS
+        return CartesiaTTS(cfg, agent)
     raise UnknownProviderError("tts", cfg.provider, PROVIDERS)
 
 

@@ -1,0 +1,226 @@
+"""Anthropic Messages streaming (``POST {base_url}/v1/messages``, ``stream: true``).
+
+The stream is a sequence of named SSE events (providers.md §3): ``message_start`` (input and
+cache usage), ``content_block_start``/``_delta``/``_stop`` per content block, ``message_delta``
+(stop reason, cumulative output tokens), ``message_stop``; ``ping`` anywhere; ``error`` even
+after HTTP 200. Text deltas are yielded as they arrive; a ``tool_use`` block's
+``input_json_delta`` pieces are joined and yielded as one :class:`ToolCall` at its
+``content_block_stop``.
+
+The history is converted to what the API accepts everywhere — including Anthropic-compatible
+servers and older deployments that are stricter than api.anthropic.com today: system prompts go
+to the top-level ``system``, same-role turns are merged, tool results of one round become one
+``user`` message of ``tool_result`` blocks (placed before any text), and a conversation that
+opens with the agent's greeting gets a short ``user`` turn in front of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping, Sequence
+
+import aiohttp
+
+from ..errors import BackendError
+from .base import LLM, LLMEvent, Message, TextChunk, TokenUsage, ToolCall, ToolSpec, user_message
+from .sse import (SSEStream, SSETimeout, dumps, error_detail, finish, new_session,
+                  parse_arguments, post_stream, redact)
+
+if TYPE_CHECKING:
+    from ...config.model import AgentConfig, BackendConfig
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+DEFAULT_MODEL = "claude-haiku-4-5"
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 1024
+FIRST_TIMEOUT = 8.0
+IDLE_TIMEOUT = 30.0
+CALL_STARTED = "(The call has been connected.)"
+FATAL_ERROR_TYPES = frozenset({"invalid_request_error", "authentication_error",
+                               "permission_error", "not_found_error", "request_too_large",
+                               "billing_error"})
+_BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class AnthropicLLM(LLM):
+    """The ``anthropic`` LLM provider."""
+
+    name = "anthropic"
+
+    def __init__(self, cfg: "BackendConfig", agent: "AgentConfig | None" = None) -> None:
+        self.api_key = cfg.api_key
+        self.model = cfg.model or DEFAULT_MODEL
+        self.base_url = (cfg.base_url or DEFAULT_BASE_URL).rstrip("/")
+        self.url = f"{self.base_url}/v1/messages"
+        self.first_timeout = cfg.timeout or FIRST_TIMEOUT
+        self.idle_timeout = IDLE_TIMEOUT
+        self.temperature: float | None = cfg.options.get("temperature")
+        self.max_tokens = int(cfg.options.get("max_tokens") or DEFAULT_MAX_TOKENS)
+        self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
+                         "anthropic-version": API_VERSION}
+        if self.api_key:
+            self._headers["x-api-key"] = self.api_key
+        self._session: aiohttp.ClientSession | None = None
+
+    def request_body(self, history: Sequence[Message], user_text: str | None = None,
+                     dtmf: str | None = None, tools: Sequence[ToolSpec] = ()) -> dict[str, Any]:
+        """The JSON body of the Messages request for this turn."""
+        extra = user_message(user_text, dtmf)
+        system, messages = to_anthropic(list(history) + ([extra] if extra else []))
+        body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens,
+                                "messages": messages, "stream": True}
+        if system:
+            body["system"] = system
+        if tools:
+            body["tools"] = [{"name": t.name, "description": t.description,
+                              "input_schema": t.parameters} for t in tools]
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        return body
+
+    async def respond(self, history: Sequence[Message], user_text: str | None = None,
+                      dtmf: str | None = None, *, tools: Sequence[ToolSpec] = (),
+                      context: Mapping[str, str] | None = None) -> AsyncIterator[LLMEvent]:
+        """Stream the answer: text as it arrives, each tool call when its block stops, then one
+        :class:`TokenUsage` (input includes cache reads and writes; cached = cache reads)."""
+        body = dumps(self.request_body(history, user_text, dtmf, tools))
+        deadline = asyncio.get_running_loop().time() + self.first_timeout
+        if self._session is None:
+            self._session = new_session()
+        resp = await post_stream(self._session, self.url, body=body, headers=self._headers,
+                                 deadline=deadline, provider=self.name, secret=self.api_key)
+        stream = SSEStream(resp.content, deadline=deadline, idle=self.idle_timeout,
+                           first_timeout=self.first_timeout)
+        blocks: dict[int, list[Any]] = {}      # open tool_use blocks: index → [id, name, parts]
+        usage: dict[str, int] = {}
+        done = released = False
+        try:
+            while not done:
+                try:
+                    events = await stream.read()
+                except SSETimeout as exc:
+                    raise BackendError("llm", self.name, str(exc), retryable=True) from None
+                except aiohttp.ClientError as exc:
+                    raise BackendError("llm", self.name, f"stream broken: {exc}",
+                                       retryable=True) from None
+                if events is None:
+                    break
+                for event in events:
+                    try:
+                        data = json.loads(event.data)
+                    except ValueError:
+                        data = {"error": {"message": event.data}}
+                    if not isinstance(data, dict):
+                        continue
+                    kind = event.event if event.event != "message" else data.get("type", "")
+                    if kind == "content_block_delta":
+                        delta = data.get("delta") or {}
+                        dtype = delta.get("type")
+                        if dtype == "text_delta":
+                            text = delta.get("text")
+                            if text:
+                                yield TextChunk(text)
+                        elif dtype == "input_json_delta":
+                            block = blocks.get(data.get("index"))
+                            if block is not None:
+                                block[2].append(delta.get("partial_json") or "")
+                    elif kind == "content_block_start":
+                        cb = data.get("content_block") or {}
+                        if cb.get("type") == "tool_use":
+                            # a compatible server may put the whole input here
+                            start = cb.get("input")
+                            blocks[data.get("index")] = [cb.get("id") or "", cb.get("name") or "",
+                                                         [dumps(start).decode()] if start else []]
+                    elif kind == "content_block_stop":
+                        block = blocks.pop(data.get("index"), None)
+                        if block is not None:
+                            yield self._tool_call(block)
+                    elif kind in ("message_start", "message_delta"):
+                        source = data.get("message", data) if kind == "message_start" else data
+                        for key, value in (source.get("usage") or {}).items():
+                            if isinstance(value, int):
+                                usage[key] = value      # message_delta's counts are cumulative
+                    elif kind == "message_stop":
+                        done = True
+                        break
+                    elif kind == "error":
+                        raise self._stream_error(data)
+                    # ping, thinking blocks and unknown events: nothing to say
+            if not done:
+                raise BackendError("llm", self.name, "the stream ended before message_stop",
+                                   retryable=True)
+            await finish(resp, True)
+            released = True
+        finally:
+            if not released:
+                resp.close()    # cancelled or failed: drop the connection, stop the generation
+        for block in blocks.values():      # blocks never stopped: best effort
+            yield self._tool_call(block)
+        if usage:
+            read = usage.get("cache_read_input_tokens", 0)
+            yield TokenUsage(usage.get("input_tokens", 0) + read
+                             + usage.get("cache_creation_input_tokens", 0),
+                             usage.get("output_tokens", 0), read)
+
+    def _tool_call(self, block: list[Any]) -> ToolCall:
+        cid, name, parts = block
+        return ToolCall(name, parse_arguments("".join(parts), name, self.name), cid)
+
+    def _stream_error(self, data: Mapping[str, Any]) -> BackendError:
+        message, kind = error_detail(data)
+        text = redact(f"{kind}: {message}" if kind else message or "error event", self.api_key)
+        return BackendError("llm", self.name, text, retryable=kind not in FATAL_ERROR_TYPES)
+
+    async def close(self) -> None:
+        """Close the HTTP session. Idempotent."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+def _tool_id(raw: str) -> str:
+    # tool_use ids must match ^[A-Za-z0-9_-]+$; ids from another provider (after a failover)
+    # may not
+    return _BAD_ID_CHARS.sub("_", raw) if raw else "toolu_missing"
+
+
+def to_anthropic(history: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
+    """``(system, messages)`` for the Messages API from the conversation history."""
+    system: list[str] = []
+    out: list[dict[str, Any]] = []
+
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return                      # the API refuses empty turns and empty text blocks
+        if out and out[-1]["role"] == role:
+            merged = out[-1]["content"] + blocks
+            if role == "user":          # tool results must open the user turn
+                merged.sort(key=lambda b: b["type"] != "tool_result")
+            out[-1]["content"] = merged
+        else:
+            out.append({"role": role, "content": blocks})
+
+    for m in history:
+        text = [{"type": "text", "text": m.content}] if m.content.strip() else []
+        if m.role == "system":
+            if text:
+                system.append(m.content)
+        elif m.role == "user":
+            add("user", text)
+        elif m.role == "assistant":
+            add("assistant", text + [{"type": "tool_use", "id": _tool_id(c.id), "name": c.name,
+                                      "input": c.arguments} for c in m.tool_calls])
+        elif m.role == "tool":
+            block: dict[str, Any] = {"type": "tool_result",
+                                     "tool_use_id": _tool_id(m.tool_call_id)}
+            if m.content:
+                block["content"] = m.content
+            add("user", [block])
+    if not out or out[0]["role"] != "user":
+        out.insert(0, {"role": "user", "content": [{"type": "text", "text": CALL_STARTED}]})
+    return "\n\n".join(system), out
+
+
+__all__ = ["AnthropicLLM", "to_anthropic"]

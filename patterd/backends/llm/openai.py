@@ -1,0 +1,270 @@
+"""OpenAI chat-completions streaming — and every server that speaks it through ``base_url``.
+
+Groq, Cerebras, Ollama, vLLM and llama.cpp's ``llama-server`` serve the same
+``POST {base_url}/chat/completions`` with ``stream: true``. Text deltas are yielded as they
+arrive; tool calls come as fragments (``delta.tool_calls[]``: ``id``/``name`` on the first
+fragment of an ``index``, ``arguments`` as string pieces) and are yielded once the choice
+finishes. The parser is lenient where servers differ (providers.md §2): whole arguments in one
+fragment, no ``index``, no ``id``, ``finish_reason: "stop"`` on a tool turn, usage in the extra
+``choices: []`` chunk or in Groq's ``x_groq.usage``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping, Sequence
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from ..errors import BackendError
+from .base import LLM, LLMEvent, Message, TextChunk, TokenUsage, ToolCall, ToolSpec, user_message
+from .sse import (SSEStream, SSETimeout, dumps, error_detail, finish, new_session,
+                  parse_arguments, post_stream, redact)
+
+if TYPE_CHECKING:
+    from ...config.model import AgentConfig, BackendConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODEL = "gpt-4o-mini"
+FIRST_TIMEOUT = 8.0     # connect + first event, when the config sets no timeout
+IDLE_TIMEOUT = 30.0     # longest silence between two reads once the stream has started
+# error types of a mid-stream error event that another attempt cannot fix
+FATAL_ERROR_TYPES = frozenset({"invalid_request_error", "authentication_error",
+                               "permission_error", "not_found_error", "insufficient_quota",
+                               "invalid_api_key", "context_length_exceeded"})
+
+
+class OpenAILLM(LLM):
+    """The ``openai`` LLM provider (OpenAI or any OpenAI-compatible server)."""
+
+    name = "openai"
+
+    def __init__(self, cfg: "BackendConfig", agent: "AgentConfig | None" = None) -> None:
+        self.api_key = cfg.api_key
+        self.model = cfg.model or DEFAULT_MODEL
+        self.base_url = (cfg.base_url or DEFAULT_BASE_URL).rstrip("/")
+        self.url = f"{self.base_url}/chat/completions"
+        self.first_timeout = cfg.timeout or FIRST_TIMEOUT
+        self.idle_timeout = IDLE_TIMEOUT
+        self.temperature: float | None = cfg.options.get("temperature")
+        self.max_tokens: int = int(cfg.options.get("max_tokens") or 0)
+        self.include_usage = bool(cfg.options.get("include_usage", True))
+        # api.openai.com deprecated max_tokens (o-series models refuse it); older
+        # OpenAI-compatible servers only know max_tokens
+        official = urlsplit(self.base_url).hostname == "api.openai.com"
+        self._max_tokens_key = "max_completion_tokens" if official else "max_tokens"
+        self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if self.api_key:                  # local servers (Ollama, llama.cpp) need none
+            self._headers["Authorization"] = f"Bearer {self.api_key}"
+        self._session: aiohttp.ClientSession | None = None
+
+    def request_body(self, history: Sequence[Message], user_text: str | None = None,
+                     dtmf: str | None = None, tools: Sequence[ToolSpec] = ()) -> dict[str, Any]:
+        """The JSON body of the chat-completions request for this turn."""
+        messages = to_openai_messages(history)
+        extra = user_message(user_text, dtmf)
+        if extra is not None:
+            messages.append({"role": "user", "content": extra.content})
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True}
+        if self.include_usage:
+            body["stream_options"] = {"include_usage": True}
+        if tools:
+            body["tools"] = [{"type": "function", "function": {
+                "name": t.name, "description": t.description, "parameters": t.parameters}}
+                for t in tools]
+            body["tool_choice"] = "auto"
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        if self.max_tokens:
+            body[self._max_tokens_key] = self.max_tokens
+        return body
+
+    async def respond(self, history: Sequence[Message], user_text: str | None = None,
+                      dtmf: str | None = None, *, tools: Sequence[ToolSpec] = (),
+                      context: Mapping[str, str] | None = None) -> AsyncIterator[LLMEvent]:
+        """Stream the answer: text as it arrives, tool calls when the choice finishes, then
+        one :class:`TokenUsage` if the server reported usage."""
+        body = dumps(self.request_body(history, user_text, dtmf, tools))
+        deadline = asyncio.get_running_loop().time() + self.first_timeout
+        if self._session is None:
+            self._session = new_session()
+        resp = await post_stream(self._session, self.url, body=body, headers=self._headers,
+                                 deadline=deadline, provider=self.name, secret=self.api_key)
+        stream = SSEStream(resp.content, deadline=deadline, idle=self.idle_timeout,
+                           first_timeout=self.first_timeout)
+        calls = ToolCallAssembler(self.name)
+        usage: Mapping[str, Any] | None = None
+        done = finished = released = False
+        try:
+            while not done:
+                try:
+                    events = await stream.read()
+                except SSETimeout as exc:
+                    raise BackendError("llm", self.name, str(exc), retryable=True) from None
+                except aiohttp.ClientError as exc:
+                    raise BackendError("llm", self.name, f"stream broken: {exc}",
+                                       retryable=True) from None
+                if events is None:
+                    break
+                for event in events:
+                    if event.data == "[DONE]":
+                        done = True
+                        break
+                    try:
+                        chunk = json.loads(event.data)
+                    except ValueError:
+                        if event.event == "error":
+                            raise self._stream_error({"message": event.data}) from None
+                        log.warning("llm %s: skipped a non-JSON event (%d characters)",
+                                    self.name, len(event.data))
+                        continue
+                    if not isinstance(chunk, dict):
+                        continue
+                    if chunk.get("error") or event.event == "error":
+                        raise self._stream_error(chunk)
+                    found = chunk.get("usage") or (chunk.get("x_groq") or {}).get("usage")
+                    if found:
+                        usage = found       # the last report wins (vLLM repeats cumulative ones)
+                    for choice in chunk.get("choices") or ():
+                        if choice.get("index", 0):
+                            continue        # n > 1 is never requested
+                        delta = choice.get("delta") or {}
+                        text = delta.get("content")
+                        if text:
+                            yield TextChunk(text)
+                        fragments = delta.get("tool_calls")
+                        if fragments:
+                            calls.add(fragments)
+                        if choice.get("finish_reason"):
+                            # a tool turn is decided by the calls, not the reason: some servers
+                            # end tool turns with "stop"
+                            finished = True
+                            for call in calls.finish():
+                                yield call
+            if not (done or finished):
+                raise BackendError("llm", self.name, "the stream ended before the answer did",
+                                   retryable=True)
+            await finish(resp, True)
+            released = True
+        finally:
+            if not released:
+                resp.close()    # cancelled or failed: drop the connection, stop the generation
+        for call in calls.finish():                # a server that sent [DONE] without a finish
+            yield call
+        if usage is not None:
+            yield openai_usage(usage)
+
+    def _stream_error(self, chunk: Mapping[str, Any]) -> BackendError:
+        message, kind = error_detail(chunk)
+        text = redact(f"{kind}: {message}" if kind else message or "error event", self.api_key)
+        return BackendError("llm", self.name, text, retryable=kind not in FATAL_ERROR_TYPES)
+
+    async def close(self) -> None:
+        """Close the HTTP session. Idempotent."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+class _Slot:
+    __slots__ = ("id", "name", "parts", "obj")
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.name = ""
+        self.parts: list[str] = []
+        self.obj: dict[str, Any] | None = None
+
+
+class ToolCallAssembler:
+    """Assembles ``delta.tool_calls`` fragments into whole calls, keyed by ``index`` (or by
+    ``id`` for servers that omit the index; a new ``id`` on a used index starts a new call)."""
+
+    __slots__ = ("_by_id", "_by_index", "_provider", "_slots")
+
+    def __init__(self, provider: str) -> None:
+        self._provider = provider
+        self._slots: list[_Slot] = []
+        self._by_index: dict[Any, _Slot] = {}
+        self._by_id: dict[str, _Slot] = {}
+
+    def add(self, fragments: Sequence[Any]) -> None:
+        """Take the ``tool_calls`` list of one delta."""
+        for item in fragments:
+            if not isinstance(item, dict):
+                continue
+            index, cid = item.get("index"), item.get("id") or ""
+            slot = self._by_id.get(cid) if cid else None
+            if slot is None and index is not None:
+                slot = self._by_index.get(index)
+                if slot is not None and cid and slot.id and slot.id != cid:
+                    slot = None
+            if slot is None and index is None and not cid and self._slots:
+                slot = self._slots[-1]
+            if slot is None:
+                slot = _Slot()
+                self._slots.append(slot)
+            if index is not None:
+                self._by_index[index] = slot
+            if cid and not slot.id:
+                slot.id = cid
+                self._by_id[cid] = slot
+            fn = item.get("function") or {}
+            if fn.get("name") and not slot.name:
+                slot.name = fn["name"]
+            args = fn.get("arguments")
+            if isinstance(args, str):
+                if args:
+                    slot.parts.append(args)
+            elif isinstance(args, dict):   # a few servers send the object itself
+                slot.obj = args
+
+    def finish(self) -> list[ToolCall]:
+        """The calls assembled so far, in order; the assembler is empty afterwards."""
+        out: list[ToolCall] = []
+        for slot in self._slots:
+            if not slot.name:
+                log.warning("llm %s: dropped a tool call without a name", self._provider)
+                continue
+            args = slot.obj if slot.obj is not None else parse_arguments(
+                "".join(slot.parts), slot.name, self._provider)
+            out.append(ToolCall(slot.name, args, slot.id or f"call_{uuid.uuid4().hex[:24]}"))
+        self._slots, self._by_index, self._by_id = [], {}, {}
+        return out
+
+
+def to_openai_messages(history: Sequence[Message]) -> list[dict[str, Any]]:
+    """``history`` as chat-completions ``messages`` (assistant ``tool_calls`` with JSON-string
+    arguments, tool results as ``role: tool``; empty assistant turns left out)."""
+    out: list[dict[str, Any]] = []
+    for m in history:
+        if m.role == "assistant":
+            if m.tool_calls:
+                out.append({"role": "assistant", "content": m.content or None, "tool_calls": [
+                    {"id": c.id, "type": "function",
+                     "function": {"name": c.name, "arguments": dumps(c.arguments).decode()}}
+                    for c in m.tool_calls]})
+            elif m.content:
+                out.append({"role": "assistant", "content": m.content})
+        elif m.role == "tool":
+            out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content})
+        else:
+            out.append({"role": m.role, "content": m.content})
+    return out
+
+
+def openai_usage(usage: Mapping[str, Any]) -> TokenUsage:
+    """:class:`TokenUsage` from a chat-completions ``usage`` object."""
+    details = usage.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") or usage.get("prompt_cache_hit_tokens") or 0
+    return TokenUsage(int(usage.get("prompt_tokens") or 0),
+                      int(usage.get("completion_tokens") or 0), int(cached))
+
+
+__all__ = ["OpenAILLM", "ToolCallAssembler", "openai_usage", "to_openai_messages"]

@@ -1,0 +1,1 @@
+"""Local aiohttp servers that behave like the services patterd talks to (see each module)."""
