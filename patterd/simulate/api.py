@@ -94,7 +94,7 @@ class CarrierApi:
         self.pending: dict[str, list[Any]] = {}
         # call id → who wants every request about that call (outbound results)
         self.watchers: dict[str, Watcher] = {}
-        # outbound calls that are over: their final resource, for GETs (Twilio keeps calls)
+        # calls that are over: their final resource, for GETs (Twilio keeps calls)
         self.finished: dict[str, dict[str, Any]] = {}
         self._runner: web.AppRunner | None = None
 

@@ -241,7 +241,8 @@ class TwilioCall(SimulatedCall):
         sid = self.settings.account_sid
         return {"sid": self.call_id, "account_sid": sid, "status": status or self.status,
                 "from": self.from_number, "to": self.config.phone_number,
-                "direction": "inbound", "api_version": API_VERSION,
+                "direction": "inbound", "api_version": API_VERSION, "price": None,
+                "price_unit": "USD",
                 "uri": f"/{API_VERSION}/Accounts/{sid}/Calls/{self.call_id}.json"}
 
     async def on_rest(self, action: str, fields: dict[str, Any]) -> web.Response:
@@ -273,6 +274,8 @@ class TwilioCall(SimulatedCall):
 
     async def _after_end(self) -> None:
         self.status = "completed"
+        if self.api is not None:   # still fetchable after the end, as on Twilio
+            self.api.finished[self.call_id] = self.call_json()
         if self.status_callback and self._reached and self.caller is not None:
             await self._final_status_callback(self.caller.now())
         await twilio_rec.finish(self)

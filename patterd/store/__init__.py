@@ -9,7 +9,8 @@ schema migrations:
   history; query parameters are passed to ``asyncpg`` (``sslmode``, server settings, …).
 
 The call path never awaits the database: it hands snapshots to a ``StoreWriter`` whose
-``submit`` never blocks. ``run_retention`` sweeps old calls periodically.
+``submit`` never blocks. ``retention_loop`` (``store.retention_days``) sweeps old calls
+periodically.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from urllib.parse import unquote
 from .base import Store, StoreDataError, StoreError, StoreUnavailable
 from .migrations import LATEST as SCHEMA_VERSION
 from .records import decode_cursor, encode_cursor
-from .writer import StoreWriter, run_retention
+from .retention import retention_loop, run_retention
+from .writer import StoreWriter
 
 DEFAULT_URL = "sqlite:///./patterd.db"
 
 __all__ = [
     "DEFAULT_URL", "SCHEMA_VERSION", "Store", "StoreDataError", "StoreError",
     "StoreUnavailable", "StoreWriter", "decode_cursor", "encode_cursor", "open_store",
-    "run_retention", "sqlite_path",
+    "retention_loop", "run_retention", "sqlite_path",
 ]
 
 

@@ -6,6 +6,10 @@ import abc
 from collections.abc import Sequence
 from typing import Any
 
+#: A call never marked ended (a crashed replica's) is swept only once it has not been updated
+#: for at least this long, and for the retention period.
+STALE_AFTER = 86_400.0
+
 
 class StoreError(Exception):
     """A store problem; at open time the message names ``store.url`` and says what to fix."""
@@ -54,10 +58,13 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def sweep(self, older_than_seconds: float) -> int:
+    async def sweep(self, older_than_seconds: float, stale_after: float = STALE_AFTER) -> int:
         """Retention: delete calls that ended more than ``older_than_seconds`` ago, and calls
-        never marked ended (a crashed replica's) not updated for that long nor for a day.
-        Returns how many were deleted; the sweep is logged in the ``retention`` table."""
+        never marked ended (a crashed replica's) not updated for that long nor for
+        ``stale_after`` seconds (at least STALE_AFTER, a day; the daemon passes twice
+        ``agent.max_call_seconds`` when that is longer, so a call that may still be live is
+        never swept). Returns how many were deleted; the sweep is logged in the ``retention``
+        table."""
 
     @abc.abstractmethod
     async def schema_version(self) -> int:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from .base import Store, StoreDataError, StoreError, StoreUnavailable
 from .migrations import SCHEMA_VERSION_TABLE, pending
-from .queries import Queries
+from .queries import STALE_AFTER, Queries
 from .records import detail_of, page, to_row
 
 Q = Queries("postgresql")
@@ -143,12 +143,12 @@ class PostgresStore(Store):
         sql, params = Q.page_args(limit, status, cursor)
         return page(await self._fetch(sql, *params), limit)
 
-    async def sweep(self, older_than_seconds: float) -> int:
+    async def sweep(self, older_than_seconds: float, stale_after: float = STALE_AFTER) -> int:
         """Delete calls ended (or abandoned) more than ``older_than_seconds`` ago."""
         self._check_open()
         older_than = float(older_than_seconds)
         now = time.time()
-        cutoff, stale_cutoff = Q.cutoffs(now, older_than)
+        cutoff, stale_cutoff = Q.cutoffs(now, older_than, float(stale_after))
         total = 0
         try:
             async with self._pool.acquire(timeout=CONNECT_TIMEOUT) as conn:

@@ -6,12 +6,10 @@ from typing import Any
 
 from dataclasses import dataclass
 
+from .base import STALE_AFTER
 from .records import COLUMNS, JSON_COLUMNS, SUMMARY_COLUMNS
 
 SWEEP_CHUNK = 5000
-#: A call never marked ended is swept only once it has not been updated for this long (and
-#: for the retention period): no live call goes that long without a snapshot.
-STALE_AFTER = 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +88,13 @@ class Queries:
         return f"DELETE FROM retention WHERE swept_at < {self.p(1)}"
 
     @staticmethod
-    def cutoffs(now: float, older_than: float) -> tuple[float, float]:
-        """``(cutoff for ended calls, cutoff for never-ended ones)``."""
+    def cutoffs(now: float, older_than: float,
+                stale_after: float = STALE_AFTER) -> tuple[float, float]:
+        """``(cutoff for ended calls, cutoff for never-ended ones)``: a call never marked
+        ended goes only once it has not been updated for the retention period nor for
+        ``stale_after`` seconds (at least STALE_AFTER), so a live call is never swept."""
         cutoff = now - older_than
-        return cutoff, min(cutoff, now - STALE_AFTER)
+        return cutoff, min(cutoff, now - max(STALE_AFTER, stale_after))
 
     @property
     def current_version(self) -> str:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from .base import Store, StoreDataError, StoreError, StoreUnavailable
 from .migrations import SCHEMA_VERSION_TABLE, pending
-from .queries import Queries
+from .queries import STALE_AFTER, Queries
 from .records import detail_of, page, to_row
 
 T = TypeVar("T")
@@ -159,9 +159,9 @@ class SqliteStore(Store):
         return conn.execute(sql, params).fetchall()
 
     @staticmethod
-    def _sweep(conn: sqlite3.Connection, older_than: float) -> int:
+    def _sweep(conn: sqlite3.Connection, older_than: float, stale_after: float) -> int:
         now = time.time()
-        cutoff, stale_cutoff = Q.cutoffs(now, older_than)
+        cutoff, stale_cutoff = Q.cutoffs(now, older_than, stale_after)
         total = 0
         for sql, before in ((Q.sweep_ended, cutoff), (Q.sweep_stale, stale_cutoff)):
             while True:   # short transactions: the writer never waits long behind a sweep
@@ -201,9 +201,9 @@ class SqliteStore(Store):
         sql, params = Q.page_args(limit, status, cursor)
         return page(await self._run(self._page, sql, params), limit)
 
-    async def sweep(self, older_than_seconds: float) -> int:
+    async def sweep(self, older_than_seconds: float, stale_after: float = STALE_AFTER) -> int:
         """Delete calls ended (or abandoned) more than ``older_than_seconds`` ago."""
-        return await self._run(self._sweep, float(older_than_seconds))
+        return await self._run(self._sweep, float(older_than_seconds), float(stale_after))
 
     async def schema_version(self) -> int:
         """The highest migration applied."""

@@ -221,18 +221,3 @@ class StoreWriter:
             async with asyncio.timeout(delay):
                 await self._hurry.wait()
 
-
-async def run_retention(store: Store, keep_seconds: float, every_seconds: float) -> None:
-    """Sweep calls older than ``keep_seconds`` now and every ``every_seconds``, until
-    cancelled; a failed sweep is logged and tried again at the next round."""
-    while True:
-        try:
-            deleted = await store.sweep(keep_seconds)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("store_retention_failed", error=str(exc) or type(exc).__name__)
-        else:
-            if deleted:
-                log.info("store_retention_swept", deleted=deleted, keep_seconds=keep_seconds)
-        await asyncio.sleep(every_seconds)

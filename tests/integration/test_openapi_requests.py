@@ -319,6 +319,20 @@ async def test_twilio_hangup(wire: Wire, mocks: SimpleNamespace) -> None:
                                    f"{mocks.twilio.url}{TWILIO_ACCOUNT}/Calls/{CALL_SID}.json")
 
 
+async def test_twilio_fetch_call_for_its_price(wire: Wire, mocks: SimpleNamespace) -> None:
+    """The price fetch after a call completed (FetchCall); the spec's example is priced."""
+    from patterd.carriers.twilio.price import read_price
+    resource = await _twilio(wire, mocks).fetch_call(CALL_SID)
+    ex = _accepted(wire, mocks.twilio)
+    assert (ex.method, ex.url) == ("GET",
+                                   f"{mocks.twilio.url}{TWILIO_ACCOUNT}/Calls/{CALL_SID}.json")
+    assert read_price(resource) == (-0.2, "USD")
+    wire.exchanges.clear()
+    with pytest.raises(RestError) as info:     # the mock checks this path too
+        await _twilio(wire, mocks).fetch_call("CA123")
+    assert info.value.status == 422
+
+
 # The mock validates: the same requests, deliberately wrong, are refused.
 
 async def test_twilio_mock_refuses_a_bad_field_value(wire: Wire, mocks: SimpleNamespace) -> None:

@@ -4,6 +4,7 @@ error shapes as documented in shared/reference), recording every request they ge
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,10 @@ class FakeTwilio:
         self.requests: list[Seen] = []
         self.ended_calls: set[str] = set()
         self.fail_next: list[int] = []  # statuses to answer with before behaving
+        # Call resources by CallSid (GET /Calls/{sid}.json), and when each one's price shows
+        # up: like Twilio, ``price`` is null until a while after the call completed.
+        self.calls: dict[str, dict[str, Any]] = {}
+        self.priced_at: dict[str, tuple[float, str]] = {}
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -40,7 +45,32 @@ class FakeTwilio:
         app.router.add_post(base + "/IncomingPhoneNumbers/{pn}.json", self._update_number)
         app.router.add_post(base + "/Calls.json", self._create_call)
         app.router.add_post(base + "/Calls/{call}.json", self._update_call)
+        app.router.add_get(base + "/Calls/{call}.json", self._fetch_call)
         return app
+
+    def complete_call(self, sid: str, price: str = "-0.0085", *, after: float = 0.0,
+                      duration: int = 30, direction: str = "inbound",
+                      price_unit: str = "USD") -> None:
+        """Twilio's record of a call that completed now; its ``price`` (a negative decimal
+        string) is null for ``after`` seconds more."""
+        call = self.calls.setdefault(sid, self._resource(sid, direction))
+        call.update(status="completed", duration=str(duration), price_unit=price_unit)
+        self.priced_at[sid] = (time.monotonic() + after, price)
+
+    def _resource(self, sid: str, direction: str) -> dict[str, Any]:
+        uri = f"/2010-04-01/Accounts/{self.account_sid}/Calls/{sid}"
+        return {"sid": sid, "account_sid": self.account_sid, "status": "queued",
+                "direction": direction, "duration": None, "price": None, "price_unit": "USD",
+                "api_version": "2010-04-01", "uri": uri + ".json"}
+
+    async def _fetch_call(self, request: web.Request) -> web.Response:
+        await self._seen(request)
+        sid = request.match_info["call"]
+        call = self.calls.get(sid)
+        if call is None:
+            raise _twilio_error(404, 20404, "The requested resource was not found")
+        when, price = self.priced_at.get(sid, (float("inf"), ""))
+        return web.json_response({**call, "price": price if time.monotonic() >= when else None})
 
     async def _create_call(self, request: web.Request) -> web.Response:
         seen = await self._seen(request)
@@ -48,8 +78,9 @@ class FakeTwilio:
         if not form.get("To") or not form.get("From"):
             raise _twilio_error(400, 21201, "No 'To' number is specified")
         sid = "CA" + f"{len(self.requests):032x}"
-        return web.json_response({"sid": sid, "status": "queued", "to": form["To"],
-                                  "from": form["From"], "direction": "outbound-api"}, status=201)
+        self.calls[sid] = {**self._resource(sid, "outbound-api"), "to": form["To"],
+                           "from": form["From"]}
+        return web.json_response(self.calls[sid], status=201)
 
     async def _seen(self, request: web.Request) -> Seen:
         form = []

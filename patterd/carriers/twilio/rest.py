@@ -57,6 +57,13 @@ class TwilioRest:
         return await self._client.request("POST", f"/Calls/{quote(call_sid, safe='')}.json",
                                           form=form)
 
+    async def fetch_call(self, call_sid: str) -> dict[str, Any]:
+        """``GET /Calls/{sid}.json``: the Call resource (``status``, ``duration``, ``price``
+        …) or :class:`RestError`."""
+        resp = await self._client.request("GET", f"/Calls/{quote(call_sid, safe='')}.json")
+        _raise_for(resp, "fetch the call")
+        return resp.body if isinstance(resp.body, dict) else {}
+
     async def hangup(self, call_sid: str) -> bool:
         """End a call; True also when Twilio says it had already ended (20404)."""
         resp = await self.update_call(call_sid, [("Status", "completed")])

@@ -17,7 +17,9 @@ from ...gateway import GATEWAY, Gateway
 from ...ops.logging import get_logger
 from ...web.request import BadRequest, Forbidden, counted, parse_json, read_body
 from ...call.amd import on_verdict, session_for
+from ...config import TwilioSettings
 from . import twiml
+from .price import fetch_later
 from .control import read_amd_context
 from .signature import SignatureVerifier
 
@@ -128,6 +130,13 @@ def _direction(params: dict[str, str]) -> str:
     return "outbound" if params.get("Direction", "").startswith("outbound") else "inbound"
 
 
+def _served_here(gw: Gateway, rec: Any) -> bool:
+    """Whether this process served the call (its media stream, or dialled it): only those
+    calls' prices are fetched, never those of a stray callback for an unknown CallSid."""
+    return (rec.media_seconds > 0 or session_for(gw, rec.call_id) is not None
+            or any(e.get("type") == "dial" for e in rec.events))
+
+
 def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
     """The four routes under ``/webhooks/twilio``."""
     xml = "text/xml"
@@ -176,6 +185,7 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
                                            timestamp=params.get("Timestamp", ""),
                                            duration=duration)
         rec = gw.registry.get(sid)
+        served = rec is not None and _served_here(gw, rec)
         if changed and state in TERMINAL and rec is not None:
             if session_for(gw, sid) is None:   # no stream here: price the call from Twilio's
                 rec.media_seconds = rec.media_seconds or float(duration or 0)   # duration
@@ -185,6 +195,11 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
             if duration is not None:
                 gw.metrics.call_duration.labels(rec.direction).observe(duration)
             log.info("call_ended", call_id=sid, outcome=outcome, duration=duration)
+        settings = gw.config.carrier
+        if (state == "completed" and served and rec is not None
+                and isinstance(settings, TwilioSettings)):
+            # Twilio's own price replaces our estimate once it is known (in the background).
+            fetch_later(gw, settings, rec)
         return web.Response(status=204)
 
     @counted("twilio", "recording")
