@@ -176,6 +176,18 @@ class SpeechSegmenter:
         self._run = 0
         return SpeechStart(self._run_start * self._window / self._rate)
 
+    def end_now(self) -> SpeechEnd | None:
+        """End the current speech segment early when the VAD already hears silence (another
+        endpointer, e.g. the STT provider's, has decided): the SpeechEnd at the silence's
+        start, or None if not in speech or the caller is still audible. The VAD's state is
+        kept, so speech that resumes starts a new segment as usual."""
+        if not self._in_speech or self._run == 0:
+            return None
+        self._in_speech = False
+        at = self._run_start * self._window / self._rate
+        self._run = 0
+        return SpeechEnd(at)
+
     def finish(self) -> tuple[SpeechEvent, ...]:
         """End of stream: close an open speech segment, if any, and reset."""
         events: tuple[SpeechEvent, ...] = _NO_EVENTS

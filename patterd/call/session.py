@@ -110,6 +110,7 @@ class CallSession:
             if self.config.recording.enabled:
                 self._spawn(self._record())
         self._spawn(self._watchdog())
+        self._spawn(self._follow_stt())
 
     async def _record(self) -> None:
         try:
@@ -233,6 +234,19 @@ class CallSession:
         self.transcript.append(Line("caller", text))
         log.info("caller_said", call_id=self.call_id, text=text)
         self._start_reply(user_text=text, ended_at=ended_at)
+
+    async def _follow_stt(self) -> None:
+        """A recogniser with its own endpointing (Deepgram's speech_final) may end the turn
+        before our VAD's min_silence has passed — if our VAD hears silence too."""
+        try:
+            async for t in self.stt_stream.events():
+                if not t.endpoint or self.ending or not (self.user_speaking and self.listening):
+                    continue
+                ev = self.segmenter.end_now()
+                if ev is not None:
+                    self._speech_ended(ev)
+        except Exception:  # noqa: BLE001 - a failing recogniser surfaces at finalize
+            pass
 
     def _dtmf(self, digit: str) -> None:
         self.last_activity = self.loop.time()

@@ -132,6 +132,10 @@ async def test_twilio_deepgram_openai_tools_elevenlabs(daemon) -> None:  # type:
     assert 1.0 < rec.usage.stt_seconds < 6.0
     assert rec.usage.tts_chars == sum(len(t) for t in spoken)
     assert rec.cost["llm"] > 0 and rec.cost["tts"] > 0 and rec.cost["stt"] > 0
+    # Deepgram's speech_final (300 ms) ended the turn before our VAD's 500 ms of silence.
+    n = metric(client, "patterd_turn_latency_seconds_count", stage="endpointing")
+    lag = metric(client, "patterd_turn_latency_seconds_sum", stage="endpointing")
+    assert n == 1 and lag < 0.49, lag
     assert any(e["type"] == "hangup" for e in rec.events)
 
 

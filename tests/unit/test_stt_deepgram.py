@@ -135,6 +135,9 @@ async def test_interim_then_final_with_speech_final_answers_without_round_trip(
     await until(lambda: events.items and events.items[-1].is_final)
     partials = [t.text for t in events.items if not t.is_final]
     assert partials[0] == "hello" and "hello there" in partials
+    # The speech_final was announced at once, so the session could end the turn early.
+    endpoints = [t for t in events.items if t.endpoint]
+    assert endpoints == [Transcript("hello there how are you", False, endpoint=True)]
     assert all("hello there how are you".startswith(p) for p in partials)
     assert events.items[-1] == result
     assert [t for t in events.items if t.is_final] == [result]

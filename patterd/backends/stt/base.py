@@ -33,6 +33,9 @@ class Transcript:
 
     text: str
     is_final: bool
+    endpoint: bool = False
+    """The provider's own endpointing says the caller's turn is over (a partial transcript
+    with this set lets the session end the turn before its VAD's silence timer does)."""
 
 
 class STTStream(abc.ABC):

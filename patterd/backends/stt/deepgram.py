@@ -280,7 +280,7 @@ class DeepgramStream(STTStream):
         if kind == "Results":
             self._on_results(m)
         elif kind == "UtteranceEnd":
-            self._end_of_turn = True
+            self._turn_over()
         elif kind == "Metadata":
             self.metadata = m
             self.request_id = m.get("request_id") or self.request_id
@@ -298,7 +298,10 @@ class DeepgramStream(STTStream):
             self._interim = ""
             end = float(m.get("start") or 0.0) + float(m.get("duration") or 0.0)
             self._final_end = max(self._final_end, end)
-            self._end_of_turn = bool(m.get("speech_final")) or (self._end_of_turn and not text)
+            if m.get("speech_final"):
+                self._turn_over()
+            else:
+                self._end_of_turn = self._end_of_turn and not text
         else:
             self._interim = text
             if text:
@@ -309,6 +312,13 @@ class DeepgramStream(STTStream):
             self.request_id = str((m.get("metadata") or {}).get("request_id") or "")
         if text and not self._closed:
             self._emit(Transcript(" ".join([*self._segments, self._interim]).strip(), False))
+
+    def _turn_over(self) -> None:
+        """speech_final or UtteranceEnd: tell the session at once (it may end the turn now
+        instead of waiting for its own VAD's silence timer)."""
+        if not self._end_of_turn and self._segments and not self._closed:
+            self._emit(Transcript(" ".join(self._segments), False, endpoint=True))
+        self._end_of_turn = True
 
     def _emit(self, item: Transcript | BackendError | None) -> None:
         q = self._events
