@@ -41,6 +41,27 @@ def build_app(config: Config, carrier: Carrier, *, gateway: Gateway | None = Non
     return app
 
 
+async def _join_cluster(gw: Gateway) -> None:
+    """Start this replica's ClusterNode; without it the process still serves its own calls."""
+    from .call import remote
+    from .cluster import ClusterNode
+
+    async def on_command(call_id: str, carrier: str, kind: str, args: dict) -> dict:  # type: ignore[type-arg]
+        return await remote.apply_command(gw, call_id, carrier, kind, args)
+
+    async def on_orphan(call_id: str, carrier: str) -> None:
+        await remote.orphaned(gw, call_id, carrier)
+
+    try:
+        gw.cluster = await ClusterNode.start(gw.config.store.url, on_command=on_command,
+                                             on_orphan=on_orphan)
+    except Exception as exc:  # noqa: BLE001 - degrade to a lone replica, loudly
+        log.error("cluster_join_failed", error=str(exc),
+                  detail="calls held by other replicas cannot be steered from here")
+        return
+    log.info("cluster_joined", replica=gw.cluster.replica_id)
+
+
 def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         gw = app[GATEWAY]
@@ -56,6 +77,8 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
                                     max_call_seconds=gw.config.agent.max_call_seconds),
                      name="store-retention")
         gw.registry.on_change = lambda rec: writer.submit(detail(rec))
+        if store.kind == "postgresql":   # replicas share calls: ownership, commands, reaper
+            await _join_cluster(gw)
         gw.http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=15),
             connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
@@ -66,6 +89,9 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
         gw.ready = False
         for session in list(gw.sessions):
             await session.close()
+        if gw.cluster is not None:
+            await gw.cluster.stop()
+            gw.cluster = None
         if owned and gw.backends is not None:
             await gw.backends.close()
         await gw.release_retired(force=True)

@@ -38,6 +38,7 @@ class Gateway:
     store_writer: Any = None                          # store.StoreWriter, at start-up
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     retired: list[Any] = field(default_factory=list)  # backends replaced by a reload
+    cluster: Any = None                               # cluster.ClusterNode (PostgreSQL store)
 
     def __post_init__(self) -> None:
         self.registry = CallRegistry(max_call_seconds=self.config.agent.max_call_seconds)

@@ -82,6 +82,8 @@ async def drain(gw: Gateway) -> None:
     """Stop taking calls (``/readyz`` 503) and wait for live media sessions, up to
     ``server.drain_timeout``."""
     gw.draining = True
+    if gw.cluster is not None:   # other replicas see it too
+        gw.cluster.set_draining(True)
     sd_notify("STOPPING=1\nSTATUS=draining")
     deadline = asyncio.get_running_loop().time() + gw.config.server.drain_timeout
     log.info("draining", live_sessions=len(gw.sessions),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages patterd needs that are missing, using apt-get when available
 # (as root, or through sudo). "runtime": Python with venv. "test": also Node.js + npm (the
-# OpenAPI request-validating mock server).
+# OpenAPI request-validating mock server), systemd, PostgreSQL and HAProxy (the load-balanced
+# cluster test puts real patterd replicas behind deploy/haproxy/haproxy.cfg).
 set -euo pipefail
 want=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || want+=(python3-venv)
@@ -12,6 +13,8 @@ if [ "${1:-runtime}" = "test" ]; then
   command -v systemd-analyze >/dev/null 2>&1 || want+=(systemd)   # verifies deploy/systemd
   # The store tests use the PostgreSQL on 127.0.0.1:5432, or start a throwaway one from these.
   ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || want+=(postgresql)
+  # tests/integration/test_load_balanced.py and `haproxy -c` on deploy/haproxy/haproxy.cfg.
+  command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || want+=(haproxy)
 fi
 [ ${#want[@]} -eq 0 ] && exit 0
 echo "patterd: installing system packages: ${want[*]}" >&2

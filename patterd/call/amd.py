@@ -1,8 +1,9 @@
 """Answering-machine verdicts, whichever replica receives them.
 
 A human: the agent carries on. A machine (once its greeting ended): the voicemail message is
-left and the call hung up — spoken by our TTS when this process holds the media stream, else by
-the carrier (Twilio ``<Say>``, Telnyx ``speak``), so the verdict may land on any replica.
+left and the call hung up — spoken by our TTS when this process (or, through the cluster, the
+replica) holding the media stream can, else by the carrier (Twilio ``<Say>``, Telnyx
+``speak``), so the verdict may land on any replica.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ async def on_verdict(gw: Gateway, carrier: str, call_id: str, raw: str, voicemai
     if verdict == MACHINE and voicemail and session is not None:
         await session.leave_voicemail(voicemail)
         return
+    if verdict == MACHINE and voicemail:
+        from .remote import voicemail_elsewhere
+        if await voicemail_elsewhere(gw, call_id, voicemail):
+            return      # the replica holding the media stream spoke it
     try:
         if verdict == MACHINE and voicemail:
             await control.say_and_hangup(call_id, voicemail)

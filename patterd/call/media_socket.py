@@ -66,6 +66,8 @@ async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
                     break
                 session = CallSession(gw, event, proto, ws.send_str, control, carrier)
                 gw.sessions.add(session)
+                if gw.cluster is not None:   # other replicas route this call's commands here
+                    gw.spawn(gw.cluster.claim_call(event.call_id, carrier), name="claim-call")
                 log.info("media_started", call_id=event.call_id, carrier=carrier,
                          codec=event.rx_codec, resumed=session.resumed)
                 session.begin()
@@ -75,6 +77,9 @@ async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
         if session is not None:
             gw.sessions.discard(session)
             await session.close()
+            if gw.cluster is not None and not session.restart_expected:
+                gw.spawn(gw.cluster.release_call(session.call_id, carrier),
+                         name="release-call")
             if gw.retired:
                 await gw.release_retired()
             log.info("media_ended", call_id=session.call_id, outcome=session.outcome or

@@ -91,6 +91,26 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
+# Each writer's latest snapshot of a call (replicas each see part of a call); the calls row is
+# their merge (store/merge.py). PostgreSQL only writes here; SQLite has one writer.
+_PARTS = """CREATE TABLE call_parts (
+    call_id     {ID} NOT NULL,
+    writer      TEXT NOT NULL,
+    first_at    {FLOAT} NOT NULL,
+    updated_at  {FLOAT} NOT NULL,
+    data        {JSON} NOT NULL,
+    PRIMARY KEY (call_id, writer)
+)"""
+
+MIGRATIONS = MIGRATIONS + (
+    Migration(
+        2, "call parts of several writers",
+        sqlite=(_PARTS.format(ID="TEXT", FLOAT="REAL", JSON="TEXT"),),
+        postgresql=(_PARTS.format(ID='TEXT COLLATE "C"', FLOAT="DOUBLE PRECISION",
+                                  JSON="JSONB"),),
+    ),
+)
+
 LATEST = MIGRATIONS[-1].version
 
 

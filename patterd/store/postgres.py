@@ -9,6 +9,9 @@ together migrate once.
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -17,7 +20,8 @@ from urllib.parse import urlsplit
 from .base import Store, StoreDataError, StoreError, StoreUnavailable
 from .migrations import SCHEMA_VERSION_TABLE, pending
 from .queries import STALE_AFTER, Queries
-from .records import detail_of, page, to_row
+from .merge import merge_parts
+from .records import detail_of, dumps, loads, page, to_row
 
 Q = Queries("postgresql")
 MIGRATION_LOCK = 0x7061_7474_6572_64   # "patterd": one advisory lock id for every replica
@@ -55,6 +59,15 @@ def classify(exc: BaseException, where: str) -> StoreError:
     return StoreUnavailable(f"store.url: PostgreSQL at {where}: {detail}")
 
 
+PART_LOCK = "SELECT pg_advisory_xact_lock(hashtext($1))"
+PART_UPSERT = ("INSERT INTO call_parts (call_id, writer, first_at, updated_at, data) "
+               "VALUES ($1, $2, $3, $3, $4) ON CONFLICT (call_id, writer) DO UPDATE "
+               "SET updated_at = excluded.updated_at, data = excluded.data")
+PARTS = "SELECT data FROM call_parts WHERE call_id = $1 ORDER BY first_at, writer"
+PARTS_ORPHANED = ("DELETE FROM call_parts p WHERE NOT EXISTS "
+                  "(SELECT 1 FROM calls c WHERE c.call_id = p.call_id)")
+
+
 class PostgresStore(Store):
     """Call records in a PostgreSQL database shared by every replica."""
 
@@ -64,6 +77,8 @@ class PostgresStore(Store):
         self._pool = pool
         self.where = where
         self._closed = False
+        # this process among the replicas writing the same calls
+        self.writer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
     @classmethod
     async def open(cls, url: str, *, min_size: int = 1, max_size: int = 4) -> PostgresStore:
@@ -121,14 +136,27 @@ class PostgresStore(Store):
             raise StoreUnavailable("store: closed")
 
     async def upsert_calls(self, records: Sequence[dict[str, Any]]) -> None:
-        """Insert or replace the calls in one transaction."""
-        rows = [to_row(r) for r in records]
+        """Store this process's snapshots of the calls in one transaction.
+
+        Several replicas may each hold part of a call: each one's latest snapshot is kept in
+        ``call_parts`` and the ``calls`` row becomes their merge (:mod:`.merge`), so one
+        replica's write never erases what another recorded. Writes of one call are
+        serialised with an advisory lock on its id."""
+        rows = [(r, to_row(r)) for r in records]
         if not rows:
             return
         self._check_open()
+        now = time.time()
         try:
             async with self._pool.acquire(timeout=CONNECT_TIMEOUT) as conn, conn.transaction():
-                await conn.executemany(Q.upsert, rows)
+                for record, row in rows:
+                    call_id = row[0]
+                    await conn.execute(PART_LOCK, call_id)
+                    await conn.execute(PART_UPSERT, call_id, self.writer, now, dumps(record))
+                    parts = await conn.fetch(PARTS, call_id)
+                    if len(parts) > 1:
+                        row = to_row(merge_parts([loads(p["data"], {}) for p in parts]))
+                    await conn.execute(Q.upsert, *row)
         except Exception as exc:
             raise classify(exc, self.where) from exc
 
@@ -159,6 +187,7 @@ class PostgresStore(Store):
                         total += deleted
                         if deleted <= 0:
                             break
+                await conn.execute(PARTS_ORPHANED)
                 async with conn.transaction():
                     await conn.execute(Q.trim_sweeps, cutoff)
                     await conn.execute(Q.log_sweep, now, older_than, cutoff, total)

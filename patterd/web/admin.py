@@ -14,9 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from ..call.actions import ActionError, resolve_target
-from ..call.amd import session_for
 from ..call.outbound import parse_outbound
-from ..call.records import detail, summary
+from ..call.records import detail, summary  # noqa: F401 - summary re-exported
+from ..call.remote import steer
 from ..call.registry import CallRecord
 from ..carriers.rest import RestError
 from ..config.backends import DTMF_SEND
@@ -111,8 +111,21 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
             out["next_cursor"] = cursor
         return web.json_response(out)
 
-    def record_or_404(request: web.Request) -> CallRecord:
-        rec = gw.registry.get(request.match_info["call_id"])
+    async def record_or_404(request: web.Request) -> CallRecord:
+        """The call from this process's registry, or — held by another replica — from the
+        shared store."""
+        call_id = request.match_info["call_id"]
+        rec = gw.registry.get(call_id)
+        if rec is None:
+            try:
+                stored = await gw.store_writer.store.get_call(call_id)
+            except StoreError:
+                stored = None
+            if stored is not None and stored.get("ended_at") is None:
+                rec = gw.registry.ensure(call_id, stored.get("carrier") or gw.carrier_name,
+                                         direction=stored.get("direction"),
+                                         from_number=stored.get("from"),
+                                         to_number=stored.get("to"))
         if rec is None:
             raise web.HTTPNotFound(text=json.dumps({"error": "no such call"}),
                                    content_type="application/json")
@@ -120,46 +133,43 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
 
     async def get_call(request: web.Request) -> web.StreamResponse:
         rec = gw.registry.get(request.match_info["call_id"])
-        if rec is not None:          # held here: the freshest view
+        if rec is not None and gw.cluster is None:   # one process: its memory is freshest
             return web.json_response(detail(rec))
+        if gw.cluster is not None:   # replicas: the store merges what each one saw
+            await gw.store_writer.flush(1.0)
         try:
             stored = await gw.store_writer.store.get_call(request.match_info["call_id"])
         except StoreError as exc:
+            if rec is not None:      # what this replica saw is better than nothing
+                return web.json_response(detail(rec))
             return _error(503, f"the call store is unavailable: {exc}")
         if stored is None:
+            if rec is not None:
+                return web.json_response(detail(rec))
             return _error(404, "no such call")
         return web.json_response(stored, dumps=_dumps)
 
     async def hangup(request: web.Request) -> web.StreamResponse:
-        rec = record_or_404(request)
-        return await _steer(gw, rec, "hangup", lambda: gw.control.hangup(rec.call_id))
+        rec = await record_or_404(request)
+        return _answer(*await steer(gw, rec, "hangup", {}))
 
     async def transfer(request: web.Request) -> web.StreamResponse:
-        rec = record_or_404(request)
+        rec = await record_or_404(request)
         doc = await body_of(request)
         try:
             target = resolve_target(str(doc.get("to", "")) if isinstance(doc, dict) else "",
                                     gw.config.agent.transfer_targets)
         except ActionError as exc:
             return _error(400, f"to: {exc}")
-        return await _steer(gw, rec, "transfer",
-                            lambda: gw.control.transfer(rec.call_id, target), to=target)
+        return _answer(*await steer(gw, rec, "transfer", {"to": target}))
 
     async def dtmf(request: web.Request) -> web.StreamResponse:
-        rec = record_or_404(request)
+        rec = await record_or_404(request)
         doc = await body_of(request)
         digits = doc.get("digits") if isinstance(doc, dict) else None
         if not isinstance(digits, str) or not DTMF_SEND.fullmatch(digits):
             return _error(400, "digits: expected 1-32 of 0-9, *, #, A-D, w, W")
-        session = session_for(gw, rec.call_id)
-        params = session.parameters if session is not None else {
-            "call_id": rec.call_id, "direction": rec.direction, "from": rec.from_number,
-            "to": rec.to_number}
-        if session is not None and gw.control.dtmf_ends_stream:
-            session.restart_expected = True
-        return await _steer(gw, rec, "send_dtmf",
-                            lambda: gw.control.send_dtmf(rec.call_id, digits, params),
-                            digits=digits)
+        return _answer(*await steer(gw, rec, "send_dtmf", {"digits": digits}))
 
     return [
         web.post("/v1/calls", guarded(place)),
@@ -171,21 +181,5 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
     ]
 
 
-async def _steer(gw: Gateway, rec: CallRecord, kind: str,
-                 act: Callable[[], Awaitable[bool]], **detail_: Any) -> web.Response:
-    if rec.ended_at is not None:
-        return _error(409, f"the call has ended ({rec.outcome})")
-    try:
-        ok = await act()
-    except RestError as exc:
-        gw.registry.add_event(rec.call_id, rec.carrier, kind, by="admin", ok=False,
-                              error=exc.message, **detail_)
-        return _error(502, f"the carrier refused: {exc.message}")
-    gw.registry.add_event(rec.call_id, rec.carrier, kind, by="admin", ok=ok, **detail_)
-    session = session_for(gw, rec.call_id)
-    if ok and session is not None and kind in ("hangup", "transfer"):
-        session.outcome = "transferred" if kind == "transfer" else "completed"
-        session.ending = True
-    if not ok:
-        return _error(409, "the carrier says the call has already ended")
-    return web.json_response({"ok": True, "call_id": rec.call_id, "action": kind})
+def _answer(status: int, body: dict[str, Any]) -> web.Response:
+    return web.json_response(body, status=status, dumps=_dumps)

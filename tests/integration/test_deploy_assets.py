@@ -43,6 +43,7 @@ COMPOSE_ENV = DEPLOY / "compose" / ".env.example"
 PROMETHEUS = DEPLOY / "compose" / "prometheus.yml"
 K8S = DEPLOY / "kubernetes"
 SHIPPED_CONFIG = ROOT / "config" / "patter.yaml"
+HAPROXY = DEPLOY / "haproxy" / "haproxy.cfg"
 
 # After drain_timeout the agent says goodbye and hangs up (bounded at 30 s in patterd.server),
 # then the HTTP runner shuts down (5 s): every stop timeout must cover drain_timeout + 35 s.
@@ -553,7 +554,7 @@ def test_deployment_outlasts_the_drain() -> None:
 
 def test_deployment_probes_replicas_and_rollout() -> None:
     deployment = k8s_object("Deployment")
-    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["replicas"] == 3
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     c = k8s_container()
     assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
@@ -598,7 +599,9 @@ def test_service_pdb_and_secret_fit_the_deployment() -> None:
                                  "protocol": "TCP"}]
     assert service["selector"].items() <= labels.items()
     pdb = k8s_object("PodDisruptionBudget")["spec"]
-    assert pdb["minAvailable"] == 1 < deployment["spec"]["replicas"]
+    # One replica at a time drains, whatever the replica count; never all of them.
+    assert pdb["maxUnavailable"] == 1 < deployment["spec"]["replicas"]
+    assert "minAvailable" not in pdb
     assert pdb["selector"]["matchLabels"].items() <= labels.items()
     secret = k8s_object("Secret")
     assert [e["secretRef"]["name"] for e in k8s_container()["envFrom"]] == \
@@ -805,7 +808,102 @@ def test_compose_env_example_configures_the_shipped_config() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+# HAProxy (several replicas behind one address; run for real by test_load_balanced.py)
+
+
+def haproxy() -> str:
+    found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        pytest.fail("haproxy is needed to validate deploy/haproxy/haproxy.cfg and is not "
+                    "installed: install Debian's `haproxy` package (`apt-get install haproxy`; "
+                    "make test-deps does it)", pytrace=False)
+    return found
+
+
+def haproxy_check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([haproxy(), "-c", "-f", str(path)], capture_output=True, text=True,
+                          timeout=30)
+
+
+def haproxy_section(name: str) -> list[str]:
+    """The directives of one section (``backend patterd``), comments dropped."""
+    lines: list[str] = []
+    inside = False
+    for raw in HAPROXY.read_text().splitlines():
+        if raw and not raw[0].isspace() and not raw.startswith("#"):
+            inside = raw.strip() == name
+            continue
+        text = raw.split("#", 1)[0].strip()
+        if inside and text:
+            lines.append(" ".join(text.split()))
+    return lines
+
+
+def test_haproxy_config_passes_haproxy_check() -> None:
+    out = haproxy_check(HAPROXY)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_haproxy_check_catches_mistakes(tmp_path: Path) -> None:
+    """The check above can fail: a misspelt keyword and a bad timeout are refused."""
+    bad = tmp_path / "haproxy.cfg"
+    for old, new in (("balance roundrobin", "balance roundrobbin"),
+                     ("timeout tunnel 2h", "timeout tunnel two-hours")):
+        assert old in HAPROXY.read_text()
+        bad.write_text(HAPROXY.read_text().replace(old, new))
+        out = haproxy_check(bad)
+        assert out.returncode != 0, (new, out.stdout + out.stderr)
+
+
+def _haproxy_seconds(value: str) -> float:
+    m = re.fullmatch(r"(\d+)(ms|s|m|h|d)?", value)
+    assert m, value
+    return int(m.group(1)) * {"ms": 0.001, "s": 1, None: 0.001, "m": 60, "h": 3600,
+                              "d": 86400}[m.group(2)]
+
+
+def test_haproxy_config_carries_calls() -> None:
+    """WebSockets outlive the longest call, the health check is readiness (a draining
+    replica leaves within ~2 s) and requests are spread without stickiness."""
+    defaults = haproxy_section("defaults")
+    timeouts = {line.split()[1]: _haproxy_seconds(line.split()[2])
+                for line in defaults if line.startswith("timeout ")}
+    max_call = max(float(yaml.safe_load(SHIPPED_CONFIG.read_text())["agent"].get(
+        "max_call_seconds", 3600)), 3600.0)
+    assert timeouts["tunnel"] >= max_call + DRAIN_TAIL, timeouts
+    assert 15 <= timeouts["client"] <= 120 and 15 <= timeouts["server"] <= 120, timeouts
+    assert timeouts["connect"] <= 5 and timeouts["http-request"] <= 30
+    assert "mode http" in defaults
+    backend = haproxy_section("backend patterd")
+    assert "balance roundrobin" in backend
+    assert "option httpchk GET /readyz" in backend
+    assert "http-check expect status 200" in backend
+    assert not [ln for ln in backend if re.match(r"(stick|cookie|hash-type|balance source)",
+                                                  ln) or "on-marked-down" in ln], backend
+    checks = next(ln for ln in backend if ln.startswith("default-server")).split()
+    opts = dict(zip(checks[1::1], checks[2::1]))
+    assert "check" in checks
+    # Out of the rotation within inter + (fall - 1) x fastinter.
+    out_after = _haproxy_seconds(opts["inter"]) + (int(opts["fall"]) - 1) * \
+        _haproxy_seconds(opts.get("fastinter", opts["inter"]))
+    assert out_after <= 2.0, out_after
+    frontend = haproxy_section("frontend patterd")
+    assert "option forwardfor" in frontend
+    assert any("X-Forwarded-Proto" in ln for ln in frontend)
+    assert [ln for ln in backend if ln.startswith("server ")], "no servers"
+
+
+def test_system_deps_installs_haproxy_for_tests() -> None:
+    script = (DEPLOY / "scripts" / "system-deps.sh").read_text()
+    test_block = script.split('if [ "${1:-runtime}" = "test" ]; then', 1)[1].split("\nfi", 1)[0]
+    assert "want+=(haproxy)" in test_block and "command -v haproxy" in test_block
+
+
+# --------------------------------------------------------------------------------------------
+
+
 def test_deploy_readme_describes_every_asset() -> None:
     readme = (DEPLOY / "README.md").read_text()
-    for path in [UNIT, UNIT_ENV, COMPOSE, COMPOSE_ENV, PROMETHEUS, *sorted(K8S.glob("*.yaml"))]:
+    for path in [UNIT, UNIT_ENV, COMPOSE, COMPOSE_ENV, PROMETHEUS, HAPROXY,
+                 *sorted(K8S.glob("*.yaml"))]:
         assert f"`{path.name}`" in readme, path.name

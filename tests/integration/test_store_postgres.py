@@ -123,10 +123,66 @@ async def test_replicas_share_one_history_and_migrate_once(pg_url: str) -> None:
         await stores[1].upsert_call(record_of(make_call("CAb", BASE + 1)))
         calls, _ = await stores[2].list_calls(10)
         assert [c["call_id"] for c in calls] == ["CAb", "CAa"]
-        rows = await raw_for(pg_url)("SELECT version FROM schema_version")
-        assert rows == [(1,)]
+        rows = await raw_for(pg_url)("SELECT version FROM schema_version ORDER BY version")
+        assert rows == [(1,), (2,)]
     finally:
         for store in stores:
+            await store.close()
+
+
+async def test_replicas_writing_parts_of_one_call_lose_nothing(pg_url: str) -> None:
+    """The webhook replica knows the status history, the media replica the transcript and
+    the transfer, a third got the carrier's price: the stored call has all of it, whichever
+    wrote last, and each one's later snapshots replace only its own part."""
+    webhook, media, pricing = await asyncio.gather(*(open_store(pg_url) for _ in range(3)))
+    try:
+        base = {"call_id": "CAmerge", "carrier": "twilio", "direction": "inbound",
+                "created_at": BASE, "status": "in-progress", "outcome": None}
+        await media.upsert_call({**base, "from": "+15550001111", "to": "+15550002222",
+                                 "updated_at": BASE + 5, "status": "in-progress",
+                                 "transcript": [{"role": "agent", "text": "Hello", "at": BASE + 1},
+                                                {"role": "caller", "text": "", "dtmf": "1",
+                                                 "at": BASE + 3}],
+                                 "events": [{"type": "transfer", "to": "+1555", "at": BASE + 4}],
+                                 "turns": [{"response": 0.4}], "outcome": "transferred",
+                                 "ended_at": BASE + 6, "status_history": [],
+                                 "cost": {"carrier": 0.0085, "stt": 0.001, "llm": 0.0,
+                                          "tts": 0.0, "total": 0.0095, "currency": "USD",
+                                          "carrier_source": "estimate",
+                                          "billed_seconds": 60.0}})
+        await webhook.upsert_call({**base, "updated_at": BASE + 7, "status": "completed",
+                                   "outcome": "completed", "ended_at": BASE + 7,
+                                   "status_history": [
+                                       {"status": "ringing", "sequence": 0, "at": BASE},
+                                       {"status": "completed", "sequence": 3, "at": BASE + 7}]})
+        await pricing.upsert_call({**base, "updated_at": BASE + 60, "status": "completed",
+                                   "cost": {"carrier": 0.017, "stt": 0.0, "llm": 0.0,
+                                            "tts": 0.0, "total": 0.017, "currency": "USD",
+                                            "carrier_source": "carrier", "billed_seconds": 0}})
+        call = await webhook.get_call("CAmerge")
+        assert call is not None
+        assert call["status"] == "completed" and call["outcome"] == "transferred"
+        assert call["from"] == "+15550001111" and call["to"] == "+15550002222"
+        assert [h["status"] for h in call["status_history"]] == ["ringing", "completed"]
+        assert [t["text"] for t in call["transcript"]] == ["Hello", ""]
+        assert call["dtmf"] == "1" and call["events"][0]["type"] == "transfer"
+        assert call["turns"] == [{"response": 0.4}]
+        assert call["cost"]["carrier"] == 0.017 and call["cost"]["stt"] == 0.001
+        assert call["cost"]["carrier_source"] == "carrier"
+        assert call["ended_at"] == BASE + 7
+        # A later snapshot from the media replica replaces its own part only.
+        await media.upsert_call({**base, "updated_at": BASE + 61, "status": "in-progress",
+                                 "transcript": [{"role": "agent", "text": "Hello",
+                                                 "at": BASE + 1}], "outcome": "transferred"})
+        call = await pricing.get_call("CAmerge")
+        assert [h["status"] for h in call["status_history"]] == ["ringing", "completed"]
+        assert call["status"] == "completed" and call["cost"]["carrier"] == 0.017
+        # Retention removes a call's parts with it.
+        await webhook.sweep(0)
+        assert await webhook.get_call("CAmerge") is None
+        assert await raw_for(pg_url)("SELECT count(*) FROM call_parts") == [(0,)]
+    finally:
+        for store in (webhook, media, pricing):
             await store.close()
 
 

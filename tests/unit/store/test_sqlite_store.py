@@ -18,6 +18,7 @@ import pytest
 from patterd.store import (DEFAULT_URL, StoreError, StoreUnavailable, StoreWriter, open_store,
                            sqlite_path)
 from patterd.store import sqlite as sqlite_mod
+from patterd.store.migrations import LATEST
 from patterd.store.sqlite import SqliteStore
 from tests.unit.store.conformance import BASE, CHECKS, make_call, record_of
 
@@ -59,7 +60,7 @@ async def test_default_url_creates_the_file_and_folders_relative_to_cwd(
         await store.upsert_call(record_of(make_call("CA1", BASE)))
     assert (tmp_path / "patterd.db").is_file()
     async with await open_store("sqlite:///nested/deeper/calls.db") as store:
-        assert await store.schema_version() == 1
+        assert await store.schema_version() == LATEST
     assert (tmp_path / "nested/deeper/calls.db").is_file()
     async with await open_store(f"sqlite:///{tmp_path}/abs.db") as store:   # four slashes
         assert store.path == f"{tmp_path}/abs.db"

@@ -1,0 +1,107 @@
+"""One call's record from the snapshots of several writers (replicas).
+
+With several replicas, a call's webhook, media socket and callbacks may each land on another
+process, and each writes the part of the call it saw. Each writer's latest snapshot is kept
+(``call_parts``) and the ``calls`` row is their merge, so no writer's snapshot erases what
+another one recorded:
+
+- lists (status history, events, transcript, turns): the union, duplicates dropped, in time
+  order (``at``); a writer's own order is kept among equal times;
+- identity fields: the first non-empty value; ``created_at`` the earliest, ``updated_at`` and
+  ``ended_at`` the latest; the status a terminal one when any writer saw the end;
+- the outcome: the most specific one (``transferred`` over ``completed``);
+- cost: the components summed over writers (each metered its own streams), the carrier's own
+  price, when any writer got it, in place of the carrier estimate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+TERMINAL = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
+GENERIC_OUTCOMES = ("", "completed")
+COMPONENTS = ("carrier", "stt", "llm", "tts")
+
+
+def _union(lists: Iterable[Sequence[Any]]) -> list[Any]:
+    seen: set[str] = set()
+    items: list[tuple[float, int, Any]] = []
+    for lst in lists:
+        for item in lst or ():
+            key = json.dumps(item, sort_keys=True, default=str)
+            if key in seen:
+                continue
+            seen.add(key)
+            at = item.get("at") if isinstance(item, Mapping) else None
+            items.append((at if isinstance(at, (int, float)) else 0.0, len(items), item))
+    items.sort(key=lambda t: (t[0], t[1]))
+    return [item for _, _, item in items]
+
+
+def _first(parts: Sequence[Mapping[str, Any]], *keys: str) -> Any:
+    for part in parts:
+        for key in keys:
+            value = part.get(key)
+            if value not in (None, ""):
+                return value
+    return None
+
+
+def _cost(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    costs = [p["cost"] for p in parts if isinstance(p.get("cost"), Mapping)]
+    if not costs:
+        return None
+    out: dict[str, Any] = dict(costs[0])
+    for name in COMPONENTS:
+        out[name] = round(sum(float(c.get(name) or 0.0) for c in costs), 6)
+    reported = [c for c in costs if c.get("carrier_source") == "carrier"]
+    if reported:
+        out["carrier"] = max(float(c.get("carrier") or 0.0) for c in reported)
+        out["carrier_source"] = "carrier"
+    out["billed_seconds"] = sum(float(c.get("billed_seconds") or 0.0) for c in costs)
+    out["total"] = round(sum(out[name] for name in COMPONENTS), 6)
+    return out
+
+
+def merge_parts(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The call record made of several writers' snapshots (oldest writer first)."""
+    if len(parts) == 1:
+        return dict(parts[0])
+    latest = max(parts, key=lambda p: float(p.get("updated_at") or 0.0))
+    ended = [p for p in parts if p.get("ended_at") is not None]
+    terminal = [p for p in parts if p.get("status") in TERMINAL]
+    status_from = max(terminal or parts, key=lambda p: float(p.get("updated_at") or 0.0))
+    outcomes = [p.get("outcome") or "" for p in parts]
+    specific = [o for o in outcomes if o not in GENERIC_OUTCOMES]
+    merged: dict[str, Any] = dict(latest)
+    merged.update({
+        "carrier": _first(parts, "carrier") or "",
+        "direction": _first([p for p in parts if p.get("direction") != "inbound"] + list(parts),
+                            "direction") or "inbound",
+        "from": _first(parts, "from", "from_number") or "",
+        "to": _first(parts, "to", "to_number") or "",
+        "status": status_from.get("status") or "initiated",
+        "outcome": (specific[-1] if specific else ("completed" if "completed" in outcomes
+                                                   else None)),
+        "created_at": min(float(p.get("created_at") or latest.get("created_at") or 0.0)
+                          for p in parts),
+        "updated_at": float(latest.get("updated_at") or 0.0),
+        "ended_at": max(float(p["ended_at"]) for p in ended) if ended else None,
+        "status_history": _union(p.get("status_history", p.get("history")) or []
+                                 for p in parts),
+        "events": _union(p.get("events") or [] for p in parts),
+        "transcript": _union(p.get("transcript") or [] for p in parts),
+        "turns": [t for p in parts for t in (p.get("turns") or [])],
+        "cost": _cost(parts),
+    })
+    merged.pop("history", None)
+    merged.pop("from_number", None)
+    merged.pop("to_number", None)
+    merged["dtmf"] = "".join(str(line.get("dtmf", "")) for line in merged["transcript"]
+                             if isinstance(line, Mapping))
+    return merged
+
+
+__all__ = ["merge_parts"]
