@@ -73,6 +73,20 @@ class Gateway:
             except Exception as exc:  # noqa: BLE001 - logged; nothing else depends on it
                 log.warning("backends_close_failed", error=repr(exc))
 
+    async def first_delivery(self, key: tuple[Any, ...]) -> bool:
+        """True the first time a webhook delivery is seen — by this process and, with
+        replicas, by any of them (a carrier's retry may land on another replica). When the
+        shared store cannot answer, it is processed (twice is better than never)."""
+        if not self.deduper.first_time(key):
+            return False
+        if self.cluster is None:
+            return True
+        try:
+            return bool(await self.cluster.first_delivery("|".join(map(str, key))))
+        except Exception as exc:  # noqa: BLE001 - fail open
+            log.warning("cluster_dedupe_failed", error=str(exc))
+            return True
+
     def backend_failed(self, layer: str, provider: str, exc: BaseException) -> None:
         """A provider failed (the failover chain moves on): count it and say why."""
         self.metrics.backend_errors.labels(layer, provider).inc()

@@ -48,6 +48,7 @@ OnOrphan = Callable[[str, str], Awaitable[Any]]
 
 REPLICA_STOPPED: dict[str, Any] = {"ok": False, "error": "replica_stopped"}
 CLEAN_EVERY = 60.0
+DELIVERY_TTL = 6 * 3600.0    # seconds a processed delivery key is remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +264,12 @@ class ClusterNode:
         rows = await self._fetch(Q.OWNER_OF, call_id, carrier, self.dead_after)
         return rows[0][0] if rows else None
 
+    async def first_delivery(self, key: str) -> bool:
+        """True if no replica has processed the webhook delivery ``key`` yet (and now this
+        one has): a redelivery that lands on another replica is processed once."""
+        rows = await self._fetch(Q.FIRST_DELIVERY, key)
+        return bool(rows)
+
     async def submit(self, call_id: str, carrier: str, kind: str,
                      args: dict[str, Any] | None = None) -> int:
         """Queue a command for the call's live owner and notify it; returns the command id.
@@ -467,6 +474,7 @@ class ClusterNode:
                 if time.monotonic() - last_clean >= CLEAN_EVERY:
                     last_clean = time.monotonic()
                     await self._execute(Q.CLEAN_DONE, self.keep_done)
+                    await self._execute(Q.CLEAN_DELIVERIES, DELIVERY_TTL)
             except ClusterUnavailable as exc:
                 self._healthy_since = None
                 log.warning("cluster_heartbeat_failed", error=str(exc))

@@ -106,3 +106,9 @@ WHERE done_at < now() - make_interval(secs => $1::float8)"""
 
 LIVE_REPLICAS = f"""SELECT r.id, r.started_at, r.heartbeat_at, r.draining
 FROM patterd_replicas r WHERE {_ALIVE.format(p='$1')} ORDER BY r.id"""
+
+FIRST_DELIVERY = """INSERT INTO patterd_deliveries (key) VALUES ($1)
+ON CONFLICT (key) DO NOTHING RETURNING 1"""
+
+CLEAN_DELIVERIES = """DELETE FROM patterd_deliveries
+WHERE seen_at < now() - make_interval(secs => $1::float8)"""

@@ -9,6 +9,7 @@ EXISTS`` can otherwise fail on the catalog's unique index).
 - ``patterd_call_owners``: which replica holds a call's media socket.
 - ``patterd_call_commands``: commands for a call's owner, claimed once, with their result.
   ``submitted_by`` (beyond the minimum) names the replica to notify when the result is in.
+- ``patterd_deliveries``: keys of webhook deliveries some replica has processed (6 h).
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ STATEMENTS: tuple[str, ...] = (
     "ON patterd_call_commands (target_replica) WHERE done_at IS NULL",
     "CREATE INDEX IF NOT EXISTS patterd_call_commands_done_idx "
     "ON patterd_call_commands (done_at) WHERE done_at IS NOT NULL",
+    # Webhook deliveries already processed by some replica (a redelivery may land elsewhere).
+    """CREATE TABLE IF NOT EXISTS patterd_deliveries (
+        key     TEXT PRIMARY KEY,
+        seen_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    )""",
+    "CREATE INDEX IF NOT EXISTS patterd_deliveries_seen_idx ON patterd_deliveries (seen_at)",
 )
 
 

@@ -107,3 +107,30 @@ async def test_a_dead_replicas_call_is_hung_up_by_the_survivor(replica_config: A
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_redelivered_callback_on_another_replica_is_processed_once(
+        replica_config: Any) -> None:
+    """Twilio retries a status callback and the balancer sends the retry to the other
+    replica: only the first one records it (and counts the call)."""
+    from tests.integration.test_twilio_webhooks import voice_params
+    from tests.support.signing import call_sid, twilio_form
+
+    cfg = replica_config
+    a, b = await start(cfg), await start(cfg)
+    try:
+        path = "/webhooks/twilio/status"
+        params = {**voice_params(7), "CallStatus": "completed", "SequenceNumber": "3",
+                  "CallDuration": "12"}
+        body, headers = twilio_form(cfg.server.public_url + path, params)
+        for client in (a, b, a):
+            resp = await client.post(path, data=body, headers=headers)
+            assert resp.status in (200, 204), await resp.text()
+        seen = [gw_of(c).registry.get(call_sid(7)) for c in (a, b)]
+        statuses = [[h["status"] for h in rec.history] if rec else [] for rec in seen]
+        assert statuses == [["completed"], []], statuses
+        assert await gw_of(b).first_delivery(("twilio-status", call_sid(7), "completed", 3)) \
+            is False
+    finally:
+        await a.close()
+        await b.close()

@@ -84,7 +84,7 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier | None, rest: TelnyxRes
         if event_type.startswith(("call.", "streaming.")) and not call_id \
                 and event_type != "call.recording.saved":
             raise BadRequest("data.payload.call_control_id: required for call events")
-        if not gw.deduper.first_time(("telnyx", event_id)):
+        if not await gw.first_delivery(("telnyx", event_id)):
             return web.json_response({"status": "duplicate"})
         followup = handle_event(gw, event_type, payload, call_id)
         resp = web.json_response({"status": "ok"})

@@ -150,7 +150,7 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
         known = gw.registry.get(sid)
         if known is None and not gw.accepting:
             reason = "draining" if gw.draining else "at capacity"
-            if gw.deduper.first_time(("twilio-reject", sid)):
+            if await gw.first_delivery(("twilio-reject", sid)):
                 gw.registry.ensure(sid, "twilio", direction=direction)
                 gw.registry.end(sid, "rejected")
                 gw.metrics.calls_total.labels(direction, "rejected").inc()
@@ -177,7 +177,7 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
         state = _require(params, "CallStatus", choices=CALL_STATUSES)
         seq = _int_or_none(params, "SequenceNumber")
         duration = _int_or_none(params, "CallDuration")
-        if not gw.deduper.first_time(("twilio-status", sid, state, seq)):
+        if not await gw.first_delivery(("twilio-status", sid, state, seq)):
             return web.Response(status=204)
         direction = _direction(params)
         gw.registry.ensure(sid, "twilio", direction=direction)
@@ -209,7 +209,7 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
         rec_sid = _require(params, "RecordingSid", RECORDING_SID)
         state = _require(params, "RecordingStatus", choices=RECORDING_STATUSES)
         duration = _int_or_none(params, "RecordingDuration")
-        if gw.deduper.first_time(("twilio-recording", sid, rec_sid, state)):
+        if await gw.first_delivery(("twilio-recording", sid, rec_sid, state)):
             gw.registry.add_event(sid, "twilio", "recording", recording_id=rec_sid,
                                   status=state, url=params.get("RecordingUrl", ""),
                                   duration=duration,
@@ -223,7 +223,7 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
         sid = _require(params, "CallSid", CALL_SID)
         verdict = _require(params, "AnsweredBy", choices=ANSWERED_BY)
         took = _int_or_none(params, "MachineDetectionDuration")
-        if gw.deduper.first_time(("twilio-amd", sid, verdict)):
+        if await gw.first_delivery(("twilio-amd", sid, verdict)):
             gw.registry.add_event(sid, "twilio", "amd", verdict=verdict, duration_ms=took)
             log.info("amd_result", call_id=sid, verdict=verdict)
             # The voicemail text rides in the signed callback URL (any replica can act).
