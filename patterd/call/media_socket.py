@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
+from ..audio.codecs import get_codec
 from ..carriers.base import (AudioIn, CallControl, MalformedFrame, MediaProtocol, StreamStarted,
                              StreamStopped)
 from ..ops.logging import get_logger
@@ -64,6 +65,11 @@ async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
                     log.warning("media_start_refused", carrier=carrier, reason=problem)
                     await ws.close(code=4403, message=problem.encode()[:120])
                     break
+                unsupported = _unsupported_codec(event)
+                if unsupported:
+                    await _refuse_codec(gw, control, carrier, event.call_id, unsupported)
+                    await ws.close(code=4415, message=unsupported.encode()[:120])
+                    break
                 session = CallSession(gw, event, proto, ws.send_str, control, carrier)
                 gw.sessions.add(session)
                 if gw.cluster is not None:   # other replicas route this call's commands here
@@ -88,3 +94,27 @@ async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
             await ws.close()
     return ws
 
+
+
+def _unsupported_codec(event: StreamStarted) -> str:
+    """Why the stream's audio cannot be decoded ("" when it can)."""
+    try:
+        get_codec(event.rx_codec, event.rx_rate)
+    except ValueError as exc:
+        return str(exc)
+    return ""
+
+
+async def _refuse_codec(gw: Any, control: CallControl, carrier: str, call_id: str,
+                        reason: str) -> None:
+    """A stream in a codec we cannot decode: end the call through the carrier (the caller
+    would otherwise sit in silence) and record why."""
+    log.error("media_codec_unsupported", call_id=call_id, carrier=carrier, reason=reason)
+    gw.registry.add_event(call_id, carrier, "unsupported_codec", reason=reason)
+    try:
+        await control.hangup(call_id)
+    except Exception as exc:  # noqa: BLE001 - logged; the record still says why
+        log.warning("hangup_failed", call_id=call_id, error=repr(exc))
+    rec = gw.registry.get(call_id)
+    if gw.registry.finish(call_id, carrier, "failed") and rec is not None:
+        gw.metrics.calls_total.labels(rec.direction or "inbound", "failed").inc()

@@ -80,3 +80,28 @@ async def test_unknown_and_malformed_frames_are_counted_and_ignored(daemon) -> N
             break
         await asyncio.sleep(0.02)
     assert not gw.sessions
+
+
+async def test_telnyx_stream_in_a_codec_we_cannot_decode_ends_the_call(  # type: ignore[no-untyped-def]
+        daemon, telnyx_signer, fake_telnyx) -> None:
+    """A G.722 leg (Telnyx transcodes only between PCMU and PCMA): rather than leave the
+    caller in silence, the call is hung up through the REST API and recorded as failed."""
+    fake, base = fake_telnyx
+    raw = telnyx_raw(telnyx_signer.public_key_b64)
+    raw["carrier"]["api_base_url"] = base
+    client = await daemon(config(raw))
+    token = StreamTokens(TELNYX_KEY).mint("v3:call-g722")
+    ws = await client.ws_connect(f"/media/telnyx/{token}")
+    await ws.send_str(json.dumps({"event": "start", "stream_id": "s", "start": {
+        "call_control_id": "v3:call-g722", "media_format": {"encoding": "G722",
+                                                            "sample_rate": 16000}}}))
+    msg = await ws.receive(timeout=5)
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert ws.close_code == 4415
+    gw = gateway_of(client)
+    assert not gw.sessions
+    assert ("v3:call-g722", "hangup") in fake.applied
+    rec = gw.registry.get("v3:call-g722")
+    assert rec.outcome == "failed"
+    assert [e["type"] for e in rec.events] == ["unsupported_codec"]
+    assert "G722" in rec.events[0]["reason"]

@@ -74,6 +74,11 @@ def test_telnyx_frames_and_codec_from_start() -> None:
     assert json.loads(t.audio(b"\x00")) == {"event": "media", "media": {"payload": "AA=="}}
     assert json.loads(t.clear()) == {"event": "clear"}
     assert json.loads(t.mark("m")) == {"event": "mark", "mark": {"name": "m"}}
+    # A codec we cannot decode still starts the stream (the media route then ends the call
+    # cleanly); a nonsense sample rate is malformed.
+    opus = t.parse('{"event":"start","start":{"call_control_id":"v3:x",'
+                   '"media_format":{"encoding":"OPUS","sample_rate":48000}}}')
+    assert isinstance(opus, StreamStarted) and opus.rx_codec == "OPUS"
     with pytest.raises(MalformedFrame):
         t.parse('{"event":"start","start":{"call_control_id":"v3:x",'
-                '"media_format":{"encoding":"OPUS"}}}')
+                '"media_format":{"encoding":"PCMU","sample_rate":-1}}}')

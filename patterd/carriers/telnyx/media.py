@@ -11,7 +11,6 @@ from ..frames import JsonFrames, field_obj, str_params
 
 _CLEAR = '{"event":"clear"}'
 _MEDIA_PREFIX = '{"event":"media","media":{"payload":"'
-SUPPORTED_RX = frozenset({"PCMU", "PCMA", "L16"})
 
 
 class TelnyxMedia(JsonFrames):
@@ -34,14 +33,14 @@ class TelnyxMedia(JsonFrames):
         fmt = start.get("media_format") or {}
         if not isinstance(fmt, dict):
             raise MalformedFrame("start.media_format: expected an object")
-        encoding = str(fmt.get("encoding") or "PCMU").upper()
-        if encoding not in SUPPORTED_RX:
-            raise MalformedFrame(f"start.media_format.encoding: unsupported {encoding!r}")
+        # A codec we cannot decode (G722, OPUS, AMR-WB) still starts the stream: the media
+        # route then ends the call cleanly instead of leaving the caller in silence.
+        encoding = str(fmt.get("encoding") or "PCMU").upper()[:16]
         try:
             rate = int(fmt.get("sample_rate") or 8000)
         except (TypeError, ValueError):
             raise MalformedFrame("start.media_format.sample_rate: not a number") from None
-        if rate not in (8000, 16000):
+        if not 0 < rate <= 48000:
             raise MalformedFrame(f"start.media_format.sample_rate: unsupported {rate}")
         params = str_params(start.get("custom_parameters"), "start.custom_parameters")
         state = start.get("client_state")
