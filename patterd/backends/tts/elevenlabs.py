@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from .base import PCM16, SpeechStream
-from .http_stream import (READ_IDLE, CloudTTS, EmptySpeechStream, HttpSpeechStream,
-                          retryable_status)
+from .http_stream import (READ_IDLE, CloudTTS, DeadlineStream, EmptySpeechStream,
+                          HttpSpeechStream, retryable_status)
 
 if TYPE_CHECKING:
     from ...config.model import AgentConfig, BackendConfig
@@ -99,7 +99,7 @@ class ElevenLabsTTS(CloudTTS):
         return super().parse_error(status, body)
 
 
-class _WebSocketStream(SpeechStream):
+class _WebSocketStream(DeadlineStream):
     """One sentence over ``stream-input``: one socket per stream, closed to cancel."""
 
     def __init__(self, tts: ElevenLabsTTS, text: str, encoding: str) -> None:
@@ -218,16 +218,6 @@ class _WebSocketStream(SpeechStream):
         if self._cancelled:
             return StopAsyncIteration()
         return self._tts.error(message, status=status, retryable=retryable)
-
-    def _on_deadline(self) -> None:
-        self._timer = None
-        self._timed_out = True
-        self._abort()
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def _abort(self) -> None:
         if self._connect is not None:

@@ -93,7 +93,27 @@ class CloudTTS(TTS):
         return body.decode("utf-8", "replace").strip()[:500] or f"HTTP {status}"
 
 
-class HttpSpeechStream(SpeechStream):
+class DeadlineStream(SpeechStream):
+    """A speech stream with a first-byte deadline timer that aborts the request."""
+
+    _timer: asyncio.TimerHandle | None
+    _timed_out: bool
+
+    def _abort(self) -> None:
+        raise NotImplementedError
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        self._timed_out = True
+        self._abort()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class HttpSpeechStream(DeadlineStream):
     """The audio of one POST whose response body is the audio, streamed."""
 
     def __init__(self, tts: CloudTTS, url: str, *, json: Any, encoding: str,
@@ -223,16 +243,6 @@ class HttpSpeechStream(SpeechStream):
         return self._tts.error(f"{what}: {exc or 'closed'}")
 
     # ------------------------------------------------------------------ stopping
-
-    def _on_deadline(self) -> None:
-        self._timer = None
-        self._timed_out = True
-        self._abort()
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def _abort(self) -> None:
         """Drop the request wherever it is: pending connect, headers or body."""
