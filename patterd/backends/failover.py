@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 from ..audio.codecs import get_codec
 from .errors import BackendError
-from .llm.base import LLM, LLMEvent, Message, StartOver, TextChunk, ToolCall, ToolSpec
+from .llm.base import (LLM, LLMEvent, Message, StartOver, TextChunk, TokenUsage, ToolCall,
+                       ToolSpec)
 from .stt.base import PCM16, STT, STTStream, Transcript, append_bounded
 from .tts.base import TTS, SpeechStream
 
@@ -218,6 +220,8 @@ class FailoverLLM(LLM):
             try:
                 async for event in stream:
                     answered = answered or isinstance(event, (TextChunk, ToolCall))
+                    if isinstance(event, TokenUsage) and not event.provider:
+                        event = replace(event, provider=provider.name)
                     yield event
                 return
             except (asyncio.CancelledError, GeneratorExit):

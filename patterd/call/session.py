@@ -97,6 +97,9 @@ class CallSession:
         self.rx_frames = self.tx_frames = 0
         self.stt_bytes = 0           # audio sent to the recogniser, counted as 8 kHz s16 PCM
         self.llm_usage = TokenUsage()
+        self.llm_by: dict[str, list[int]] = {}   # provider → [input, output, cached] tokens
+        self.stt_by: dict[str, float] = {}       # provider → seconds of audio it was sent
+        self._stt_counted = 0                    # stt_bytes already attributed
         self._reply: asyncio.Task[None] | None = None
         self._speech_end_at: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -222,6 +225,7 @@ class CallSession:
         asked = self.loop.time()     # the VAD's decision; its lag is the endpointing stage
         try:
             result = await self.stt_stream.finalize()
+            self.attribute_stt()     # the provider that recognised the utterance
         except Exception as exc:  # noqa: BLE001 - every recogniser failed: say so, stay up
             log.warning("recognition_failed", call_id=self.call_id, error=str(exc))
             if not self.ending:
@@ -417,6 +421,18 @@ class CallSession:
         self.llm_usage = TokenUsage(u.input_tokens + used.input_tokens,
                                     u.output_tokens + used.output_tokens,
                                     u.cached_tokens + used.cached_tokens)
+        mine = self.llm_by.setdefault(used.provider or self.llm.name, [0, 0, 0])
+        mine[0] += used.input_tokens
+        mine[1] += used.output_tokens
+        mine[2] += used.cached_tokens
+
+    def attribute_stt(self) -> None:
+        """Credit the audio sent since the last call to the recogniser now in use."""
+        new = self.stt_bytes - self._stt_counted
+        if new > 0:
+            name = getattr(self.stt_stream, "provider", "") or self.backends.stt.name
+            self.stt_by[name] = self.stt_by.get(name, 0.0) + new / 16000.0
+            self._stt_counted = self.stt_bytes
 
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)

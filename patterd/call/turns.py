@@ -73,6 +73,7 @@ class Speaker:
         self._encoding = codec.name if self._native else PCM16
         self.spoken: list[Utterance] = []  # this turn's utterances, for the transcript
         self.tts_chars = 0                 # characters synthesised (cached replays are free)
+        self.tts_by: dict[str, int] = {}   # the same by the provider that spoke them
 
     async def say(self, text: str) -> Utterance:
         """Queue ``text``; returns once all its audio is queued (playback continues)."""
@@ -102,6 +103,8 @@ class Speaker:
         finally:
             await stream.aclose()
             self._playout.finish(utt)
+            name = getattr(stream, "provider", "") or self._tts.name
+            self.tts_by[name] = self.tts_by.get(name, 0) + len(text)
         if utt.cleared_at is None and utt.seconds <= MAX_CACHED_SECONDS:
             self._cache.put(self._codec.name, text, b"".join(parts))
         return utt

@@ -9,7 +9,8 @@ the provider reports. A carrier's own reported price replaces the estimate when 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 COMPONENTS = ("carrier", "stt", "llm", "tts")
@@ -17,13 +18,49 @@ COMPONENTS = ("carrier", "stt", "llm", "tts")
 
 @dataclass(slots=True)
 class Usage:
-    """One call's metered usage so far."""
+    """One call's metered usage so far: totals, and the same split by the provider that did
+    the work (a failover chain may use several), each priced at its own rate."""
 
     stt_seconds: float = 0.0
     tts_chars: int = 0
     llm_input_tokens: int = 0
     llm_output_tokens: int = 0
     llm_cached_tokens: int = 0
+    stt_by: dict[str, float] = field(default_factory=dict)       # provider → seconds
+    tts_by: dict[str, int] = field(default_factory=dict)         # provider → characters
+    llm_by: dict[str, list[int]] = field(default_factory=dict)   # provider → [in, out, cached]
+
+    def add(self, other: "Usage") -> None:
+        """Add another stream's usage to this one."""
+        self.stt_seconds += other.stt_seconds
+        self.tts_chars += other.tts_chars
+        self.llm_input_tokens += other.llm_input_tokens
+        self.llm_output_tokens += other.llm_output_tokens
+        self.llm_cached_tokens += other.llm_cached_tokens
+        for name, seconds in other.stt_by.items():
+            self.stt_by[name] = self.stt_by.get(name, 0.0) + seconds
+        for name, chars in other.tts_by.items():
+            self.tts_by[name] = self.tts_by.get(name, 0) + chars
+        for name, tokens in other.llm_by.items():
+            mine = self.llm_by.setdefault(name, [0, 0, 0])
+            for i in range(3):
+                mine[i] += tokens[i]
+
+
+def _split(total: float, by: Mapping[str, Any], default: str) -> dict[str, float]:
+    """Usage by provider; whatever no provider claimed goes to ``default`` (the primary)."""
+    out = {name: float(v) for name, v in by.items() if v}
+    rest = total - sum(out.values())
+    if rest > 1e-9:
+        out[default] = out.get(default, 0.0) + rest
+    return out
+
+
+def _llm_cost(prices: Mapping[str, Any], tokens: Sequence[int]) -> float:
+    inputs, outputs, cached = tokens
+    return (max(0, inputs - cached) * prices["input_per_million"]
+            + cached * prices["cached_input_per_million"]
+            + outputs * prices["output_per_million"]) / 1e6
 
 
 def breakdown(pricing: Mapping[str, Any], *, carrier: str, direction: str, seconds: float,
@@ -33,15 +70,24 @@ def breakdown(pricing: Mapping[str, Any], *, carrier: str, direction: str, secon
     increment = float(c.get("billing_increment_seconds", 60.0)) or 1.0
     billed = math.ceil(max(0.0, seconds) / increment) * increment if seconds > 0 else 0.0
     per_minute = c["outbound_per_minute" if direction == "outbound" else "inbound_per_minute"]
-    l_price = pricing["llm"][llm]
-    uncached = max(0, usage.llm_input_tokens - usage.llm_cached_tokens)
+    def rate(layer: str, name: str, default: str) -> Mapping[str, Any]:
+        return pricing[layer].get(name) or pricing[layer][default]
+
+    llm_by = dict(usage.llm_by)
+    claimed = [sum(t[i] for t in llm_by.values()) for i in range(3)]
+    rest = [usage.llm_input_tokens - claimed[0], usage.llm_output_tokens - claimed[1],
+            usage.llm_cached_tokens - claimed[2]]
+    if any(r > 0 for r in rest):
+        mine = list(llm_by.get(llm, [0, 0, 0]))
+        llm_by[llm] = [mine[i] + max(0, rest[i]) for i in range(3)]
     parts = {
         "carrier": billed / 60.0 * per_minute,
-        "stt": usage.stt_seconds / 60.0 * pricing["stt"][stt]["per_minute"],
-        "llm": (uncached * l_price["input_per_million"]
-                + usage.llm_cached_tokens * l_price["cached_input_per_million"]
-                + usage.llm_output_tokens * l_price["output_per_million"]) / 1e6,
-        "tts": usage.tts_chars / 1000.0 * pricing["tts"][tts]["per_thousand_chars"],
+        "stt": sum(seconds / 60.0 * rate("stt", name, stt)["per_minute"]
+                   for name, seconds in _split(usage.stt_seconds, usage.stt_by, stt).items()),
+        "llm": sum(_llm_cost(rate("llm", name, llm), tokens)
+                   for name, tokens in llm_by.items()),
+        "tts": sum(chars / 1000.0 * rate("tts", name, tts)["per_thousand_chars"]
+                   for name, chars in _split(usage.tts_chars, usage.tts_by, tts).items()),
     }
     out: dict[str, Any] = {k: round(v, 6) for k, v in parts.items()}
     out["total"] = round(sum(parts.values()), 6)

@@ -220,6 +220,12 @@ async def test_failover_in_mid_turn_on_every_layer(daemon) -> None:  # type: ign
                   provider="elevenlabs") >= 2          # the greeting and the answer
     for stage in ("stt", "llm_first_token", "tts_first_byte", "response"):
         assert metric(client, "patterd_turn_latency_seconds_count", stage=stage) >= 1, stage
+    # Each provider's work is priced at its own rate (the failover ones, not the primaries).
+    assert set(rec.usage.stt_by) == {"openai"} and set(rec.usage.tts_by) == {"deepgram"}
+    assert set(rec.usage.llm_by) == {"anthropic"}
+    aura_chars = sum(len(r.body["text"]) for r in aura.requests)
+    assert rec.usage.tts_by["deepgram"] == aura_chars
+    assert rec.cost["tts"] == pytest.approx(round(aura_chars / 1000 * 0.030, 6))
 
 
 async def test_barge_in_cancels_llm_and_tts_at_the_provider(daemon) -> None:  # type: ignore[no-untyped-def]

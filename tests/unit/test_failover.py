@@ -136,7 +136,7 @@ async def test_llm_failover_before_the_first_token() -> None:
     second = ScriptedLlm("anthropic", ["Hello", " there."])
     events = await collect(FailoverLLM([first, second], on_error=errors))
     assert [e.text for e in events if isinstance(e, TextChunk)] == ["Hello", " there."]
-    assert [e for e in events if isinstance(e, TokenUsage)] == [TokenUsage(10, 2, 4)]
+    assert [e for e in events if isinstance(e, TokenUsage)] == [TokenUsage(10, 2, 4, "anthropic")]
     assert errors == [("llm", "openai")]
     assert second.requests == first.requests      # the same request moved on
 

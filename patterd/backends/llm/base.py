@@ -65,6 +65,7 @@ class TokenUsage:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
+    provider: str = ""          # set by the failover chain: who used them
 
 
 @dataclass(frozen=True, slots=True)
