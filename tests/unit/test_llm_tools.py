@@ -323,5 +323,8 @@ async def test_hostname_pointing_inside_refused_after_resolution(endpoint, make_
 async def test_close_is_idempotent(endpoint, make_runner) -> None:
     runner = make_runner(tool(endpoint.base_url + "/t", secret=SECRET))
     await runner.run(call(), CONTEXT)
+    sessions = list(runner._sessions.values())
+    assert sessions and not any(s.closed for s in sessions)
     await runner.close()
-    await runner.close()
+    await runner.close()                     # a second close is harmless
+    assert all(s.closed for s in sessions) and runner._sessions == {}

@@ -353,8 +353,11 @@ async def test_close_before_connected(fake: FakeDeepgramListen, provider: Deepgr
     fake.handshake_delay = 1.0
     stream = provider.open_stream("PCMU")
     stream.push(b"\x00" * 160)
-    async with asyncio.timeout(1):
+    async with asyncio.timeout(1):           # does not wait for the slow handshake
         await stream.close()
+    async with asyncio.timeout(1):           # and events() ends
+        assert [t async for t in stream.events()] == []
+    stream.push(b"\x00" * 160)               # ignored after close, never raises
 
 
 async def test_many_concurrent_streams(fake: FakeDeepgramListen, provider: DeepgramSTT) -> None:
