@@ -13,7 +13,7 @@ from aiohttp import web
 from .call.dedupe import Deduper
 from .call.registry import CallRegistry
 from .config import Config
-from .ops.cost import COMPONENTS, Usage, apply_carrier_price, breakdown
+from .ops.cost import COMPONENTS, apply_carrier_price, breakdown
 from .ops.logging import get_logger
 from .ops.metrics import Metrics
 
@@ -98,13 +98,8 @@ class Gateway:
         rec = self.registry.ensure(session.call_id, session.carrier)
         rec.transcript.extend(line.as_dict() for line in session.transcript)
         rec.turns.extend(session.turn_latencies)
-        session.attribute_stt()
-        llm = session.llm_usage
-        rec.usage.add(Usage(
-            stt_seconds=session.stt_bytes / 16000.0, tts_chars=session.speaker.tts_chars,
-            llm_input_tokens=llm.input_tokens, llm_output_tokens=llm.output_tokens,
-            llm_cached_tokens=llm.cached_tokens, stt_by=session.stt_by,
-            tts_by=session.speaker.tts_by, llm_by=session.llm_by))
+        session.credit_stt()
+        rec.usage.add(session.meter.total(session.speaker))
         rec.media_seconds += session.duration
         if call_over:
             self.price_call(rec)

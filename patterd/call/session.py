@@ -14,13 +14,13 @@ from typing import Any
 from ..audio.codecs import get_codec
 from ..audio.resample import Resampler
 from ..audio.segmenter import SpeechEnd, SpeechStart
-from ..backends.llm.base import Message, TokenUsage, user_message
+from ..backends.llm.base import Message, user_message
 from ..backends.stt.base import PCM16
-from ..carriers.telnyx.rest import read_client_state
 from ..carriers.base import AudioIn, CallControl, DtmfIn, MarkPlayed, MediaProtocol, StreamStarted
 from ..config import Config
 from ..ops.logging import get_logger
 from .actions import perform
+from .context import Meter, llm_context, stream_context
 from .playout import Playout, Utterance
 from .transcript import Line, heard_part
 from .turns import Speaker, TurnResult, played, run_turn
@@ -33,21 +33,6 @@ TIME_LIMIT_GOODBYE = "We have reached the time limit for this call. Goodbye."
 FAILURE_APOLOGY = "Sorry, something went wrong on our side. Please try again in a moment."
 HEARING_APOLOGY = "Sorry, I couldn't hear that just now. Could you say it again?"
 PREROLL_FRAMES = 15  # 300 ms of audio before the VAD confirmed speech
-
-
-def stream_context(parameters: dict[str, str]) -> dict[str, str]:
-    """The call's context from the stream: Twilio ``<Parameter>``s as they are; Telnyx's
-    ``client_state`` (base64 JSON we set on answer/dial) unpacked into the same names."""
-    params = dict(parameters)
-    state = read_client_state(params.pop("client_state", None))
-    for key in ("direction", "to", "from", "amd", "vm"):
-        if isinstance(state.get(key), str):
-            params.setdefault(key, state[key])
-    variables = state.get("vars")
-    if isinstance(variables, dict):
-        for name, value in variables.items():
-            params.setdefault(f"var_{name}", str(value))
-    return params
 
 
 class CallSession:
@@ -96,10 +81,7 @@ class CallSession:
         self.last_activity = self.started
         self.rx_frames = self.tx_frames = 0
         self.stt_bytes = 0           # audio sent to the recogniser, counted as 8 kHz s16 PCM
-        self.llm_usage = TokenUsage()
-        self.llm_by: dict[str, list[int]] = {}   # provider → [input, output, cached] tokens
-        self.stt_by: dict[str, float] = {}       # provider → seconds of audio it was sent
-        self._stt_counted = 0                    # stt_bytes already attributed
+        self.meter = Meter()
         self._reply: asyncio.Task[None] | None = None
         self._speech_end_at: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -225,7 +207,7 @@ class CallSession:
         asked = self.loop.time()     # the VAD's decision; its lag is the endpointing stage
         try:
             result = await self.stt_stream.finalize()
-            self.attribute_stt()     # the provider that recognised the utterance
+            self.credit_stt()        # to the provider that recognised the utterance
         except Exception as exc:  # noqa: BLE001 - every recogniser failed: say so, stay up
             log.warning("recognition_failed", call_id=self.call_id, error=str(exc))
             if not self.ending:
@@ -294,8 +276,9 @@ class CallSession:
                 result = await run_turn(
                     self.llm, self.speaker, self.history, user_text=user_text, dtmf=dtmf,
                     metrics=self.gw.metrics, tools=b.tool_specs, runner=b.tools,
-                    context=self._context(), max_rounds=self.config.llm.max_tool_rounds,
-                    on_usage=self._count_tokens)
+                    context=llm_context(self.call_id, self.carrier, self.parameters),
+                    max_rounds=self.config.llm.max_tool_rounds,
+                    on_usage=lambda used: self.meter.tokens(used, self.llm.name))
             except Exception as exc:  # noqa: BLE001 - every provider failed: apologise
                 log.warning("reply_failed", call_id=self.call_id, error=repr(exc))
                 result = TurnResult(utterances=[await self.speaker.say(FAILURE_APOLOGY)])
@@ -409,30 +392,10 @@ class CallSession:
             text = text.replace("{" + name + "}", value)
         return text
 
-    def _context(self) -> dict[str, str]:
-        """What the LLM (and user tools) may know about the call."""
-        p = self.parameters
-        return {"call_id": self.call_id, "carrier": self.carrier,
-                "direction": p.get("direction", "inbound"), "from": p.get("from", ""),
-                "to": p.get("to", "")}
-
-    def _count_tokens(self, used: TokenUsage) -> None:
-        u = self.llm_usage
-        self.llm_usage = TokenUsage(u.input_tokens + used.input_tokens,
-                                    u.output_tokens + used.output_tokens,
-                                    u.cached_tokens + used.cached_tokens)
-        mine = self.llm_by.setdefault(used.provider or self.llm.name, [0, 0, 0])
-        mine[0] += used.input_tokens
-        mine[1] += used.output_tokens
-        mine[2] += used.cached_tokens
-
-    def attribute_stt(self) -> None:
+    def credit_stt(self) -> None:
         """Credit the audio sent since the last call to the recogniser now in use."""
-        new = self.stt_bytes - self._stt_counted
-        if new > 0:
-            name = getattr(self.stt_stream, "provider", "") or self.backends.stt.name
-            self.stt_by[name] = self.stt_by.get(name, 0.0) + new / 16000.0
-            self._stt_counted = self.stt_bytes
+        self.meter.credit_stt(self.stt_bytes, getattr(self.stt_stream, "provider", "")
+                              or self.backends.stt.name)
 
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)
