@@ -36,6 +36,7 @@ from typing import Any
 
 from ..ops.logging import get_logger
 from . import queries as Q
+from .dispatch import CommandDispatch
 from .errors import ClusterError, ClusterUnavailable, NoLiveOwner
 from .listener import Listener
 from .reaper import take_over_dead
@@ -71,7 +72,7 @@ def _unavailable(exc: BaseException) -> ClusterUnavailable:
     return ClusterUnavailable(f"cluster: PostgreSQL: {str(exc) or type(exc).__name__}")
 
 
-class ClusterNode:
+class ClusterNode(CommandDispatch):
     """This process's membership in the cluster. Create it with ``await ClusterNode.start``."""
 
     def __init__(self, pool: Any, own_pool: bool, replica_id: str, on_command: OnCommand,
@@ -361,92 +362,6 @@ class ClusterNode:
                 conn.terminate()
         else:
             await asyncio.wait_for(self._pool.release(conn), 5.0)
-
-    def _on_payload(self, payload: str) -> None:
-        head, _, tail = payload.rpartition(":")
-        if not tail.isdigit():
-            return
-        if head == self.replica_id:
-            self._want((int(tail),))
-        elif head == f"{self.replica_id}:done":
-            fut = self._waiters.get(int(tail))
-            if fut is not None and not fut.done():
-                fut.set_result(None)   # a wake-up: wait_result reads the row itself
-
-    def _on_listen_connected(self) -> None:
-        self._poll_all = True
-        self._wake.set()
-        for fut in self._waiters.values():   # results may have been missed too
-            if not fut.done():
-                fut.set_result(None)
-
-    def _want(self, ids: Any) -> None:
-        self._wanted.update(ids)
-        self._wake.set()
-
-    # ------------------------------------------------------------------ applying commands
-
-    async def _dispatch_loop(self) -> None:
-        """Claim what was notified (or, on a poll, everything aimed here), in id order."""
-        backoff = 0.05
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_every)
-            if not self._wake.is_set():
-                self._poll_all = True   # the periodic poll
-            self._wake.clear()
-            ids, self._wanted = list(self._wanted), set()
-            poll_all, self._poll_all = self._poll_all, False
-            try:
-                claimed = await self._fetch(Q.CLAIM, self.replica_id, ids, poll_all,
-                                            self.dead_after)
-                if poll_all or len(claimed) < len(ids):
-                    await self._fetch(Q.RETARGET, self.replica_id, ids, poll_all,
-                                      self.dead_after)
-            except ClusterUnavailable as exc:
-                log.warning("cluster_claim_failed", error=str(exc), retry_in=backoff)
-                self._wanted.update(ids)
-                self._poll_all = True
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            backoff = 0.05
-            for row in sorted(claimed, key=lambda r: r["id"]):
-                self._start_command(row)
-
-    def _start_command(self, row: Any) -> None:
-        key = (row["call_id"], row["carrier"])
-        previous = self._chains.get(key)
-        task = asyncio.get_running_loop().create_task(self._apply(row, previous))
-        self._chains[key] = task
-        task.add_done_callback(lambda t: self._chains.pop(key, None)
-                               if self._chains.get(key) is t else None)
-
-    async def _apply(self, row: Any, previous: asyncio.Task[None] | None) -> None:
-        if previous is not None:
-            await asyncio.wait((previous,))   # one call's commands run in order
-        command_id = int(row["id"])
-        try:
-            result = await self._on_command(row["call_id"], row["carrier"], row["kind"],
-                                            json.loads(row["args"]))
-            if not isinstance(result, dict):
-                result = {"ok": True, "value": result}
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("cluster_command_failed", call_id=row["call_id"], kind=row["kind"],
-                        error=repr(exc))
-            result = {"ok": False, "error": str(exc) or type(exc).__name__}
-        payload = json.dumps(result, default=str)
-        delay = 0.05
-        while True:   # the command was applied: its result must be stored
-            try:
-                await self._fetch(Q.FINISH, command_id, payload)
-                return
-            except ClusterUnavailable as exc:
-                log.warning("cluster_result_retry", command=command_id, error=str(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
 
     # ------------------------------------------------------------------ heartbeat and reaper
 
