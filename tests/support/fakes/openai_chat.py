@@ -200,7 +200,10 @@ class FakeLLMService:
                 rec.disconnected.set()
                 return False
             await asyncio.sleep(POLL)
-        return not self.gone(request)
+        if self.gone(request):       # left between the last look and the deadline
+            rec.disconnected.set()
+            return False
+        return True
 
     async def stream(self, request: web.Request, rec: LLMRequest, reply: Reply,
                      events: list[bytes], headers: dict[str, str]) -> web.StreamResponse:
