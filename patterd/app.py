@@ -72,10 +72,12 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
         store = await open_store(gw.config.store.url)
         writer = gw.store_writer = StoreWriter(store)
         writer.start()
-        if gw.config.store.retention_days > 0:   # cancelled with the other tasks at shutdown
-            gw.spawn(retention_loop(store, gw.config.store.retention_days,
-                                    max_call_seconds=gw.config.agent.max_call_seconds),
-                     name="store-retention")
+        # Always running (cancelled with the other tasks at shutdown): a reload may turn
+        # retention on, off or change its period.
+        gw.spawn(retention_loop(store, lambda: (gw.config.store.retention_days,
+                                                gw.config.agent.max_call_seconds),
+                                on_swept=gw.registry.forget_ended_before),
+                 name="store-retention")
         gw.registry.on_change = lambda rec: writer.submit(detail(rec))
         if store.kind == "postgresql":   # replicas share calls: ownership, commands, reaper
             await _join_cluster(gw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 import gc
 import os
 import signal
@@ -109,13 +110,15 @@ def _reload(gw: Gateway, path: Path) -> None:
                   detail="keeping the running configuration")
         return
     old = gw.config
-    if new.server != old.server or new.carrier != old.carrier \
-            or new.phone_number != old.phone_number:
-        log.warning("reload_partial", detail="server, carrier and phone_number changes "
-                                             "need a restart; applying the other sections")
-        from dataclasses import replace
+    fixed = [k for k in ("server", "carrier", "phone_number") if getattr(new, k) != getattr(old, k)]
+    if new.store.url != old.store.url:
+        fixed.append("store.url")
+    if fixed:
+        log.warning("reload_partial", detail=f"{', '.join(fixed)}: changes need a restart; "
+                                             "applying the other sections")
         new = replace(new, server=old.server, carrier=old.carrier,
-                      phone_number=old.phone_number)
+                      phone_number=old.phone_number,
+                      store=replace(new.store, url=old.store.url))
     if not _backends_change(old, new):
         gw.config = new
         log.info("reloaded", path=str(path))

@@ -155,6 +155,24 @@ class CallRegistry:
         self._ended[rec.call_id] = None
         self.touch(rec)
 
+    def forget_ended_before(self, cutoff: float) -> int:
+        """Drop the records of calls that ended before ``cutoff`` (wall-clock seconds), as
+        the retention sweep deleted them from the store; returns how many were dropped.
+        Ended calls are kept in the order they ended, so this stops at the first younger."""
+        dropped = 0
+        while self._ended:
+            call_id = next(iter(self._ended))
+            rec = self._calls.get(call_id)
+            if rec is not None and rec.ended_at is not None and rec.ended_at >= cutoff:
+                break
+            self._ended.popitem(last=False)
+            if rec is not None:
+                del self._calls[call_id]
+                if rec.leg_id:
+                    self._legs.pop(rec.leg_id, None)
+                dropped += 1
+        return dropped
+
     def __len__(self) -> int:
         return len(self._calls)
 

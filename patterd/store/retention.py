@@ -7,13 +7,15 @@ swept as a crashed replica's leftover once it has not been updated for longer th
 may last. A sweep that fails (database down, file locked) is logged and tried again at the
 next round; the loop only ends when cancelled (at shutdown).
 
-Both intervals are module constants read when the loop starts, so tests can shorten them.
+The period is read at every round, so a reload (SIGHUP) changes it without a restart. Both
+intervals are module constants read when the loop starts, so tests can shorten them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from ..ops.logging import get_logger
 from .base import STALE_AFTER, Store
@@ -36,33 +38,57 @@ async def run_retention(store: Store, keep_seconds: float, every_seconds: float,
     if first_delay > 0:
         await asyncio.sleep(first_delay)
     while True:
-        started = time.monotonic()
-        try:
-            if stale_after is None:
-                deleted = await store.sweep(keep_seconds)
-            else:
-                deleted = await store.sweep(keep_seconds, stale_after)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:   # noqa: BLE001 - the loop outlives any store outage
-            log.warning("store_retention_failed", error=str(exc) or type(exc).__name__,
-                        retry_in=every_seconds)
-        else:
-            log.info("store_retention_swept", deleted=deleted, keep_seconds=keep_seconds,
-                     took=round(time.monotonic() - started, 3))
+        await sweep_once(store, keep_seconds, stale_after, every_seconds)
         await asyncio.sleep(every_seconds)
 
 
-async def retention_loop(store: Store, retention_days: float, *,
-                         max_call_seconds: float = 3600.0) -> None:
-    """The daemon's sweep for ``store.retention_days`` (> 0), at the module's intervals.
+async def sweep_once(store: Store, keep_seconds: float, stale_after: float | None,
+                     retry_in: float) -> bool:
+    """One sweep; a failure is logged (with when it is tried again), never raised.
+    True if it succeeded."""
+    started = time.monotonic()
+    try:
+        if stale_after is None:
+            deleted = await store.sweep(keep_seconds)
+        else:
+            deleted = await store.sweep(keep_seconds, stale_after)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:   # noqa: BLE001 - the loop outlives any store outage
+        log.warning("store_retention_failed", error=str(exc) or type(exc).__name__,
+                    retry_in=retry_in)
+        return False
+    log.info("store_retention_swept", deleted=deleted, keep_seconds=keep_seconds,
+             took=round(time.monotonic() - started, 3))
+    return True
 
-    ``max_call_seconds`` (``agent.max_call_seconds``) keeps the abandoned-call sweep clear of
-    any call that may still be live, however long calls are allowed to be.
+
+async def retention_loop(store: Store, settings: Callable[[], tuple[float, float]],
+                         on_swept: Callable[[float], object] | None = None) -> None:
+    """The daemon's sweep for ``store.retention_days``, at the module's intervals.
+
+    ``settings`` returns ``(retention_days, max_call_seconds)`` and is read at every round,
+    so a reload (SIGHUP) that changes the period takes effect at the next round; 0 days
+    skips the sweep. ``max_call_seconds`` (``agent.max_call_seconds``) keeps the
+    abandoned-call sweep clear of any call that may still be live, however long calls are
+    allowed to be. ``on_swept(cutoff)`` is told after each successful sweep, so that the
+    records kept in memory (the call registry) forget what the store deleted.
     """
-    keep = float(retention_days) * DAY
     every, first = RETENTION_EVERY, RETENTION_FIRST_DELAY
-    log.info("store_retention_started", retention_days=retention_days, every_seconds=every,
+    days, _ = settings()
+    log.info("store_retention_started", retention_days=days, every_seconds=every,
              first_in=first)
-    await run_retention(store, keep, every, first_delay=first,
-                        stale_after=max(STALE_AFTER, 2.0 * float(max_call_seconds)))
+    await asyncio.sleep(first)
+    announced = days
+    while True:
+        days, max_call_seconds = settings()
+        if days != announced:
+            log.info("store_retention_changed", retention_days=days, was=announced)
+            announced = days
+        if days > 0:
+            keep = float(days) * DAY
+            swept = await sweep_once(store, keep,
+                                     max(STALE_AFTER, 2.0 * float(max_call_seconds)), every)
+            if swept and on_swept is not None:
+                on_swept(time.time() - keep)
+        await asyncio.sleep(every)

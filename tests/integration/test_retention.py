@@ -19,8 +19,10 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
+import yaml
 from structlog.testing import capture_logs
 
+from patterd.server import _reload
 from patterd.store import open_store, retention
 from patterd.store.queries import Queries
 from patterd.store.records import to_row
@@ -152,9 +154,73 @@ async def test_unended_calls_are_kept_while_they_could_still_be_live(
 
 
 async def test_retention_is_off_by_default(daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    client = await daemon(config(twilio_raw(store={"url": f"sqlite:///{tmp_path}/c.db"})))
+    await seed(f"sqlite:///{tmp_path}/c.db", time.time())
+    with capture_logs() as logs:
+        client = await daemon(config(twilio_raw(admin={"token": TOKEN},
+                                                store={"url": f"sqlite:///{tmp_path}/c.db"})))
+        await asyncio.sleep(0.5)                     # five rounds of the shortened loop
     assert gateway_of(client).config.store.retention_days == 0
-    assert not [t for t in gateway_of(client).tasks if t.get_name() == "store-retention"]
+    assert sweeps(logs) == []
+    assert await listed(client) == {"CAold-ended", "CArecent-ended", "CAlong-live",
+                                    "CAabandoned"}
+
+
+async def test_a_reload_turns_retention_on_and_changes_its_period(
+        daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """SIGHUP re-reads ``store.retention_days``: off → 7 days sweeps the old call, then
+    1 day sweeps the recent one too, without a restart."""
+    url = f"sqlite:///{tmp_path}/c.db"
+    await seed(url, time.time())
+    raw = twilio_raw(admin={"token": TOKEN}, store={"url": url})
+    path = tmp_path / "patter.yaml"
+    with capture_logs() as logs:
+        client = await daemon(config(raw))
+        gw = gateway_of(client)
+        await asyncio.sleep(0.3)
+        assert sweeps(logs) == []
+        path.write_text(yaml.safe_dump({**raw, "store": {"url": url, "retention_days": 7}}))
+        _reload(gw, path)
+        await until(lambda: 2 in sweeps(logs))
+        assert await listed(client) == {"CArecent-ended", "CAlong-live"}
+        path.write_text(yaml.safe_dump({**raw, "store": {"url": url, "retention_days": 1}}))
+        _reload(gw, path)
+        await until(lambda: 1 in sweeps(logs))
+    assert await listed(client) == {"CAlong-live"}
+    changes = [(e["was"], e["retention_days"]) for e in logs
+               if e["event"] == "store_retention_changed"]
+    assert changes == [(0, 7), (7, 1)]
+
+
+async def test_a_reload_cannot_move_the_store(daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The store is opened at start: a changed ``store.url`` is reported and ignored."""
+    raw = twilio_raw(store={"url": f"sqlite:///{tmp_path}/a.db"})
+    path = tmp_path / "patter.yaml"
+    path.write_text(yaml.safe_dump({**raw, "store": {"url": f"sqlite:///{tmp_path}/b.db",
+                                                     "retention_days": 3}}))
+    client = await daemon(config(raw))
+    gw = gateway_of(client)
+    with capture_logs() as logs:
+        _reload(gw, path)
+    assert gw.config.store.url == f"sqlite:///{tmp_path}/a.db"
+    assert gw.config.store.retention_days == 3             # the rest of the section applies
+    partial = next(e for e in logs if e["event"] == "reload_partial")
+    assert "store.url" in partial["detail"]
+
+
+async def test_a_swept_call_leaves_the_daemons_memory_too(
+        daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A call this daemon served and the sweep deleted is no longer answered from memory."""
+    client = await daemon(config(twilio_raw(admin={"token": TOKEN}, store={
+        "url": f"sqlite:///{tmp_path}/c.db", "retention_days": 0.5 / DAY})))
+    gw = gateway_of(client)
+    sid = call_sid(3)
+    with capture_logs() as logs:
+        await voice(client, sid)
+        await completed(client, sid)
+        assert await gw.store_writer.flush(5)
+        await until(lambda: 1 in sweeps(logs))
+        await until(lambda: gw.registry.get(sid) is None)
+    assert (await client.get(f"/v1/calls/{sid}", headers=AUTH)).status == 404
 
 
 async def test_sweep_survives_a_locked_sqlite_file(daemon, tmp_path: Path,
