@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 #: A call never marked ended (a crashed replica's) is swept only once it has not been updated
@@ -24,6 +25,11 @@ class StoreDataError(StoreError):
     """The record itself cannot be stored (a value the database refuses); retrying won't help."""
 
 
+@contextlib.asynccontextmanager
+async def _always_mine() -> AsyncIterator[bool]:
+    yield True
+
+
 class Store(abc.ABC):
     """Persistent call records: one row per call, a full snapshot each time it is written.
 
@@ -40,8 +46,36 @@ class Store(abc.ABC):
         await self.upsert_calls([record])
 
     @abc.abstractmethod
-    async def upsert_calls(self, records: Sequence[dict[str, Any]]) -> None:
-        """Insert or replace several calls in one transaction (all or none)."""
+    async def upsert_calls(self, records: Sequence[dict[str, Any]],
+                           writer: str | None = None) -> None:
+        """Store this process's snapshots of several calls in one transaction (all or none).
+
+        Each writer's latest snapshot of a call is kept apart (``call_parts``) and the call's
+        row is the merge of them (:mod:`.merge`): a replica that saw only part of a call, or
+        this process after a restart, never erases what another writer recorded. ``writer``
+        overrides this process's own name (for a part such as the carrier's price)."""
+
+    async def add_carrier_price(self, call_id: str, price: float) -> bool:
+        """Record the carrier's own price of a stored call (in place of our estimate);
+        False when the call is not in the store."""
+        from .merge import PRICE_WRITER, carrier_price_part
+        record = await self.get_call(call_id)
+        if record is None:
+            return False
+        await self.upsert_calls([carrier_price_part(record, price)], writer=PRICE_WRITER)
+        return True
+
+    @abc.abstractmethod
+    async def unpriced_calls(self, carrier: str, ended_from: float, ended_before: float,
+                             limit: int = 100) -> list[str]:
+        """Ids of ``carrier``'s calls that ended in ``[ended_from, ended_before)``, were
+        billed and still carry our estimate of the carrier cost, oldest end first."""
+
+    def exclusive(self, name: str) -> contextlib.AbstractAsyncContextManager[bool]:
+        """``async with store.exclusive(name) as mine``: True when this process may do the
+        periodic job ``name`` now (no other replica is doing it). One process per SQLite
+        file: always True."""
+        return _always_mine()
 
     @abc.abstractmethod
     async def get_call(self, call_id: str) -> dict[str, Any] | None:

@@ -17,6 +17,9 @@ another one recorded:
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -104,4 +107,35 @@ def merge_parts(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-__all__ = ["merge_parts"]
+#: The writer name of a row stored before parts existed (it becomes that call's first part).
+LEGACY_WRITER = "legacy"
+
+
+def writer_name() -> str:
+    """This process's name as a writer of call parts: host, pid and a random tag."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+#: The writer name of the part that holds a carrier's price fetched after the call (by any
+#: replica, even one that never held the call).
+PRICE_WRITER = "carrier-price"
+
+
+def carrier_price_part(record: Mapping[str, Any], price: float) -> dict[str, Any]:
+    """A part that adds only the carrier's reported ``price`` to the stored ``record``: no
+    lists, no metered components, and an ``updated_at`` of 0 so it never becomes the base
+    of the merge."""
+    amount = round(abs(float(price)), 6)
+    return {
+        "call_id": record["call_id"], "carrier": record.get("carrier") or "",
+        "direction": record.get("direction") or "inbound",
+        "from": record.get("from") or "", "to": record.get("to") or "",
+        "status": record.get("status") or "completed", "outcome": None,
+        "created_at": record.get("created_at"), "updated_at": 0.0,
+        "ended_at": record.get("ended_at"),
+        "cost": {"carrier": amount, "stt": 0.0, "llm": 0.0, "tts": 0.0, "total": amount,
+                 "carrier_source": "carrier", "billed_seconds": 0.0},
+    }
+
+
+__all__ = ["LEGACY_WRITER", "PRICE_WRITER", "writer_name", "carrier_price_part", "merge_parts"]

@@ -9,18 +9,16 @@ together migrate once.
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-import socket
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from .base import Store, StoreDataError, StoreError, StoreUnavailable
 from .migrations import SCHEMA_VERSION_TABLE, pending
 from .queries import STALE_AFTER, Queries
-from .merge import merge_parts
+from .merge import LEGACY_WRITER, merge_parts, writer_name
 from .records import detail_of, dumps, loads, page, to_row
 
 Q = Queries("postgresql")
@@ -60,12 +58,8 @@ def classify(exc: BaseException, where: str) -> StoreError:
 
 
 PART_LOCK = "SELECT pg_advisory_xact_lock(hashtext($1))"
-PART_UPSERT = ("INSERT INTO call_parts (call_id, writer, first_at, updated_at, data) "
-               "VALUES ($1, $2, $3, $3, $4) ON CONFLICT (call_id, writer) DO UPDATE "
-               "SET updated_at = excluded.updated_at, data = excluded.data")
-PARTS = "SELECT data FROM call_parts WHERE call_id = $1 ORDER BY first_at, writer"
-PARTS_ORPHANED = ("DELETE FROM call_parts p WHERE NOT EXISTS "
-                  "(SELECT 1 FROM calls c WHERE c.call_id = p.call_id)")
+JOB_LOCK = "SELECT pg_try_advisory_lock(hashtext('patterd-job:' || $1))"
+JOB_UNLOCK = "SELECT pg_advisory_unlock(hashtext('patterd-job:' || $1))"
 
 
 class PostgresStore(Store):
@@ -77,8 +71,7 @@ class PostgresStore(Store):
         self._pool = pool
         self.where = where
         self._closed = False
-        # this process among the replicas writing the same calls
-        self.writer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.writer = writer_name()   # this process among the replicas writing the calls
 
     @classmethod
     async def open(cls, url: str, *, min_size: int = 1, max_size: int = 4) -> PostgresStore:
@@ -135,30 +128,65 @@ class PostgresStore(Store):
         if self._closed:
             raise StoreUnavailable("store: closed")
 
-    async def upsert_calls(self, records: Sequence[dict[str, Any]]) -> None:
-        """Store this process's snapshots of the calls in one transaction.
-
-        Several replicas may each hold part of a call: each one's latest snapshot is kept in
-        ``call_parts`` and the ``calls`` row becomes their merge (:mod:`.merge`), so one
-        replica's write never erases what another recorded. Writes of one call are
-        serialised with an advisory lock on its id."""
+    async def upsert_calls(self, records: Sequence[dict[str, Any]],
+                           writer: str | None = None) -> None:
+        """Store this process's snapshots of the calls in one transaction, merged with the
+        other replicas' (see ``Store``). Writes of one call are serialised with an advisory
+        lock on its id."""
         rows = [(r, to_row(r)) for r in records]
         if not rows:
             return
         self._check_open()
         now = time.time()
+        name = writer or self.writer
         try:
             async with self._pool.acquire(timeout=CONNECT_TIMEOUT) as conn, conn.transaction():
                 for record, row in rows:
                     call_id = row[0]
                     await conn.execute(PART_LOCK, call_id)
-                    await conn.execute(PART_UPSERT, call_id, self.writer, now, dumps(record))
-                    parts = await conn.fetch(PARTS, call_id)
+                    if await conn.fetchval(Q.part_count, call_id) == 0:
+                        old = await conn.fetchrow(Q.get, call_id)
+                        if old is not None:   # a row from before parts: it becomes one
+                            await conn.execute(Q.part_upsert, call_id, LEGACY_WRITER, 0.0,
+                                               now, dumps(detail_of(old)))
+                    await conn.execute(Q.part_upsert, call_id, name, now, now, dumps(record))
+                    parts = await conn.fetch(Q.parts, call_id)
                     if len(parts) > 1:
                         row = to_row(merge_parts([loads(p["data"], {}) for p in parts]))
                     await conn.execute(Q.upsert, *row)
         except Exception as exc:
             raise classify(exc, self.where) from exc
+
+    async def unpriced_calls(self, carrier: str, ended_from: float, ended_before: float,
+                             limit: int = 100) -> list[str]:
+        """See ``Store.unpriced_calls``."""
+        rows = await self._fetch(Q.unpriced, carrier, float(ended_from), float(ended_before),
+                                 int(limit))
+        return [r[0] for r in rows]
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        """True for one replica at a time: a session advisory lock on ``name``, held on one
+        pooled connection for the block (released even if the block fails)."""
+        self._check_open()
+        try:
+            conn = await self._pool.acquire(timeout=CONNECT_TIMEOUT)
+        except Exception as exc:
+            raise classify(exc, self.where) from exc
+        try:
+            mine = bool(await conn.fetchval(JOB_LOCK, name))
+        except Exception as exc:
+            await self._pool.release(conn)
+            raise classify(exc, self.where) from exc
+        try:
+            yield mine
+        finally:
+            try:
+                if mine:
+                    await conn.fetchval(JOB_UNLOCK, name)
+            except Exception:  # noqa: BLE001 - a lost connection drops the lock anyway
+                pass
+            await self._pool.release(conn)
 
     async def get_call(self, call_id: str) -> dict[str, Any] | None:
         """The full record, or None."""
@@ -187,7 +215,7 @@ class PostgresStore(Store):
                         total += deleted
                         if deleted <= 0:
                             break
-                await conn.execute(PARTS_ORPHANED)
+                await conn.execute(Q.parts_orphaned)
                 async with conn.transaction():
                     await conn.execute(Q.trim_sweeps, cutoff)
                     await conn.execute(Q.log_sweep, now, older_than, cutoff, total)

@@ -64,6 +64,48 @@ class Queries:
                 f"ORDER BY created_at DESC, call_id DESC LIMIT {self.p(n + 1)}")
 
     @property
+    def part_count(self) -> str:
+        """How many writers' parts a call has (parameter 1: the call id)."""
+        return f"SELECT count(*) FROM call_parts WHERE call_id = {self.p(1)}"
+
+    @property
+    def part_upsert(self) -> str:
+        """Insert or replace one writer's snapshot: call id, writer, first/updated at, data."""
+        data = "$5::jsonb" if self.kind == "postgresql" else "?"
+        return ("INSERT INTO call_parts (call_id, writer, first_at, updated_at, data) "
+                f"VALUES ({self.p(1)}, {self.p(2)}, {self.p(3)}, {self.p(4)}, {data}) "
+                "ON CONFLICT (call_id, writer) DO UPDATE "
+                "SET updated_at = excluded.updated_at, data = excluded.data")
+
+    @property
+    def parts(self) -> str:
+        """A call's parts, oldest writer first (parameter 1: the call id)."""
+        return (f"SELECT data FROM call_parts WHERE call_id = {self.p(1)} "
+                "ORDER BY first_at, writer")
+
+    @property
+    def parts_orphaned(self) -> str:
+        """Delete the parts of calls that are gone (after a sweep)."""
+        return ("DELETE FROM call_parts WHERE NOT EXISTS "
+                "(SELECT 1 FROM calls c WHERE c.call_id = call_parts.call_id)")
+
+    @property
+    def unpriced(self) -> str:
+        """Ended calls of a carrier (p1) that ended between p2 and p3, were billed (billed
+        seconds > 0) and still carry our estimate of the carrier cost; at most p4, oldest
+        end first."""
+        if self.kind == "postgresql":
+            source = "cost->>'carrier_source'"
+            billed = "(cost->>'billed_seconds')::double precision"
+        else:
+            source = "json_extract(cost, '$.carrier_source')"
+            billed = "json_extract(cost, '$.billed_seconds')"
+        return (f"SELECT call_id FROM calls WHERE carrier = {self.p(1)} "   # in order: ? binds so
+                f"AND ended_at >= {self.p(2)} AND ended_at < {self.p(3)} "
+                f"AND {source} = 'estimate' AND {billed} > 0 "
+                f"ORDER BY ended_at, call_id LIMIT {self.p(4)}")
+
+    @property
     def sweep_ended(self) -> str:
         """Delete up to SWEEP_CHUNK calls that ended before the cutoff (parameter 1)."""
         return (f"DELETE FROM calls WHERE call_id IN (SELECT call_id FROM calls "

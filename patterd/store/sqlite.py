@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 from .base import Store, StoreDataError, StoreError, StoreUnavailable
 from .migrations import SCHEMA_VERSION_TABLE, pending
 from .queries import STALE_AFTER, Queries
-from .records import detail_of, page, to_row
+from .merge import LEGACY_WRITER, merge_parts, writer_name
+from .records import detail_of, dumps, loads, page, to_row
 
 T = TypeVar("T")
 Q = Queries("sqlite")
@@ -61,6 +62,7 @@ class SqliteStore(Store):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patterd-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        self.writer = writer_name()   # this process, among the processes that write the file
 
     @classmethod
     async def open(cls, path: str) -> SqliteStore:
@@ -140,14 +142,31 @@ class SqliteStore(Store):
             raise
 
     @staticmethod
-    def _upsert(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    def _upsert(conn: sqlite3.Connection, writer: str,
+                rows: list[tuple[str, str, tuple[Any, ...]]]) -> None:
+        """Each (call id, snapshot JSON, row): the writer's part, then the merged row."""
+        now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(Q.upsert, rows)
+            for call_id, data, row in rows:
+                if conn.execute(Q.part_count, (call_id,)).fetchone()[0] == 0:
+                    old = conn.execute(Q.get, (call_id,)).fetchone()
+                    if old is not None:   # a row from before parts: it becomes one
+                        conn.execute(Q.part_upsert, (call_id, LEGACY_WRITER, 0.0, now,
+                                                     dumps(detail_of(old))))
+                conn.execute(Q.part_upsert, (call_id, writer, now, now, data))
+                parts = conn.execute(Q.parts, (call_id,)).fetchall()
+                if len(parts) > 1:
+                    row = to_row(merge_parts([loads(p["data"], {}) for p in parts]))
+                conn.execute(Q.upsert, row)
             conn.execute("COMMIT")
         except BaseException:
             conn.rollback()
             raise
+
+    @staticmethod
+    def _unpriced(conn: sqlite3.Connection, params: tuple[Any, ...]) -> list[str]:
+        return [r[0] for r in conn.execute(Q.unpriced, params).fetchall()]
 
     @staticmethod
     def _get(conn: sqlite3.Connection, call_id: str) -> dict[str, Any] | None:
@@ -169,6 +188,8 @@ class SqliteStore(Store):
                 total += deleted
                 if deleted <= 0:
                     break
+        if total:
+            conn.execute(Q.parts_orphaned)
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(Q.trim_sweeps, (cutoff,))
@@ -185,11 +206,19 @@ class SqliteStore(Store):
 
     # -- the Store interface ----------------------------------------------------------------
 
-    async def upsert_calls(self, records: Sequence[dict[str, Any]]) -> None:
-        """Insert or replace the calls in one transaction."""
-        rows = [to_row(r) for r in records]   # encoded here, on the loop: a consistent snapshot
+    async def upsert_calls(self, records: Sequence[dict[str, Any]],
+                           writer: str | None = None) -> None:
+        """This process's snapshots, merged with other writers' (see ``Store``)."""
+        # encoded here, on the loop: a consistent snapshot
+        rows = [(row[0], dumps(r), row) for r in records for row in (to_row(r),)]
         if rows:
-            await self._run(self._upsert, rows)
+            await self._run(self._upsert, writer or self.writer, rows)
+
+    async def unpriced_calls(self, carrier: str, ended_from: float, ended_before: float,
+                             limit: int = 100) -> list[str]:
+        """See ``Store.unpriced_calls``."""
+        return await self._run(self._unpriced, (carrier, float(ended_from),
+                                                float(ended_before), int(limit)))
 
     async def get_call(self, call_id: str) -> dict[str, Any] | None:
         """The full record, or None."""

@@ -254,3 +254,26 @@ async def test_outage_writes_are_kept_and_land_when_the_server_returns() -> None
         await store.close()
     finally:
         await asyncio.to_thread(server.destroy)
+
+
+async def test_a_periodic_job_runs_on_one_replica_at_a_time(pg_url: str) -> None:
+    """``exclusive(name)``: one store (replica) at a time gets True; the lock is released
+    when the block ends, also when it fails, and other job names are independent."""
+    a, b = await open_store(pg_url), await open_store(pg_url)
+    try:
+        async with a.exclusive("price-sweep") as mine:
+            assert mine
+            async with b.exclusive("price-sweep") as theirs:
+                assert not theirs
+            async with b.exclusive("another-job") as other:
+                assert other
+        async with b.exclusive("price-sweep") as theirs:
+            assert theirs
+        with pytest.raises(RuntimeError):
+            async with b.exclusive("price-sweep") as theirs:
+                raise RuntimeError("the job failed")
+        async with a.exclusive("price-sweep") as mine:
+            assert mine
+    finally:
+        await a.close()
+        await b.close()

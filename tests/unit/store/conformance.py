@@ -196,6 +196,7 @@ async def check_sweep(url: str, raw: Raw) -> None:
         assert await store.sweep(3600) == 0
         assert await store.sweep(0) == 1   # new-ended; a live call is never swept early
         assert [c["call_id"] for c in (await store.list_calls(10))[0]] == ["long-live"]
+    assert await raw("SELECT count(*) FROM call_parts WHERE call_id <> 'long-live'") == [(0,)]
     rows = await raw("SELECT older_than, deleted FROM retention ORDER BY id")
     assert [(float(a), int(b)) for a, b in rows][-1] == (0.0, 1)
 
@@ -223,5 +224,103 @@ async def check_writer_coalesces_and_rejects(url: str, raw: Raw) -> None:
         await writer.close()
 
 
+async def check_a_restarted_writer_never_erases_the_record(url: str, raw: Raw) -> None:
+    """A late callback handled after a restart (a new writer that knows only the call id
+    and its end) merges with what the first process recorded instead of replacing it."""
+    rec = make_call("CArestart", BASE, "in-progress")
+    async with await open_store(url) as first:
+        await first.upsert_call(record_of(rec, cost={"carrier": 0.014, "stt": 0.002,
+                                                     "llm": 0.0, "tts": 0.001,
+                                                     "total": 0.017}))
+    late = {"call_id": "CArestart", "carrier": "twilio", "status": "completed",
+            "outcome": "completed", "created_at": BASE + 300, "updated_at": BASE + 300,
+            "ended_at": BASE + 300,
+            "events": [{"type": "recording", "at": BASE + 299, "url": "https://x/2.wav"}]}
+    async with await open_store(url) as second:
+        await second.upsert_call(late)
+        got = await second.get_call("CArestart")
+    assert got is not None
+    assert got["transcript"] == stored(record_of(rec))["transcript"]    # kept
+    assert got["status"] == "completed" and got["ended_at"] == BASE + 300
+    assert got["created_at"] == BASE and got["from"] == rec.from_number
+    assert [e["url"] for e in got["events"] if e["type"] == "recording"] == [
+        "https://x/r.wav", "https://x/2.wav"]
+    assert got["cost"]["stt"] == 0.002 and got["cost"]["total"] == 0.017
+
+
+async def check_a_row_from_before_parts_is_kept(url: str, raw: Raw) -> None:
+    """A row written before writers' parts existed becomes the first part, not lost."""
+    rec = make_call("CAlegacy", BASE, "in-progress")
+    async with await open_store(url) as store:
+        await store.upsert_call(record_of(rec))
+    await raw("DELETE FROM call_parts")            # as a database of schema version 1 left it
+    async with await open_store(url) as store:
+        await store.upsert_call({"call_id": "CAlegacy", "status": "completed",
+                                 "created_at": BASE + 90, "updated_at": BASE + 90,
+                                 "ended_at": BASE + 90})
+        got = await store.get_call("CAlegacy")
+    assert got is not None and got["status"] == "completed"
+    assert got["transcript"] == stored(record_of(rec))["transcript"]
+    assert got["turns"] == rec.turns
+
+
+async def check_carrier_price_joins_any_record(url: str, raw: Raw) -> None:
+    """The carrier's price, stored by a process that never held the call, replaces the
+    carrier estimate and survives the serving process's later writes."""
+    rec = make_call("CAprice", BASE, "completed", "completed", ended=True)
+    cost = {"carrier": 0.014, "stt": 0.002, "llm": 0.003, "tts": 0.001, "total": 0.02,
+            "currency": "USD", "carrier_source": "estimate", "billed_seconds": 60.0}
+    async with await open_store(url) as serving, await open_store(url) as pricing:
+        await serving.upsert_call(record_of(rec, cost=cost))
+        assert await pricing.unpriced_calls("twilio", BASE, BASE + 100) == ["CAprice"]
+        assert await pricing.add_carrier_price("CAprice", -0.0085)
+        assert not await pricing.add_carrier_price("CAnone", -1.0)
+        got = await pricing.get_call("CAprice")
+        assert got is not None
+        assert got["cost"]["carrier"] == 0.0085 and got["cost"]["carrier_source"] == "carrier"
+        assert got["cost"]["stt"] == 0.002 and got["cost"]["llm"] == 0.003
+        assert got["cost"]["total"] == pytest.approx(0.0145)
+        assert got["cost"]["billed_seconds"] == 60.0
+        assert got["transcript"] == stored(record_of(rec))["transcript"]
+        assert got["outcome"] == "completed" and got["updated_at"] == rec.updated_at
+        assert await pricing.unpriced_calls("twilio", BASE, BASE + 100) == []
+        # The serving process writes its (estimate) snapshot again: the price stays.
+        rec.transcript = [*rec.transcript, {"role": "agent", "text": "Bye", "at": BASE + 61}]
+        await serving.upsert_call(record_of(rec, cost=cost))
+        got = await serving.get_call("CAprice")
+        assert got is not None and got["cost"]["carrier"] == 0.0085
+        assert got["transcript"][-1]["text"] == "Bye"
+
+
+async def check_unpriced_calls_are_the_billed_estimates(url: str, raw: Raw) -> None:
+    """Only the carrier's ended, billed calls in the window that still hold an estimate."""
+    estimate = {"carrier": 0.01, "stt": 0.0, "llm": 0.0, "tts": 0.0, "total": 0.01,
+                "carrier_source": "estimate", "billed_seconds": 60.0}
+    calls = {
+        "CAa": (make_call("CAa", BASE, "completed", "completed", ended=True), estimate),
+        "CAb": (make_call("CAb", BASE + 1, "completed", "completed", ended=True), estimate),
+        "CAlive": (make_call("CAlive", BASE), estimate),
+        "CAunbilled": (make_call("CAunbilled", BASE, "no-answer", "no-answer", ended=True),
+                       {**estimate, "carrier": 0.0, "billed_seconds": 0.0}),
+        "CApriced": (make_call("CApriced", BASE, "completed", "completed", ended=True),
+                     {**estimate, "carrier_source": "carrier"}),
+        "CAnocost": (make_call("CAnocost", BASE, "completed", "completed", ended=True), None),
+        "CAlater": (make_call("CAlater", BASE + 1000, "completed", "completed", ended=True),
+                    estimate),
+    }
+    telnyx = make_call("v3:telnyx", BASE, "completed", "completed", ended=True)
+    telnyx.carrier = "telnyx"
+    async with await open_store(url) as store:
+        await store.upsert_calls([record_of(r, cost=c) for r, c in calls.values()]
+                                 + [record_of(telnyx, cost=estimate)])
+        assert await store.unpriced_calls("twilio", BASE, BASE + 500) == ["CAa", "CAb"]
+        assert await store.unpriced_calls("twilio", BASE, BASE + 500, limit=1) == ["CAa"]
+        assert await store.unpriced_calls("twilio", BASE + 62, BASE + 2000) == ["CAb",
+                                                                               "CAlater"]
+        assert await store.unpriced_calls("telnyx", BASE, BASE + 500) == ["v3:telnyx"]
+
+
 CHECKS = [check_round_trip, check_awkward_values, check_upsert_replaces, check_list_matches_admin,
-          check_migrations_idempotent, check_sweep, check_writer_coalesces_and_rejects]
+          check_migrations_idempotent, check_sweep, check_writer_coalesces_and_rejects,
+          check_a_restarted_writer_never_erases_the_record, check_a_row_from_before_parts_is_kept,
+          check_carrier_price_joins_any_record, check_unpriced_calls_are_the_billed_estimates]

@@ -87,9 +87,9 @@ async def test_database_work_runs_on_the_worker_thread_not_the_loop(
     seen: list[str] = []
     original = SqliteStore._upsert
 
-    def spy(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    def spy(conn: sqlite3.Connection, writer: str, rows: list[tuple[Any, ...]]) -> None:
         seen.append(threading.current_thread().name)
-        original(conn, rows)
+        original(conn, writer, rows)
 
     monkeypatch.setattr(SqliteStore, "_upsert", staticmethod(spy))
     async with await open_store(f"sqlite:///{tmp_path}/t.db") as store:

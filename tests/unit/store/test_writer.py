@@ -25,14 +25,19 @@ class FlakyStore(Store):
         self.attempts = 0
         self.batches: list[list[str]] = []
 
-    async def upsert_calls(self, records: Sequence[dict[str, Any]]) -> None:
+    async def upsert_calls(self, records: Sequence[dict[str, Any]],
+                           writer: str | None = None) -> None:
         self.attempts += 1
         if self.gate is not None:
             await self.gate.wait()
         if self.down:
             raise StoreUnavailable("store.url: PostgreSQL at x: connection refused")
         self.batches.append([r["call_id"] for r in records])
-        await self.inner.upsert_calls(records)
+        await self.inner.upsert_calls(records, writer)
+
+    async def unpriced_calls(self, carrier: str, ended_from: float, ended_before: float,
+                             limit: int = 100) -> list[str]:
+        return await self.inner.unpriced_calls(carrier, ended_from, ended_before, limit)
 
     async def get_call(self, call_id: str) -> dict[str, Any] | None:
         return await self.inner.get_call(call_id)
