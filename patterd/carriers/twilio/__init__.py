@@ -48,7 +48,10 @@ class Carrier:
         return [*make_routes(gw, verifier), media_route(gw, self.settings, verifier)]
 
     async def on_startup(self, gw: Gateway) -> None:
-        """Point ``phone_number`` at this daemon when ``configure_number`` is set."""
+        """Start the price sweep; point ``phone_number`` at this daemon when
+        ``configure_number`` is set."""
+        from .price import sweep_loop
+        gw.spawn(sweep_loop(gw, self.settings), name="twilio-price-sweep")
         if not self.settings.configure_number or not gw.config.phone_number:
             return
         from .rest import TwilioRest

@@ -8,12 +8,21 @@ field is ``null``. So when a call this process served completes, a background ta
 store gets the update. The webhook answer never waits for this; failures are logged and
 counted (``patterd_backend_errors_total{backend="carrier",provider="twilio"}``), never raised;
 the task is cancelled with the gateway's other tasks at shutdown.
+
+That fetch lives in the process that served the call, and only while it runs. So every
+``SWEEP_EVERY`` seconds one replica (``Store.exclusive``) also asks Twilio for the price of
+the calls in the store that ended ``SWEEP_AFTER`` seconds to ``SWEEP_WINDOW`` ago and still
+carry our estimate: a call whose status callback reached a replica that did not hold it, or
+whose replica restarted, was drained or died before Twilio priced it, still gets its price.
+The price goes into the store as a part of its own (``Store.add_carrier_price``), or through
+the registry when this process holds the call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 from ...config import TwilioSettings
@@ -31,6 +40,13 @@ log = get_logger("patterd.twilio")
 SCHEDULE: tuple[float, ...] = (5.0, 15.0, 60.0, 180.0, 600.0)
 #: Answers after which asking again cannot help (wrong credentials, no such call).
 GIVE_UP = frozenset({401, 403, 404})
+#: The sweep: seconds between rounds, before the first, and the window of call ends it
+#: looks at (after the serving process's own schedule is over, for a day).
+SWEEP_EVERY = 300.0
+SWEEP_FIRST = 60.0
+SWEEP_AFTER = sum(SCHEDULE) + 60.0
+SWEEP_WINDOW = 86_400.0
+SWEEP_BATCH = 200
 
 
 def read_price(resource: Any) -> tuple[float | None, str]:
@@ -103,3 +119,72 @@ async def fetch_price(gw: Gateway, rest: TwilioRest, rec: CallRecord,
     log.warning("twilio_price_unavailable", call_id=call_id, attempts=len(delays),
                 waited_seconds=sum(delays))
     return None
+
+
+async def sweep_loop(gw: Gateway, settings: TwilioSettings) -> None:
+    """Run :func:`sweep_prices` every ``SWEEP_EVERY`` seconds until cancelled; a failed
+    round (store or API down) is logged and the next one tries again."""
+    await asyncio.sleep(SWEEP_FIRST)
+    given_up: set[str] = set()
+    while True:
+        try:
+            await sweep_prices(gw, TwilioRest(gw.session, settings), given_up)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the loop outlives any outage
+            log.warning("twilio_price_sweep_failed", error=str(exc) or type(exc).__name__,
+                        retry_in=SWEEP_EVERY)
+        await asyncio.sleep(SWEEP_EVERY)
+
+
+async def sweep_prices(gw: Gateway, rest: TwilioRest, given_up: set[str]) -> int:
+    """One round: fetch the price of each stored Twilio call still on our estimate (if no
+    other replica is sweeping now). ``given_up`` collects calls not to ask about again
+    (unknown to Twilio, malformed or non-USD price). Returns how many were priced."""
+    writer = gw.store_writer
+    if writer is None:
+        return 0
+    store = writer.store
+    now = time.time()
+    priced = 0
+    async with store.exclusive("twilio-price-sweep") as mine:
+        if not mine:
+            return 0
+        ids = await store.unpriced_calls("twilio", now - SWEEP_WINDOW, now - SWEEP_AFTER,
+                                         SWEEP_BATCH)
+        for call_id in ids:
+            if call_id in given_up:
+                continue
+            try:
+                resource = await rest.fetch_call(call_id)
+            except RestError as exc:
+                gw.metrics.backend_errors.labels("carrier", "twilio").inc()
+                log.warning("twilio_price_fetch_failed", call_id=call_id, attempt="sweep",
+                            status=exc.status, code=exc.code, reason=exc.message)
+                if exc.status in (401, 403):
+                    break           # every other call would get the same answer
+                if exc.status == 404:
+                    given_up.add(call_id)
+                continue
+            try:
+                price, unit = read_price(resource)
+            except ValueError as exc:
+                log.warning("twilio_price_malformed", call_id=call_id, error=str(exc))
+                given_up.add(call_id)
+                continue
+            if price is None:
+                continue
+            if unit != "USD":
+                log.warning("twilio_price_not_usd", call_id=call_id, price=price,
+                            price_unit=unit)
+                given_up.add(call_id)
+                continue
+            rec = gw.registry.get(call_id)
+            if rec is not None and rec.cost is not None:
+                gw.carrier_priced(rec, price)
+            elif not await store.add_carrier_price(call_id, price):
+                continue
+            log.info("twilio_price", call_id=call_id, price=price, price_unit=unit,
+                     attempt="sweep")
+            priced += 1
+    return priced
