@@ -71,8 +71,9 @@ async def retention_loop(store: Store, settings: Callable[[], tuple[float, float
     so a reload (SIGHUP) that changes the period takes effect at the next round; 0 days
     skips the sweep. ``max_call_seconds`` (``agent.max_call_seconds``) keeps the
     abandoned-call sweep clear of any call that may still be live, however long calls are
-    allowed to be. ``on_swept(cutoff)`` is told after each successful sweep, so that the
-    records kept in memory (the call registry) forget what the store deleted.
+    allowed to be. One replica sweeps at a time (``Store.exclusive``). ``on_swept(cutoff)``
+    is told after each round, so that the records kept in memory (the call registry) forget
+    what the store deleted (or another replica's sweep did).
     """
     every, first = RETENTION_EVERY, RETENTION_FIRST_DELAY
     days, _ = settings()
@@ -87,8 +88,14 @@ async def retention_loop(store: Store, settings: Callable[[], tuple[float, float
             announced = days
         if days > 0:
             keep = float(days) * DAY
-            swept = await sweep_once(store, keep,
-                                     max(STALE_AFTER, 2.0 * float(max_call_seconds)), every)
-            if swept and on_swept is not None:
+            stale = max(STALE_AFTER, 2.0 * float(max_call_seconds))
+            try:
+                async with store.exclusive("retention") as mine:   # one replica sweeps
+                    if mine:
+                        await sweep_once(store, keep, stale, every)
+            except Exception as exc:  # noqa: BLE001 - the store is down: next round
+                log.warning("store_retention_failed", error=str(exc) or type(exc).__name__,
+                            retry_in=every)
+            if on_swept is not None:   # another replica's sweep deleted them as well
                 on_swept(time.time() - keep)
         await asyncio.sleep(every)
