@@ -54,10 +54,12 @@ class Meter:
         u.llm_input_tokens += used.input_tokens
         u.llm_output_tokens += used.output_tokens
         u.llm_cached_tokens += used.cached_tokens
-        mine = u.llm_by.setdefault(used.provider or default, [0, 0, 0])
+        u.llm_cache_write_tokens += used.cache_write_tokens
+        mine = u.llm_by.setdefault(used.provider or default, [0, 0, 0, 0])
         mine[0] += used.input_tokens
         mine[1] += used.output_tokens
         mine[2] += used.cached_tokens
+        mine[3] += used.cache_write_tokens
 
     def credit_stt(self, stt_bytes: int, provider: str) -> None:
         """Credit the audio (s16 8 kHz bytes) sent since the last call to ``provider``."""
@@ -74,7 +76,8 @@ class Meter:
         return Usage(stt_seconds=u.stt_seconds, tts_chars=speaker.tts_chars,
                      llm_input_tokens=u.llm_input_tokens,
                      llm_output_tokens=u.llm_output_tokens,
-                     llm_cached_tokens=u.llm_cached_tokens, stt_by=dict(u.stt_by),
+                     llm_cached_tokens=u.llm_cached_tokens,
+                     llm_cache_write_tokens=u.llm_cache_write_tokens, stt_by=dict(u.stt_by),
                      tts_by=dict(speaker.tts_by), llm_by={k: list(v) for k, v in
                                                           u.llm_by.items()})
 

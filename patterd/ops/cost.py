@@ -3,7 +3,10 @@
 Carrier minutes follow the carrier's billing increment (whole minutes by default, as Twilio
 bills); STT is priced on the caller audio sent to the recogniser, counted in carrier bytes (not
 resampled PCM); TTS on characters synthesised (cached replays cost nothing); LLM on the tokens
-the provider reports. A carrier's own reported price replaces the estimate when it arrives.
+the provider reports: uncached input at the input rate, prompt-cache reads at the cached rate,
+prompt-cache writes at ``cache_write_input_per_million`` (1.25 × the input rate when the table
+has none: Anthropic's premium for 5-minute cache writes). A carrier's own reported price
+replaces the estimate when it arrives.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 COMPONENTS = ("carrier", "stt", "llm", "tts")
+LLM_FIELDS = 4                  # llm_by lists: [input, output, cached, cache_write]
+CACHE_WRITE_PREMIUM = 1.25      # Anthropic's 5-minute cache write, × the input rate
 
 
 @dataclass(slots=True)
@@ -28,7 +33,9 @@ class Usage:
     llm_cached_tokens: int = 0
     stt_by: dict[str, float] = field(default_factory=dict)       # provider → seconds
     tts_by: dict[str, int] = field(default_factory=dict)         # provider → characters
-    llm_by: dict[str, list[int]] = field(default_factory=dict)   # provider → [in, out, cached]
+    # provider → [in, out, cached, cache_write]; a list without the 4th counts as 0 writes
+    llm_by: dict[str, list[int]] = field(default_factory=dict)
+    llm_cache_write_tokens: int = 0     # part of llm_input_tokens written to a prompt cache
 
     def add(self, other: "Usage") -> None:
         """Add another stream's usage to this one."""
@@ -37,14 +44,16 @@ class Usage:
         self.llm_input_tokens += other.llm_input_tokens
         self.llm_output_tokens += other.llm_output_tokens
         self.llm_cached_tokens += other.llm_cached_tokens
+        self.llm_cache_write_tokens += other.llm_cache_write_tokens
         for name, seconds in other.stt_by.items():
             self.stt_by[name] = self.stt_by.get(name, 0.0) + seconds
         for name, chars in other.tts_by.items():
             self.tts_by[name] = self.tts_by.get(name, 0) + chars
         for name, tokens in other.llm_by.items():
             mine = self.llm_by.setdefault(name, [0, 0, 0])
-            for i in range(3):
-                mine[i] += tokens[i]
+            mine.extend([0] * (len(tokens) - len(mine)))    # grow only when writes came in
+            for i, count in enumerate(tokens):
+                mine[i] += count
 
 
 def _split(total: float, by: Mapping[str, Any], default: str) -> dict[str, float]:
@@ -56,10 +65,19 @@ def _split(total: float, by: Mapping[str, Any], default: str) -> dict[str, float
     return out
 
 
+def llm_tokens(tokens: Sequence[int]) -> list[int]:
+    """An ``llm_by`` entry as ``[input, output, cached, cache_write]`` (older ones have 3)."""
+    return [*tokens, *[0] * (LLM_FIELDS - len(tokens))][:LLM_FIELDS]
+
+
 def _llm_cost(prices: Mapping[str, Any], tokens: Sequence[int]) -> float:
-    inputs, outputs, cached = tokens
-    return (max(0, inputs - cached) * prices["input_per_million"]
+    inputs, outputs, cached, written = llm_tokens(tokens)
+    write_rate = prices.get("cache_write_input_per_million")
+    if write_rate is None:
+        write_rate = prices["input_per_million"] * CACHE_WRITE_PREMIUM
+    return (max(0, inputs - cached - written) * prices["input_per_million"]
             + cached * prices["cached_input_per_million"]
+            + written * write_rate
             + outputs * prices["output_per_million"]) / 1e6
 
 
@@ -73,13 +91,13 @@ def breakdown(pricing: Mapping[str, Any], *, carrier: str, direction: str, secon
     def rate(layer: str, name: str, default: str) -> Mapping[str, Any]:
         return pricing[layer].get(name) or pricing[layer][default]
 
-    llm_by = dict(usage.llm_by)
-    claimed = [sum(t[i] for t in llm_by.values()) for i in range(3)]
+    llm_by = {name: llm_tokens(t) for name, t in usage.llm_by.items()}
+    claimed = [sum(t[i] for t in llm_by.values()) for i in range(LLM_FIELDS)]
     rest = [usage.llm_input_tokens - claimed[0], usage.llm_output_tokens - claimed[1],
-            usage.llm_cached_tokens - claimed[2]]
+            usage.llm_cached_tokens - claimed[2], usage.llm_cache_write_tokens - claimed[3]]
     if any(r > 0 for r in rest):
-        mine = list(llm_by.get(llm, [0, 0, 0]))
-        llm_by[llm] = [mine[i] + max(0, rest[i]) for i in range(3)]
+        mine = llm_by.get(llm, [0] * LLM_FIELDS)
+        llm_by[llm] = [mine[i] + max(0, rest[i]) for i in range(LLM_FIELDS)]
     parts = {
         "carrier": billed / 60.0 * per_minute,
         "stt": sum(seconds / 60.0 * rate("stt", name, stt)["per_minute"]

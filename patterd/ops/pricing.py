@@ -2,7 +2,8 @@
 
 Units: carrier and STT per minute, LLM per million tokens, TTS per thousand characters. The
 figures are list prices as published by each vendor (see ``reference/providers.md`` §9); users
-with negotiated rates override them in ``pricing:`` with the same keys.
+with negotiated rates override them in ``pricing:`` with the same keys. An LLM without
+``cache_write_input_per_million`` has prompt-cache writes priced at 1.25 × its input rate.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ DEFAULT_PRICES: Mapping[str, Any] = MappingProxyType({
                   "cached_input_per_million": 0.0},
         "openai": {"input_per_million": 0.15, "output_per_million": 0.60,
                    "cached_input_per_million": 0.075},
-        # claude-haiku-4-5, the provider's default model (⚠️ list price, override as needed)
+        # claude-haiku-4-5, the provider's default model (⚠️ list price, override as needed;
+        # for another model override every rate: a cache write is 1.25 ×, a read 0.1 × input)
         "anthropic": {"input_per_million": 1.0, "output_per_million": 5.0,
-                      "cached_input_per_million": 0.10},
+                      "cached_input_per_million": 0.10, "cache_write_input_per_million": 1.25},
         "webhook": {"input_per_million": 0.0, "output_per_million": 0.0,
                     "cached_input_per_million": 0.0},
     },

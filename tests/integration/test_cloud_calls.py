@@ -163,7 +163,8 @@ async def test_telnyx_pcma_openai_stt_anthropic_cartesia(daemon) -> None:  # typ
     assert result.outcome == "transferred", (result.outcome, result.detail, result.errors)
     assert len(stt.requests) == 1
     body = llm.bodies[0]
-    assert body["system"].endswith("The caller is Alex.")
+    assert body["system"][0]["text"].endswith("The caller is Alex.")
+    assert body["system"][-1]["cache_control"] == {"type": "ephemeral"}   # prompt caching
     assert body["messages"][-1]["role"] == "user"
     # We asked Telnyx for a PCMU outbound stream, so Cartesia speaks μ-law for it.
     assert [r.body["output_format"]["encoding"] for r in tts.requests] == ["pcm_mulaw"] * 2

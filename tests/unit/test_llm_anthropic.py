@@ -25,6 +25,7 @@ from tests.support.fakes.openai_chat import Reply, ToolUse
 
 KEY = "sk-ant-test-fake-key-0123456789"
 SYSTEM = Message("system", "You are a phone agent.")
+EPHEMERAL = {"type": "ephemeral"}
 
 
 @pytest.fixture
@@ -72,7 +73,9 @@ async def test_text_streamed_in_order_then_one_usage(fake: FakeAnthropicMessages
     assert sum(isinstance(e, TokenUsage) for e in events) == 1
     body = fake.last.body
     assert body == {"model": "claude-haiku-4-5", "max_tokens": 1024, "stream": True,
-                    "system": "You are a phone agent.", "messages": [user("hi")]}
+                    "system": [{"type": "text", "text": "You are a phone agent.",
+                                "cache_control": EPHEMERAL}],
+                    "messages": [user("hi")]}     # no history yet: nothing else to mark
     headers = fake.last.headers
     assert headers["x-api-key"] == KEY and headers["anthropic-version"] == "2023-06-01"
     assert fake.last.path == "/v1/messages" and fake.last.completed
@@ -136,7 +139,8 @@ async def test_usage_counts_cache_reads_and_writes(fake: FakeAnthropicMessages,
     events = await collect(llm.respond([SYSTEM], "x"))
     # input = uncached + cache reads + cache writes; cached = the reads; output from the
     # last (cumulative) message_delta, not message_start's placeholder 1
-    assert [e for e in events if isinstance(e, TokenUsage)] == [TokenUsage(2360, 9, 2048)]
+    assert [e for e in events if isinstance(e, TokenUsage)] == [
+        TokenUsage(2360, 9, 2048, cache_write_tokens=300)]
 
 
 async def test_history_with_tool_rounds_is_converted(fake: FakeAnthropicMessages,
@@ -160,7 +164,9 @@ async def test_history_with_tool_rounds_is_converted(fake: FakeAnthropicMessages
     events = await collect(llm.respond(history, "hello?", tools=tools))
     assert fake.last.status == 200 and texts(events)
     body = fake.last.body
-    assert body["system"] == "You are a phone agent.\n\nBe brief."
+    assert body["system"] == [{"type": "text", "text": "You are a phone agent.\n\nBe brief.",
+                               "cache_control": EPHEMERAL}]
+    assert body["tools"][-1]["cache_control"] == EPHEMERAL
     assert body["messages"] == [
         user(CALL_STARTED),
         {"role": "assistant", "content": [{"type": "text", "text": "Thanks for calling."}]},
@@ -175,7 +181,8 @@ async def test_history_with_tool_rounds_is_converted(fake: FakeAnthropicMessages
         {"role": "user", "content": [
             {"type": "tool_result", "tool_use_id": "toolu_1",
              "content": '{"status": "shipped"}'},
-            {"type": "tool_result", "tool_use_id": "call_2_x"},
+            # the history's last block carries the breakpoint, the new turn's text does not
+            {"type": "tool_result", "tool_use_id": "call_2_x", "cache_control": EPHEMERAL},
             {"type": "text", "text": "hello?"}]}]
 
 

@@ -12,6 +12,12 @@ servers and older deployments that are stricter than api.anthropic.com today: sy
 to the top-level ``system``, same-role turns are merged, tool results of one round become one
 ``user`` message of ``tool_result`` blocks (placed before any text), and a conversation that
 opens with the agent's greeting gets a short ``user`` turn in front of it.
+
+Prompt caching is always on (a prompt shorter than the model's minimum is simply not cached,
+at no cost): ``cache_control`` breakpoints go on the last tool, on the system prompt (sent as
+a text block for that) and on the last block before the new user turn, so each turn reads the
+previous turn's prefix from the cache (prefix order: tools → system → messages). That is 3 of
+the 4 breakpoints a request may carry. Compatible servers without prompt caching ignore them.
 """
 
 from __future__ import annotations
@@ -44,6 +50,11 @@ FATAL_ERROR_TYPES = frozenset({"invalid_request_error", "authentication_error",
 _BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
 
+def _breakpoint() -> dict[str, str]:
+    # the default 5-minute TTL: a call's turns come seconds apart, and a 1 h write costs 2×
+    return {"type": "ephemeral"}
+
+
 class AnthropicLLM(LLM):
     """The ``anthropic`` LLM provider."""
 
@@ -66,16 +77,19 @@ class AnthropicLLM(LLM):
 
     def request_body(self, history: Sequence[Message], user_text: str | None = None,
                      dtmf: str | None = None, tools: Sequence[ToolSpec] = ()) -> dict[str, Any]:
-        """The JSON body of the Messages request for this turn."""
+        """The JSON body of the Messages request for this turn, with its cache breakpoints."""
         extra = user_message(user_text, dtmf)
         system, messages = to_anthropic(list(history) + ([extra] if extra else []))
+        # to_anthropic drops a blank turn; a kept one is the very last block
+        mark_history(messages, skip=1 if extra and extra.content.strip() else 0)
         body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens,
                                 "messages": messages, "stream": True}
         if system:
-            body["system"] = system
+            body["system"] = [{"type": "text", "text": system, "cache_control": _breakpoint()}]
         if tools:
             body["tools"] = [{"name": t.name, "description": t.description,
                               "input_schema": t.parameters} for t in tools]
+            body["tools"][-1]["cache_control"] = _breakpoint()
         if self.temperature is not None:
             body["temperature"] = self.temperature
         return body
@@ -84,7 +98,8 @@ class AnthropicLLM(LLM):
                       dtmf: str | None = None, *, tools: Sequence[ToolSpec] = (),
                       context: Mapping[str, str] | None = None) -> AsyncIterator[LLMEvent]:
         """Stream the answer: text as it arrives, each tool call when its block stops, then one
-        :class:`TokenUsage` (input includes cache reads and writes; cached = cache reads)."""
+        :class:`TokenUsage` (input includes cache reads and writes; cached = cache reads,
+        cache_write_tokens = cache writes)."""
         body = dumps(self.request_body(history, user_text, dtmf, tools))
         deadline = asyncio.get_running_loop().time() + self.first_timeout
         if self._session is None:
@@ -159,10 +174,11 @@ class AnthropicLLM(LLM):
         for block in blocks.values():      # blocks never stopped: best effort
             yield self._tool_call(block)
         if usage:
+            # the API's input_tokens excludes both cache parts: ours is the whole prompt
             read = usage.get("cache_read_input_tokens", 0)
-            yield TokenUsage(usage.get("input_tokens", 0) + read
-                             + usage.get("cache_creation_input_tokens", 0),
-                             usage.get("output_tokens", 0), read)
+            written = usage.get("cache_creation_input_tokens", 0)
+            yield TokenUsage(usage.get("input_tokens", 0) + read + written,
+                             usage.get("output_tokens", 0), read, cache_write_tokens=written)
 
     def _tool_call(self, block: list[Any]) -> ToolCall:
         cid, name, parts = block
@@ -184,6 +200,18 @@ def _tool_id(raw: str) -> str:
     # tool_use ids must match ^[A-Za-z0-9_-]+$; ids from another provider (after a failover)
     # may not
     return _BAD_ID_CHARS.sub("_", raw) if raw else "toolu_missing"
+
+
+def mark_history(messages: list[dict[str, Any]], skip: int = 0) -> None:
+    """Put a cache breakpoint on the last content block of ``messages`` but ``skip`` (the new
+    turn's): the next request repeats everything up to it, so it reads this prefix back."""
+    for message in reversed(messages):
+        for block in reversed(message["content"]):
+            if skip:
+                skip -= 1
+                continue
+            block["cache_control"] = _breakpoint()
+            return
 
 
 def to_anthropic(history: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
@@ -223,4 +251,4 @@ def to_anthropic(history: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]
     return "\n\n".join(system), out
 
 
-__all__ = ["AnthropicLLM", "to_anthropic"]
+__all__ = ["AnthropicLLM", "mark_history", "to_anthropic"]

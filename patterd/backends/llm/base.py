@@ -59,13 +59,18 @@ class TextChunk:
 
 @dataclass(frozen=True, slots=True)
 class TokenUsage:
-    """Tokens one request used, as the provider reported them (``cached_tokens`` is the part
-    of ``input_tokens`` served from the provider's prompt cache)."""
+    """Tokens one request used, as the provider reported them.
+
+    ``input_tokens`` is the whole prompt; ``cached_tokens`` the part of it read from the
+    provider's prompt cache, ``cache_write_tokens`` the part written to it (Anthropic bills
+    writes above the input rate; providers that cache implicitly leave it 0).
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
     provider: str = ""          # set by the failover chain: who used them
+    cache_write_tokens: int = 0  # last: callers build TokenUsage(in, out, cached, provider)
 
 
 @dataclass(frozen=True, slots=True)

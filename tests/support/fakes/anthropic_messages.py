@@ -5,7 +5,13 @@ It validates like the API — ``x-api-key`` (401 ``authentication_error``), ``an
 (required), ``system`` as a string or text blocks, message roles, non-empty content and text,
 ``tool_use`` only from the assistant, ``tool_result`` blocks first in the next user message and
 answering exactly the previous message's ``tool_use`` ids, the ``tools`` schema, ``temperature``
-in 0..1 — answering 400 ``invalid_request_error`` in Anthropic's shape and wording.
+in 0..1, ``cache_control`` (``type`` ``"ephemeral"``, ``ttl`` 5m/1h with 1h ones first, at most
+4 per request) — answering 400 ``invalid_request_error`` in Anthropic's shape and wording.
+
+Prompt caching is simulated (:meth:`FakeAnthropicMessages.simulate_cache`): breakpoint prefixes
+of at least ``cache_min_tokens`` (default: the model's minimum) are remembered, later requests
+read them back, and ``message_start`` reports the reads, the writes and — excluding both — the
+``input_tokens``. A ``Reply`` with scripted token counts reports those and leaves the cache be.
 
 Roles are checked the strict way (first message ``user``, then alternating): api.anthropic.com
 now merges consecutive same-role turns and accepts an assistant opening, but Bedrock and
@@ -23,6 +29,8 @@ errors default to the API's types (429 ``rate_limit_error``, 500 ``api_error``, 
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import uuid
 from typing import Any
@@ -47,6 +55,32 @@ ERRORS = {
     500: ("api_error", "Internal server error"),
     529: ("overloaded_error", "Overloaded"),
 }
+MAX_BREAKPOINTS = 4
+
+
+def min_cacheable_tokens(model: str) -> int:
+    """The shortest prefix the model caches (⚠️ the prompt-caching docs' table as quoted in
+    2026; Sonnet 4.6 was reported caching only from 2048). Shorter: no cache, no error."""
+    if any(name in model for name in ("haiku-4-5", "opus-4-5", "opus-4-6")):
+        return 4096
+    if "haiku" in model or "opus-4-7" in model:       # Haiku 3 and 3.5
+        return 2048
+    return 1024
+
+
+def prefix_blocks(body: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """The request's blocks in cache-prefix order — tools, system, messages — as ``(where,
+    role, block)``; a string ``system`` or message content counts as one text block."""
+    out = [(f"tools.{i}", "tools", t) for i, t in enumerate(body.get("tools") or [])]
+    system = body.get("system")
+    if isinstance(system, str):
+        system = [{"type": "text", "text": system}]
+    out += [(f"system.{i}", "system", b) for i, b in enumerate(system or [])]
+    for i, m in enumerate(body["messages"]):
+        content = m["content"]
+        blocks = content if isinstance(content, list) else [{"type": "text", "text": content}]
+        out += [(f"messages.{i}.content.{j}", m["role"], b) for j, b in enumerate(blocks)]
+    return out
 
 
 class Invalid(Exception):
@@ -73,6 +107,9 @@ class FakeAnthropicMessages(FakeLLMService):
     def __init__(self, api_key: str = "sk-ant-test-fake-key-0123456789") -> None:
         super().__init__(api_key)
         self.strict_roles = True
+        self.cache_min_tokens: int | None = None       # None: min_cacheable_tokens(model)
+        self.cache_lookback = 20                       # boundaries checked before a breakpoint
+        self.prompt_cache: dict[str, int] = {}         # prefix hash → its tokens (no expiry)
         self.app.router.add_post("/v1/messages", self._handle)
         self.app.router.add_route("*", "/{tail:.*}", self._not_found)
 
@@ -148,6 +185,7 @@ class FakeAnthropicMessages(FakeLLMService):
                 "auto", "any", "tool", "none")):
             raise Invalid("tool_choice: Input tag does not match any of the expected tags: "
                           "'auto', 'any', 'tool', 'none'")
+        self._check_cache_control(body)
 
     def _check_messages(self, messages: Any) -> None:
         if not isinstance(messages, list) or not messages:
@@ -254,16 +292,68 @@ class FakeAnthropicMessages(FakeLLMService):
             if "description" in t and not isinstance(t["description"], str):
                 raise Invalid(f"tools.{i}.custom.description: Input should be a valid string")
 
+    @staticmethod
+    def _check_cache_control(body: dict[str, Any]) -> None:
+        marks = [(where, b["cache_control"]) for where, _, b in prefix_blocks(body)
+                 if "cache_control" in b]
+        ttls = []
+        for where, mark in marks:
+            if not isinstance(mark, dict) or mark.get("type") != "ephemeral":
+                raise Invalid(f"{where}.cache_control.type: Input should be 'ephemeral'")
+            ttls.append(mark.get("ttl", "5m"))
+            if ttls[-1] not in ("5m", "1h"):
+                raise Invalid(f"{where}.cache_control.ttl: Input should be '5m' or '1h'")
+        if len(marks) > MAX_BREAKPOINTS:
+            raise Invalid(f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be "
+                          f"provided. Found {len(marks)}.")
+        if "5m" in ttls and "1h" in ttls[ttls.index("5m"):]:
+            raise Invalid("a ttl='1h' cache_control block must not come after a ttl='5m' "
+                          "cache_control block")
+
     # ---------------------------------------------------------------- answers
 
+    def simulate_cache(self, body: dict[str, Any]) -> tuple[int, int, int]:
+        """``(input, cache read, cache write)`` tokens of a request (JSON chars ÷ 4 a block).
+
+        Each breakpoint's prefix (tools → system → messages, hashed per model without the
+        markers) of at least the minimum is remembered. The read is the longest remembered
+        prefix ending within ``cache_lookback`` blocks before one of the request's breakpoints;
+        the write runs from there to its last breakpoint that is long enough."""
+        blocks = prefix_blocks(body)
+        running = hashlib.sha256(body["model"].encode())
+        hashes, sizes = [], []
+        for _, role, block in blocks:
+            text = json.dumps([role, {k: v for k, v in block.items() if k != "cache_control"}],
+                              sort_keys=True)
+            running.update(text.encode())
+            hashes.append(running.hexdigest())
+            sizes.append(max(1, len(text) // 4))
+        upto = list(itertools.accumulate(sizes))
+        marks = [i for i, (_, _, b) in enumerate(blocks) if "cache_control" in b]
+        hit = max((j for b in marks for j in range(max(0, b - self.cache_lookback), b + 1)
+                   if hashes[j] in self.prompt_cache), default=-1)
+        read = upto[hit] if hit >= 0 else 0
+        minimum = (self.cache_min_tokens if self.cache_min_tokens is not None
+                   else min_cacheable_tokens(body["model"]))
+        cacheable = [b for b in marks if upto[b] >= minimum]
+        for b in cacheable:
+            self.prompt_cache[hashes[b]] = upto[b]
+        last = max(cacheable, default=-1)
+        written = upto[last] - read if last > hit else 0
+        return upto[-1] - read - written, read, written
+
     def _usage(self, body: dict[str, Any], reply: Reply) -> tuple[dict[str, int], int]:
-        prompt = reply.input_tokens if reply.input_tokens is not None else estimate_tokens(
-            [body.get("system"), body["messages"]])
+        if reply.input_tokens is None and not (reply.cached_tokens
+                                               or reply.cache_creation_tokens):
+            prompt, read, written = self.simulate_cache(body)
+        else:
+            prompt = reply.input_tokens if reply.input_tokens is not None else (
+                estimate_tokens([body.get("system"), body["messages"]]))
+            read, written = reply.cached_tokens, reply.cache_creation_tokens
         output = reply.output_tokens if reply.output_tokens is not None else (
             len(reply.deltas()) + sum(len(c.json_args()) // 4 + 5 for c in reply.tool_calls))
-        return ({"input_tokens": prompt, "cache_creation_input_tokens":
-                 reply.cache_creation_tokens, "cache_read_input_tokens": reply.cached_tokens,
-                 "output_tokens": 1}, output)
+        return ({"input_tokens": prompt, "cache_creation_input_tokens": written,
+                 "cache_read_input_tokens": read, "output_tokens": 1}, output)
 
     def events(self, body: dict[str, Any], reply: Reply) -> list[bytes]:
         """The SSE events of a streamed answer."""
@@ -326,4 +416,4 @@ class FakeAnthropicMessages(FakeLLMService):
                 "stop_sequence": None, "usage": {**start_usage, "output_tokens": output}}
 
 
-__all__ = ["FakeAnthropicMessages", "error_body"]
+__all__ = ["FakeAnthropicMessages", "error_body", "min_cacheable_tokens", "prefix_blocks"]
