@@ -20,7 +20,7 @@ from tests.support.fakes.anthropic_messages import (FakeAnthropicMessages, Inval
                                                     min_cacheable_tokens, prefix_blocks)
 from tests.support.fakes.openai_chat import Reply
 
-KEY = "sk-ant-test-fake-key-0123456789"
+from tests.unit.test_llm_anthropic import KEY, fake  # noqa: E402,F401  (the fake server fixture)
 EPHEMERAL = {"type": "ephemeral"}
 # ~6,000 tokens: past claude-haiku-4-5's 4,096-token minimum on its own
 LONG_SYSTEM = Message("system", "You are the receptionist of Example Company. " + " ".join(
@@ -28,14 +28,6 @@ LONG_SYSTEM = Message("system", "You are the receptionist of Example Company. " 
     for i in range(300)))
 USER_TOOL = ToolSpec("lookup_order", "Look up an order", MappingProxyType(
     {"type": "object", "properties": {"order": {"type": "string"}}}))
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeAnthropicMessages]:
-    f = FakeAnthropicMessages(KEY)
-    f.url = await f.start()  # type: ignore[attr-defined]
-    yield f
-    await f.stop()
 
 
 @pytest.fixture
