@@ -13,13 +13,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 when accepting calls; 503 while starting or draining."""
+    """200 when accepting calls; 503 while starting or draining, and while ``max_calls``
+    calls are live (new calls would be declined: a load balancer sends them elsewhere)."""
     gw = request.app[GATEWAY]
     if gw.draining:
         return web.json_response({"status": "draining"}, status=503)
     if not gw.ready:
         return web.json_response({"status": "starting"}, status=503)
-    return web.json_response({"status": "ready", "calls": gw.registry.live_count()})
+    calls = gw.registry.live_count()
+    if calls >= gw.config.server.max_calls:
+        return web.json_response({"status": "at_capacity", "calls": calls}, status=503)
+    return web.json_response({"status": "ready", "calls": calls})
 
 
 async def metrics(request: web.Request) -> web.Response:
