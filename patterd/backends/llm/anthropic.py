@@ -22,7 +22,6 @@ the 4 breakpoints a request may carry. Compatible servers without prompt caching
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping, Sequence
@@ -30,9 +29,9 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping, Sequence
 import aiohttp
 
 from ..errors import BackendError
-from .base import LLM, LLMEvent, Message, TextChunk, TokenUsage, ToolCall, ToolSpec, user_message
-from .sse import (SSEStream, SSETimeout, dumps, error_detail, finish, new_session,
-                  parse_arguments, post_stream, redact)
+from .base import LLMEvent, Message, TextChunk, TokenUsage, ToolCall, ToolSpec, user_message
+from .http_llm import HttpStreamingLLM
+from .sse import SSETimeout, dumps, error_detail, finish, parse_arguments, redact
 
 if TYPE_CHECKING:
     from ...config.model import AgentConfig, BackendConfig
@@ -41,8 +40,6 @@ DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MODEL = "claude-haiku-4-5"
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024
-FIRST_TIMEOUT = 8.0
-IDLE_TIMEOUT = 30.0
 CALL_STARTED = "(The call has been connected.)"
 FATAL_ERROR_TYPES = frozenset({"invalid_request_error", "authentication_error",
                                "permission_error", "not_found_error", "request_too_large",
@@ -55,25 +52,18 @@ def _breakpoint() -> dict[str, str]:
     return {"type": "ephemeral"}
 
 
-class AnthropicLLM(LLM):
+class AnthropicLLM(HttpStreamingLLM):
     """The ``anthropic`` LLM provider."""
 
     name = "anthropic"
 
     def __init__(self, cfg: "BackendConfig", agent: "AgentConfig | None" = None) -> None:
-        self.api_key = cfg.api_key
-        self.model = cfg.model or DEFAULT_MODEL
-        self.base_url = (cfg.base_url or DEFAULT_BASE_URL).rstrip("/")
-        self.url = f"{self.base_url}/v1/messages"
-        self.first_timeout = cfg.timeout or FIRST_TIMEOUT
-        self.idle_timeout = IDLE_TIMEOUT
-        self.temperature: float | None = cfg.options.get("temperature")
+        super().__init__(cfg, default_base_url=DEFAULT_BASE_URL, default_model=DEFAULT_MODEL,
+                         path="/v1/messages")
         self.max_tokens = int(cfg.options.get("max_tokens") or DEFAULT_MAX_TOKENS)
-        self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
-                         "anthropic-version": API_VERSION}
+        self._headers["anthropic-version"] = API_VERSION
         if self.api_key:
             self._headers["x-api-key"] = self.api_key
-        self._session: aiohttp.ClientSession | None = None
 
     def request_body(self, history: Sequence[Message], user_text: str | None = None,
                      dtmf: str | None = None, tools: Sequence[ToolSpec] = ()) -> dict[str, Any]:
@@ -101,13 +91,7 @@ class AnthropicLLM(LLM):
         :class:`TokenUsage` (input includes cache reads and writes; cached = cache reads,
         cache_write_tokens = cache writes)."""
         body = dumps(self.request_body(history, user_text, dtmf, tools))
-        deadline = asyncio.get_running_loop().time() + self.first_timeout
-        if self._session is None:
-            self._session = new_session()
-        resp = await post_stream(self._session, self.url, body=body, headers=self._headers,
-                                 deadline=deadline, provider=self.name, secret=self.api_key)
-        stream = SSEStream(resp.content, deadline=deadline, idle=self.idle_timeout,
-                           first_timeout=self.first_timeout)
+        resp, stream = await self.open_stream(body)
         blocks: dict[int, list[Any]] = {}      # open tool_use blocks: index → [id, name, parts]
         usage: dict[str, int] = {}
         done = released = False
@@ -189,11 +173,6 @@ class AnthropicLLM(LLM):
         text = redact(f"{kind}: {message}" if kind else message or "error event", self.api_key)
         return BackendError("llm", self.name, text, retryable=kind not in FATAL_ERROR_TYPES)
 
-    async def close(self) -> None:
-        """Close the HTTP session. Idempotent."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
 
 
 def _tool_id(raw: str) -> str:

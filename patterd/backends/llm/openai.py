@@ -11,7 +11,6 @@ fragment, no ``index``, no ``id``, ``finish_reason: "stop"`` on a tool turn, usa
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import uuid
@@ -21,9 +20,9 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ..errors import BackendError
-from .base import LLM, LLMEvent, Message, TextChunk, TokenUsage, ToolCall, ToolSpec, user_message
-from .sse import (SSEStream, SSETimeout, dumps, error_detail, finish, new_session,
-                  parse_arguments, post_stream, redact)
+from .base import LLMEvent, Message, TextChunk, TokenUsage, ToolCall, ToolSpec, user_message
+from .http_llm import HttpStreamingLLM
+from .sse import SSETimeout, dumps, error_detail, finish, parse_arguments, redact
 
 if TYPE_CHECKING:
     from ...config.model import AgentConfig, BackendConfig
@@ -32,37 +31,28 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
-FIRST_TIMEOUT = 8.0     # connect + first event, when the config sets no timeout
-IDLE_TIMEOUT = 30.0     # longest silence between two reads once the stream has started
 # error types of a mid-stream error event that another attempt cannot fix
 FATAL_ERROR_TYPES = frozenset({"invalid_request_error", "authentication_error",
                                "permission_error", "not_found_error", "insufficient_quota",
                                "invalid_api_key", "context_length_exceeded"})
 
 
-class OpenAILLM(LLM):
+class OpenAILLM(HttpStreamingLLM):
     """The ``openai`` LLM provider (OpenAI or any OpenAI-compatible server)."""
 
     name = "openai"
 
     def __init__(self, cfg: "BackendConfig", agent: "AgentConfig | None" = None) -> None:
-        self.api_key = cfg.api_key
-        self.model = cfg.model or DEFAULT_MODEL
-        self.base_url = (cfg.base_url or DEFAULT_BASE_URL).rstrip("/")
-        self.url = f"{self.base_url}/chat/completions"
-        self.first_timeout = cfg.timeout or FIRST_TIMEOUT
-        self.idle_timeout = IDLE_TIMEOUT
-        self.temperature: float | None = cfg.options.get("temperature")
+        super().__init__(cfg, default_base_url=DEFAULT_BASE_URL, default_model=DEFAULT_MODEL,
+                         path="/chat/completions")
         self.max_tokens: int = int(cfg.options.get("max_tokens") or 0)
         self.include_usage = bool(cfg.options.get("include_usage", True))
         # api.openai.com deprecated max_tokens (o-series models refuse it); older
         # OpenAI-compatible servers only know max_tokens
         official = urlsplit(self.base_url).hostname == "api.openai.com"
         self._max_tokens_key = "max_completion_tokens" if official else "max_tokens"
-        self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if self.api_key:                  # local servers (Ollama, llama.cpp) need none
             self._headers["Authorization"] = f"Bearer {self.api_key}"
-        self._session: aiohttp.ClientSession | None = None
 
     def request_body(self, history: Sequence[Message], user_text: str | None = None,
                      dtmf: str | None = None, tools: Sequence[ToolSpec] = ()) -> dict[str, Any]:
@@ -91,13 +81,7 @@ class OpenAILLM(LLM):
         """Stream the answer: text as it arrives, tool calls when the choice finishes, then
         one :class:`TokenUsage` if the server reported usage."""
         body = dumps(self.request_body(history, user_text, dtmf, tools))
-        deadline = asyncio.get_running_loop().time() + self.first_timeout
-        if self._session is None:
-            self._session = new_session()
-        resp = await post_stream(self._session, self.url, body=body, headers=self._headers,
-                                 deadline=deadline, provider=self.name, secret=self.api_key)
-        stream = SSEStream(resp.content, deadline=deadline, idle=self.idle_timeout,
-                           first_timeout=self.first_timeout)
+        resp, stream = await self.open_stream(body)
         calls = ToolCallAssembler(self.name)
         usage: Mapping[str, Any] | None = None
         done = finished = released = False
@@ -165,11 +149,6 @@ class OpenAILLM(LLM):
         text = redact(f"{kind}: {message}" if kind else message or "error event", self.api_key)
         return BackendError("llm", self.name, text, retryable=kind not in FATAL_ERROR_TYPES)
 
-    async def close(self) -> None:
-        """Close the HTTP session. Idempotent."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
 
 
 class _Slot:

@@ -1,0 +1,55 @@
+"""What the streaming HTTP LLM providers (OpenAI-compatible, Anthropic) share: their settings
+from the config, one keep-alive client session per provider, and opening a turn's stream."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from .base import LLM
+from .sse import SSEStream, new_session, post_stream
+
+if TYPE_CHECKING:
+    from ...config.model import BackendConfig
+
+FIRST_TIMEOUT = 8.0     # connect + first event, when the config sets no timeout
+IDLE_TIMEOUT = 30.0     # longest silence between two reads once the stream has started
+
+
+class HttpStreamingLLM(LLM):
+    """A provider that POSTs each turn and reads the answer as Server-Sent Events."""
+
+    def __init__(self, cfg: BackendConfig, *, default_base_url: str, default_model: str,
+                 path: str) -> None:
+        self.api_key = cfg.api_key
+        self.model = cfg.model or default_model
+        self.base_url = (cfg.base_url or default_base_url).rstrip("/")
+        self.url = f"{self.base_url}{path}"
+        self.first_timeout = cfg.timeout or FIRST_TIMEOUT
+        self.idle_timeout = IDLE_TIMEOUT
+        self.temperature: float | None = cfg.options.get("temperature")
+        self._headers: dict[str, str] = {"Content-Type": "application/json",
+                                         "Accept": "text/event-stream"}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open_stream(self, body: bytes) -> tuple[aiohttp.ClientResponse, SSEStream]:
+        """POST ``body`` and return the response with its event reader; the first event is
+        due within ``first_timeout`` of now (connecting included)."""
+        deadline = asyncio.get_running_loop().time() + self.first_timeout
+        if self._session is None:
+            self._session = new_session()
+        resp = await post_stream(self._session, self.url, body=body, headers=self._headers,
+                                 deadline=deadline, provider=self.name, secret=self.api_key)
+        return resp, SSEStream(resp.content, deadline=deadline, idle=self.idle_timeout,
+                               first_timeout=self.first_timeout)
+
+    async def close(self) -> None:
+        """Close the HTTP session. Idempotent."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+__all__ = ["FIRST_TIMEOUT", "HttpStreamingLLM", "IDLE_TIMEOUT"]
