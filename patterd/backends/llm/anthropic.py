@@ -26,12 +26,10 @@ import json
 import re
 from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping, Sequence
 
-import aiohttp
-
 from ..errors import BackendError
 from .base import LLMEvent, Message, TextChunk, TokenUsage, ToolCall, ToolSpec, user_message
 from .http_llm import HttpStreamingLLM
-from .sse import SSETimeout, dumps, error_detail, finish, parse_arguments, redact
+from .sse import dumps, error_detail, finish, parse_arguments, redact
 
 if TYPE_CHECKING:
     from ...config.model import AgentConfig, BackendConfig
@@ -97,13 +95,7 @@ class AnthropicLLM(HttpStreamingLLM):
         done = released = False
         try:
             while not done:
-                try:
-                    events = await stream.read()
-                except SSETimeout as exc:
-                    raise BackendError("llm", self.name, str(exc), retryable=True) from None
-                except aiohttp.ClientError as exc:
-                    raise BackendError("llm", self.name, f"stream broken: {exc}",
-                                       retryable=True) from None
+                events = await self.read_events(stream)
                 if events is None:
                     break
                 for event in events:

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from ..errors import BackendError
 from .base import LLM
-from .sse import SSEStream, new_session, post_stream
+from .sse import SSEEvent, SSEStream, SSETimeout, new_session, post_stream
 
 if TYPE_CHECKING:
     from ...config.model import BackendConfig
@@ -44,6 +45,17 @@ class HttpStreamingLLM(LLM):
                                  deadline=deadline, provider=self.name, secret=self.api_key)
         return resp, SSEStream(resp.content, deadline=deadline, idle=self.idle_timeout,
                                first_timeout=self.first_timeout)
+
+    async def read_events(self, stream: SSEStream) -> list[SSEEvent] | None:
+        """The next events of the stream (None at its end); a timeout or a broken connection
+        is a retryable :class:`BackendError` (the next provider may answer)."""
+        try:
+            return await stream.read()
+        except SSETimeout as exc:
+            raise BackendError("llm", self.name, str(exc), retryable=True) from None
+        except aiohttp.ClientError as exc:
+            raise BackendError("llm", self.name, f"stream broken: {exc}",
+                               retryable=True) from None
 
     async def close(self) -> None:
         """Close the HTTP session. Idempotent."""
