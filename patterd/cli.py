@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -35,8 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     call = sub.add_parser("call", help="place an outbound call through the running daemon")
     call.add_argument("--config", dest="sub_config")
     call.add_argument("--to", required=True, help="E.164 number to call")
-    call.add_argument("--machine-detection", action="store_true",
-                      help="detect answering machines (leave the voicemail message)")
+    # Tri-state: without either flag the daemon's agent.machine_detection applies.
+    call.add_argument("--machine-detection", action=argparse.BooleanOptionalAction,
+                      default=None, help="detect answering machines and leave the voicemail "
+                                         "message (default: the daemon's "
+                                         "agent.machine_detection)")
     call.add_argument("--voicemail", default=None, help="voicemail message for this call")
     call.add_argument("--var", action="append", default=[], metavar="K=V",
                       help="a variable for the agent's messages (repeatable)")
@@ -97,7 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(path)
     configure_logging(cfg.logging.level, cfg.logging.format)
     phone = Patter(carrier_for(cfg.carrier), cfg.phone_number, config=cfg)
-    phone.config_path = __import__("pathlib").Path(path)
+    phone.config_path = Path(path)
     try:
         run_async(phone.serve())
     except KeyboardInterrupt:
@@ -126,8 +130,9 @@ def cmd_call(args: argparse.Namespace) -> int:
             print(f"patterd: --var {item!r}: expected NAME=VALUE", file=sys.stderr)
             return EXIT_CONFIG
         variables[name] = value
-    body: dict[str, object] = {"to": args.to, "machine_detection": args.machine_detection,
-                               "variables": variables}
+    body: dict[str, object] = {"to": args.to, "variables": variables}
+    if args.machine_detection is not None:
+        body["machine_detection"] = args.machine_detection
     if args.voicemail is not None:
         body["voicemail_message"] = args.voicemail
     host = cfg.server.host if cfg.server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
@@ -149,13 +154,50 @@ def cmd_call(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def split_command(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
+    """``argv`` as (the global options before the subcommand, the subcommand, the rest).
+
+    The subcommand is the first argument that is neither an option nor an option's value, so
+    ``patterd --config f simulate …`` finds ``simulate``; ``None`` when there is none
+    (``patterd --config f`` serves).
+    """
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--config":
+            i += 2               # its value may look like anything, even "simulate"
+        elif arg.startswith("-"):
+            i += 1
+        else:
+            return args[:i], arg, args[i + 1:]
+    return args, None, []
+
+
+def _only_config_options(head: Sequence[str]) -> bool:
+    """Whether ``head`` is only ``--config PATH`` / ``--config=PATH`` (``--version``, ``-h`` and
+    mistakes are left to the main parser)."""
+    i = 0
+    while i < len(head):
+        if head[i] == "--config":
+            i += 2
+        elif head[i].startswith("--config="):
+            i += 1
+        else:
+            return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``patterd`` console script."""
     rest = list(sys.argv[1:] if argv is None else argv)
-    if rest[:1] == ["simulate"]:
+    head, command, tail = split_command(rest)
+    if command == "simulate" and _only_config_options(head):
+        # The simulator has its own parser; a --config given before the subcommand goes to it
+        # first, so one given after it still wins (as with the other subcommands).
         from .simulate.cli import main as simulate_main
-        return simulate_main(rest[1:])
-    args = _parser().parse_args(argv)
+        return simulate_main(head + tail)
+    args = _parser().parse_args(rest)
     try:
         if args.command == "version":
             print(f"patterd {__version__}")

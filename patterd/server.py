@@ -66,6 +66,8 @@ async def serve(config: Config, carrier: Carrier, *, config_path: str | Path | N
         loop.add_signal_handler(sig, stop.set)
     if config_path is not None:
         loop.add_signal_handler(signal.SIGHUP, lambda: _reload(gw, Path(config_path)))
+    else:   # SIGHUP's default action would kill the process and drop the live calls
+        loop.add_signal_handler(signal.SIGHUP, _no_reload)
     watchdog = _start_watchdog(gw)
     try:
         await stop.wait()
@@ -99,6 +101,11 @@ async def drain(gw: Gateway) -> None:
             await asyncio.wait_for(asyncio.gather(*ending, return_exceptions=True), 30)
         except asyncio.TimeoutError:
             log.error("drain_goodbye_timeout", live_sessions=len(gw.sessions))
+
+
+def _no_reload() -> None:
+    log.warning("reload_unavailable", detail="configured in Python, not from a file: nothing "
+                                             "to re-read; restart to change the configuration")
 
 
 def _reload(gw: Gateway, path: Path) -> None:

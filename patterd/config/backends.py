@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from .masking import mask_url
 from .model import AgentConfig, BackendConfig, Rule, RuleAction, ToolConfig
 from .reader import Section
 
@@ -94,7 +95,8 @@ def _read_provider(sec: Section, layer: str, agent: AgentConfig, env: Mapping[st
     if "base_url" in spec.common:
         url = values.get("base_url") or spec.base_url
         if not re.fullmatch(r"(https?|wss?)://[^\s/]+(/\S*)?", url):
-            sec.problem("base_url", f"expected an http(s):// or ws(s):// URL, got {url!r}")
+            sec.problem("base_url", "expected an http(s):// or ws(s):// URL, "
+                                    f"got {mask_url(url)!r}")
         values["base_url"] = url.rstrip("/")
     options: dict[str, Any] = {}
     for key, kind in spec.options.items():
@@ -162,7 +164,8 @@ def _read_tools(sec: Section) -> list[ToolConfig]:
         url = t.str("url")
         allow_private = t.bool("allow_private", False)
         if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
-            t.problem("url", f"expected the https:// URL of your endpoint, got {url!r}")
+            t.problem("url", "expected the https:// URL of your endpoint, "
+                             f"got {mask_url(url)!r}")
         elif url.startswith("http://") and not allow_private:
             t.problem("url", "expected https:// (plain http:// only with allow_private: true, "
                              "for endpoints on your own network)")

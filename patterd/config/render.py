@@ -1,4 +1,8 @@
-"""The effective configuration as YAML with every secret masked (``patterd check``)."""
+"""The effective configuration as YAML with every secret masked (``patterd check``).
+
+Secrets are the keys of :data:`SECRET_KEYS` (shown as ``********``) and whatever a URL carries:
+its password and query parameters named like a key, token, secret or password (``***``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Any
 import yaml
 
 from .backends import PROVIDERS, SECRET_OPTIONS
-from .load import mask_url
+from .masking import mask_url
 from .model import BackendConfig, Config, Rule
 
 SECRET_KEYS = frozenset({"auth_token", "api_key", "token", "secret"}) | SECRET_OPTIONS
@@ -79,7 +83,7 @@ def _plain(value: Any, key: str = "") -> Any:
     if isinstance(value, str):
         if key in SECRET_KEYS:
             return mask_secret(value)
-        if key == "url":
+        if "://" in value:   # any URL-valued setting (base_url, public_url, store, tools…)
             return mask_url(value)
     return value
 

@@ -210,3 +210,55 @@ def test_admin_token_falls_back_to_env_and_must_be_long() -> None:
 
 def test_phone_number_is_kept() -> None:
     assert build_config(twilio_raw(), env={}).phone_number == PHONE
+
+
+def test_check_output_masks_credentials_in_every_url() -> None:
+    """``patterd check`` prints URLs with their password and credential parameters hidden."""
+    import yaml
+
+    from patterd.config.render import render
+
+    raw = twilio_raw(
+        server={"public_url": "https://gw:pw-public@voice.example.com"},
+        carrier={"api_base_url": "https://bob:pw-carrier@proxy.example.com/twilio"},
+        store={"url": "postgresql://patterd:pw-store@db.internal/calls?sslmode=require"
+                      "&password=pw-query"},
+        stt={"provider": "deepgram", "api_key": "dg",
+             "base_url": "wss://u:pw-stt@dg.example.com/v1?token=pw-token"},
+        llm={"provider": "openai", "api_key": "sk",
+             "base_url": "https://bob:hunter2@llm.example.com/v1?api_key=pw-key&model=m",
+             "tools": [{"name": "order", "description": "Look up an order.",
+                        "url": "https://t:pw-tool@tools.example.com/o?sig=pw-sig#x"}]},
+        tts={"provider": "openai", "api_key": "sk",
+             "base_url": "https://tts.example.com/v1?X-Amz-Signature=pw-amz"})
+    text = render(build_config(raw, env={}))
+    shown = yaml.safe_load(text)
+    assert "pw-" not in text and "hunter2" not in text
+    assert shown["server"]["public_url"] == "https://gw:***@voice.example.com"
+    assert shown["carrier"]["api_base_url"] == "https://bob:***@proxy.example.com/twilio"
+    assert shown["store"]["url"] == ("postgresql://patterd:***@db.internal/calls"
+                                     "?sslmode=require&password=***")
+    assert shown["stt"]["base_url"] == "wss://u:***@dg.example.com/v1?token=***"
+    assert shown["llm"]["base_url"] == "https://bob:***@llm.example.com/v1?api_key=***&model=m"
+    assert shown["llm"]["tools"][0]["url"] == "https://t:***@tools.example.com/o?sig=***#x"
+    assert shown["tts"]["base_url"] == "https://tts.example.com/v1?X-Amz-Signature=***"
+
+
+def test_check_output_masks_the_webhook_agent_url() -> None:
+    from patterd.config.render import to_plain
+
+    raw = twilio_raw(llm={"provider": "webhook", "secret": "s3cret-value",
+                          "url": "https://hooks.example.com/agent?access_token=pw-hook&v=2"})
+    llm = to_plain(build_config(raw, env={}))["llm"]
+    assert llm["url"] == "https://hooks.example.com/agent?access_token=***&v=2"
+    assert llm["secret"] == "********"
+
+
+def test_url_errors_do_not_show_the_password() -> None:
+    problems = problems_of(twilio_raw(
+        carrier={"api_base_url": "ftp://bob:hunter2@proxy.example.com"},
+        llm={"provider": "openai", "api_key": "sk", "base_url": "htp://al:hunter3@x.example"}))
+    text = "\n".join(problems)
+    assert "carrier.api_base_url: expected an http(s):// URL" in text
+    assert "llm.base_url: expected" in text
+    assert "hunter2" not in text and "hunter3" not in text and "bob:***@" in text

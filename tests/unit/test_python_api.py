@@ -74,3 +74,61 @@ def test_patter_from_config(tmp_path: Path) -> None:
     phone = Patter.from_config(path)
     assert isinstance(phone.carrier, Twilio)
     assert phone.config.server.public_url == "https://voice.example.com"
+
+
+def test_patter_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """§3: arguments default to "" and fall back to the §2 variables; ${VAR} is expanded."""
+    monkeypatch.setenv("PATTERD_PUBLIC_URL", "https://gw.example.com")
+    monkeypatch.setenv("PATTERD_ADMIN_TOKEN", "admin-token-from-env-0123")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    monkeypatch.setenv("GREETING", "Hello from the environment.")
+    monkeypatch.delenv("VOICEMAIL", raising=False)
+    carrier = Twilio(account_sid=TWILIO_SID, auth_token="t")
+    phone = Patter(carrier=carrier, phone_number="+15550001234", llm={"provider": "openai"},
+                   agent={"first_message": "${GREETING}",
+                          "voicemail_message": "${VOICEMAIL:-Please call back.}"})
+    assert phone.config.admin.token == "admin-token-from-env-0123"
+    assert phone.config.llm.api_key == "sk-from-env"
+    assert phone.config.agent.first_message == "Hello from the environment."
+    assert phone.config.agent.voicemail_message == "Please call back."
+    # Given arguments win over the environment.
+    phone = Patter(carrier=carrier, phone_number="+15550001234",
+                   admin={"token": "admin-token-argument-0123"},
+                   llm={"provider": "openai", "api_key": "sk-argument"})
+    assert phone.config.admin.token == "admin-token-argument-0123"
+    assert phone.config.llm.api_key == "sk-argument"
+    monkeypatch.delenv("GREETING")
+    with pytest.raises(ConfigError) as info:
+        Patter(carrier=carrier, phone_number="+15550001234",
+               agent={"first_message": "${GREETING}"})
+    assert info.value.problems == [
+        "agent.first_message: environment variable GREETING is not set"]
+
+
+@pytest.mark.parametrize(("app_configured", "setup", "expected"), [
+    (False, None, True), (True, None, False), (True, True, True), (False, False, False)])
+async def test_serve_sets_up_logging_unless_the_application_did(
+        monkeypatch: pytest.MonkeyPatch, app_configured: bool, setup: bool | None,
+        expected: bool) -> None:
+    import structlog
+
+    import patterd.ops.logging
+    import patterd.server
+
+    monkeypatch.setenv("PATTERD_PUBLIC_URL", "https://gw.example.com")
+    set_up: list[tuple[str, str]] = []
+    served: list[object] = []
+
+    async def fake_serve(config: object, carrier: object, *, config_path: object) -> None:
+        served.append(config_path)
+
+    monkeypatch.setattr(patterd.ops.logging, "configure_logging",
+                        lambda level, fmt: set_up.append((level, fmt)))
+    monkeypatch.setattr(patterd.server, "serve", fake_serve)
+    if app_configured:
+        structlog.configure(processors=[structlog.processors.KeyValueRenderer()])
+    phone = Patter(carrier=Twilio(account_sid=TWILIO_SID, auth_token="t"),
+                   phone_number="+15550001234", logging={"level": "warning"})
+    await phone.serve(setup_logging=setup)
+    assert served == [None]
+    assert set_up == ([("warning", "json")] if expected else [])

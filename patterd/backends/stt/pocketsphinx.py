@@ -48,9 +48,13 @@ class _Worker:
         root = str(Path(__file__).resolve().parents[3])     # the directory holding patterd/
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        # A session of its own: Ctrl+C in the terminal signals the whole foreground process
+        # group, and the daemon's drain still needs its decoders. The worker exits when its
+        # stdin closes: on close(), and when the daemon dies, however it dies.
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "patterd.backends.stt.sphinx_worker", json.dumps(decoder_args),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env)
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+            start_new_session=True)
         worker = cls(proc)
         try:
             assert proc.stdout is not None

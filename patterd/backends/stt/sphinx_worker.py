@@ -3,13 +3,15 @@
 Started by :class:`~patterd.backends.stt.pocketsphinx.PocketsphinxSTT`, one per core. Protocol on
 stdin/stdout, little-endian: the worker writes ``b"R"`` once its decoder is loaded; then, for each
 request ``<u32 length><8 kHz s16le PCM>``, it answers ``<u32 length><UTF-8 text>``. It exits at
-end of input. Anything else the libraries print goes to stderr.
+end of input (also when the daemon dies: the pipe closes); it ignores SIGINT and runs in a
+session of its own. Anything else the libraries print goes to stderr.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from typing import Any, BinaryIO
 
@@ -72,7 +74,12 @@ def serve(decoder_args: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
 
 
 def main() -> None:
-    """Entry point: keep the protocol on the real stdout, send stray prints to stderr."""
+    """Entry point: keep the protocol on the real stdout, send stray prints to stderr.
+
+    SIGINT is ignored: the daemon decides when its decoders stop (by closing stdin), so a
+    Ctrl+C meant for it never interrupts a decode during the drain.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     proto = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
     sys.stdout = sys.stderr

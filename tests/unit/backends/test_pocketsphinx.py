@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from pathlib import Path
 from types import MappingProxyType
@@ -200,6 +202,21 @@ async def test_a_dead_decoder_process_is_replaced(stt: PocketsphinxSTT) -> None:
             break
         await asyncio.sleep(0.05)
     assert victim not in stt._all and len(stt._all) == stt._workers
+
+
+async def test_decoders_leave_ctrl_c_to_the_daemon(stt: PocketsphinxSTT) -> None:
+    """Ctrl+C signals the terminal's whole process group; the decoders are not in it, and
+    ignore SIGINT anyway: the daemon drains with them and stops them itself."""
+    workers = list(stt._all)
+    for w in workers:
+        assert os.getsid(w.proc.pid) == w.proc.pid != os.getsid(0)
+        assert os.getpgid(w.proc.pid) != os.getpgid(0)
+        os.kill(w.proc.pid, signal.SIGINT)
+    pcm = await speak("goodbye", 0.2)
+    llm = create_llm(LLM_CFG, AGENT)
+    for _ in range(len(workers) * 2):            # every worker answers, none was replaced
+        assert llm.match(await recognise(stt, pcm)).rule is RULES[4]
+    assert stt._all == set(workers) and all(w.proc.returncode is None for w in workers)
 
 
 async def test_cancelled_decode_leaves_the_pool_usable(stt: PocketsphinxSTT) -> None:
