@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from aiohttp import WSMsgType, web
 
 from ..audio.codecs import get_codec
 from ..carriers.base import (AudioIn, CallControl, MalformedFrame, MediaProtocol, StreamStarted,
                              StreamStopped)
 from ..ops.logging import get_logger
+from .recorder import CallRecorder, finish_recorder, start_recorder
 from .session import CallSession
 
 if TYPE_CHECKING:
@@ -34,6 +36,8 @@ async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, autoping=True, compress=False)
     await ws.prepare(request)
     session: CallSession | None = None
+    recorder: CallRecorder | None = None
+    log_context: dict[str, Any] = {}
     invalid = gw.metrics.media_invalid
     try:
         async for msg in ws:
@@ -49,6 +53,8 @@ async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
             if session is not None:
                 if type(event) is AudioIn:    # the hot path
                     session.on_audio(event)
+                    if recorder is not None:
+                        recorder.rx(event.payload)
                 elif type(event) is StreamStopped:
                     session.stream_stopped = True
                     break
@@ -71,6 +77,9 @@ async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
                     await ws.close(code=4415, message=unsupported.encode()[:120])
                     break
                 session = CallSession(gw, event, proto, ws.send_str, control, carrier)
+                # Every log line of this call's tasks (created from here on) names the call.
+                log_context = structlog.contextvars.bind_contextvars(call_id=event.call_id)
+                recorder = start_recorder(session, event, proto)
                 gw.sessions.add(session)
                 if gw.cluster is not None:   # other replicas route this call's commands here
                     gw.spawn(gw.cluster.claim_call(event.call_id, carrier), name="claim-call")
@@ -82,7 +91,11 @@ async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
     finally:
         if session is not None:
             gw.sessions.discard(session)
-            await session.close()
+            try:
+                if recorder is not None:   # first, so the record has the file as the call ends
+                    await finish_recorder(recorder, gw, session)
+            finally:
+                await session.close()
             if gw.cluster is not None and not session.restart_expected:
                 gw.spawn(gw.cluster.release_call(session.call_id, carrier),
                          name="release-call")
@@ -92,6 +105,7 @@ async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
                      ("completed" if session.stream_stopped else "dropped"))
         if not ws.closed:
             await ws.close()
+        structlog.contextvars.reset_contextvars(**log_context)
     return ws
 
 

@@ -13,6 +13,7 @@ import asyncio
 import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..carriers.base import MediaProtocol
 
@@ -42,6 +43,16 @@ class Utterance:
         return self.queued / BYTES_PER_SECOND
 
 
+class PlayoutTap(Protocol):
+    """Sees the agent's audio as it leaves (e.g. the local recorder)."""
+
+    def tx(self, payload: bytes) -> None:
+        """A frame of codec bytes is being sent to the carrier."""
+
+    def cleared(self) -> None:
+        """The carrier is told to drop the audio it has not played."""
+
+
 class Playout:
     """The paced sender of one media stream."""
 
@@ -63,6 +74,7 @@ class Playout:
         self._task: asyncio.Task[None] | None = None
         self.frames_sent = 0
         self.first_frame_at: float | None = None  # loop time of the latest reply's first frame
+        self.tap: PlayoutTap | None = None
 
     # -- producer side ---------------------------------------------------------------------
     def begin(self, text: str = "") -> Utterance:
@@ -114,6 +126,8 @@ class Playout:
         self._pending.clear()
         self._awaiting_mark.clear()
         self._play_end = now
+        if self.tap is not None:
+            self.tap.cleared()
         await self._send(self._proto.clear())
         return cut
 
@@ -185,6 +199,8 @@ class Playout:
         self.frames_sent += 1
         if self._on_frame is not None:
             self._on_frame(size)
+        if self.tap is not None:
+            self.tap.tx(payload)
         await self._send(self._proto.audio(payload))
         await self._flush_marks()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from types import MappingProxyType
@@ -12,6 +13,7 @@ import yaml
 
 from ..ops.pricing import merge_pricing
 from .backends import E164, is_dial_target, read_backend
+from .masking import mask_url
 from .model import (DEFAULT_SYSTEM_PROMPT, AdminConfig, AgentConfig, CarrierSettings, Config, LoggingConfig,
                     RecordingConfig, ServerConfig, StoreConfig, TelnyxSettings, TwilioSettings)
 from .reader import Problems, Section, environ, expand_env
@@ -72,8 +74,13 @@ def build_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     tts = read_backend(root, "tts", agent, env)
     vad = read_backend(root, "vad", agent, env)
     rec = root.section("recording")
-    recording = RecordingConfig(rec.bool("enabled", False),
-                                rec.str("channels", "dual", choices=("mono", "dual")))  # type: ignore[arg-type]
+    enabled = rec.bool("enabled", False)
+    channels = rec.str("channels", "dual", choices=("mono", "dual"))
+    recording = RecordingConfig(enabled, channels, rec.str("local_dir"))  # type: ignore[arg-type]
+    if recording.local_dir:
+        problem = check_local_dir(recording.local_dir)
+        if problem:
+            rec.problem("local_dir", problem)
     rec.done()
     st = root.section("store")
     store = StoreConfig(st.str("url", "sqlite:///./patterd.db"),
@@ -101,6 +108,26 @@ def build_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     return Config(server=server, phone_number=phone, carrier=carrier, agent=agent, stt=stt,
                   llm=llm, tts=tts, vad=vad, recording=recording, store=store, admin=admin,
                   logging=logging_cfg, pricing=MappingProxyType(pricing))
+
+
+def check_local_dir(path: str) -> str:
+    """Why the daemon could not write call recordings under ``path``, or ``""``.
+
+    Nothing is created here (``patterd check`` has no side effects): a missing directory is
+    made at the first call, so its nearest existing ancestor must be a writable directory.
+    """
+    target = Path(path).expanduser()
+    probe = target
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        if probe == target:
+            return f"expected a directory, {path!r} is a file"
+        return f"cannot create {path!r}: {str(probe)!r} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "write to" if probe == target else f"create {path!r} in"
+        return f"cannot {what} {str(probe)!r} (permission denied or read-only)"
+    return ""
 
 
 def _one_per_env_path(problems: list[str]) -> list[str]:
@@ -137,11 +164,11 @@ def check_public_url(url: str) -> str:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as exc:
-        return f"expected an http(s):// URL, got {url!r} ({exc})"
+        return f"expected an http(s):// URL, got {mask_url(url)!r} ({exc})"
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"expected an http(s):// URL with a host, got {url!r}"
+        return f"expected an http(s):// URL with a host, got {mask_url(url)!r}"
     if parts.query or parts.fragment:
-        return f"expected a base URL without query or fragment, got {url!r}"
+        return f"expected a base URL without query or fragment, got {mask_url(url)!r}"
     return ""
 
 
@@ -226,7 +253,7 @@ def telnyx_settings(*, api_key: str = "", connection_id: str = "", public_key: s
 
 def _check_api_url(url: str, path: str, out: list[str]) -> None:
     if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
-        out.append(f"{path}: expected an http(s):// URL, got {url!r}")
+        out.append(f"{path}: expected an http(s):// URL, got {mask_url(url)!r}")
 
 
 def _read_agent(a: Section) -> AgentConfig:
@@ -250,8 +277,3 @@ def _read_agent(a: Section) -> AgentConfig:
     )
     a.done()
     return cfg
-
-
-def mask_url(url: str) -> str:
-    """A URL with any password replaced by ``***``."""
-    return re.sub(r"(://[^:/@\s]*:)[^@/\s]*@", r"\1***@", url)

@@ -134,10 +134,14 @@ class BackendConfig:
 
 @dataclass(frozen=True, slots=True)
 class RecordingConfig:
-    """``recording:``."""
+    """``recording:`` — ``enabled``: the carrier records the call (through its REST API);
+    ``local_dir``: the daemon also writes every call to ``<local_dir>/<call id>.wav`` (8 kHz,
+    16-bit; ``dual``: caller left, agent right; ``mono``: mixed), whatever ``enabled`` says;
+    empty: no local files."""
 
     enabled: bool = False
     channels: Literal["mono", "dual"] = "dual"
+    local_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from base64 import b64decode
 
 from patterd.call.playout import Playout
 from patterd.carriers.twilio.media import TwilioMedia
@@ -71,4 +72,32 @@ async def test_empty_utterance_finishes_at_once() -> None:
     utt = p.begin("")
     p.finish(utt)
     assert utt.done.is_set() and utt.played
+    await p.close()
+
+
+async def test_the_tap_sees_every_frame_as_sent_and_the_clear() -> None:
+    seen: list[tuple[str, bytes]] = []
+    wire: list[dict] = []
+
+    class Tap:
+        def tx(self, payload: bytes) -> None:
+            seen.append(("tx", payload))
+
+        def cleared(self) -> None:
+            seen.append(("clear", b""))
+
+    async def send(frame: str) -> None:
+        wire.append(json.loads(frame))
+
+    p = Playout(_proto(), send, chunk=0.04)
+    p.tap = Tap()
+    utt = p.begin("hi")
+    audio = bytes(range(256)) * 10            # 320 ms, distinct bytes
+    p.feed(utt, audio)
+    await asyncio.sleep(0.1)
+    await p.clear()
+    sent = [b64decode(f["media"]["payload"]) for f in wire if f["event"] == "media"]
+    assert [kind for kind, _ in seen] == ["tx"] * len(sent) + ["clear"]
+    assert [payload for _, payload in seen[:-1]] == sent      # the very bytes, in order
+    assert b"".join(sent) == audio[:len(b"".join(sent))] and len(sent[0]) == 320
     await p.close()
