@@ -3,13 +3,17 @@
 A human: the agent carries on. A machine (once its greeting ended): the voicemail message is
 left and the call hung up — spoken by our TTS when this process (or, through the cluster, the
 replica) holding the media stream can, else by the carrier (Twilio ``<Say>``, Telnyx
-``speak``), so the verdict may land on any replica.
+``speak``), so the verdict may land on any replica. Its ``{name}`` placeholders are filled
+like every agent message: by the session from the call's variables, or here from
+``agent.variables`` and whatever per-call variables the carrier's callback carried.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..backends.llm.rules import fill
 from ..carriers.rest import RestError
 from ..ops.logging import get_logger
 
@@ -44,8 +48,11 @@ def session_for(gw: Gateway, call_id: str) -> Any:
     return None
 
 
-async def on_verdict(gw: Gateway, carrier: str, call_id: str, raw: str, voicemail: str) -> None:
-    """Act on a carrier's AMD result (already recorded as an event)."""
+async def on_verdict(gw: Gateway, carrier: str, call_id: str, raw: str, voicemail: str,
+                     variables: Mapping[str, str] | None = None) -> None:
+    """Act on a carrier's AMD result (already recorded as an event). ``voicemail`` is the
+    text as configured or requested; ``variables``: the call's own, when the callback knows
+    them (the session knows them anyway)."""
     verdict = VERDICTS.get(raw, UNKNOWN)
     if verdict is None:
         return  # a machine: the greeting-ended event decides when to speak
@@ -67,7 +74,8 @@ async def on_verdict(gw: Gateway, carrier: str, call_id: str, raw: str, voicemai
             return      # the replica holding the media stream spoke it
     try:
         if verdict == MACHINE and voicemail:
-            await control.say_and_hangup(call_id, voicemail)
+            values = {**gw.config.agent.variables, **(variables or {})}
+            await control.say_and_hangup(call_id, fill(voicemail, values))
         else:
             await control.hangup(call_id)
     except RestError as exc:

@@ -3,9 +3,11 @@ stream's signed parameters, and the usage metered for its cost."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..backends.llm.base import TokenUsage
+from ..backends.llm.rules import VARIABLE_PREFIX
 from ..carriers.telnyx.rest import read_client_state
 from ..ops.cost import Usage
 
@@ -24,15 +26,29 @@ def stream_context(parameters: dict[str, str]) -> dict[str, str]:
     variables = state.get("vars")
     if isinstance(variables, dict):
         for name, value in variables.items():
-            params.setdefault(f"var_{name}", str(value))
+            params.setdefault(VARIABLE_PREFIX + str(name), str(value))
     return params
 
 
-def llm_context(call_id: str, carrier: str, params: dict[str, str]) -> dict[str, str]:
-    """What the LLM (and user tools) may know about the call."""
-    return {"call_id": call_id, "carrier": carrier,
-            "direction": params.get("direction", "inbound"), "from": params.get("from", ""),
-            "to": params.get("to", "")}
+def call_variables(agent_variables: Mapping[str, str],
+                   params: Mapping[str, str]) -> dict[str, str]:
+    """The call's ``{name}`` values: ``agent.variables`` with the per-call ones (``var_name``
+    stream parameters, from ``POST /v1/calls``) over them."""
+    n = len(VARIABLE_PREFIX)
+    return {**agent_variables,
+            **{k[n:]: v for k, v in params.items() if k.startswith(VARIABLE_PREFIX)}}
+
+
+def llm_context(call_id: str, carrier: str, params: dict[str, str],
+                variables: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What the LLM (and user tools) may know about the call: who and which way, and its
+    variables as ``var_name`` entries (the rules agent fills its replies from them)."""
+    context = {"call_id": call_id, "carrier": carrier,
+               "direction": params.get("direction", "inbound"), "from": params.get("from", ""),
+               "to": params.get("to", "")}
+    for name, value in (variables or {}).items():
+        context[VARIABLE_PREFIX + name] = value
+    return context
 
 
 class Meter:
@@ -82,4 +98,4 @@ class Meter:
                                                           u.llm_by.items()})
 
 
-__all__ = ["Meter", "llm_context", "stream_context"]
+__all__ = ["Meter", "call_variables", "llm_context", "stream_context"]

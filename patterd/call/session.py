@@ -1,8 +1,11 @@
-"""One live call: turn-taking, barge-in, endpointing, timers and the transcript.
+"""One live call: turn-taking, barge-in, endpointing, key presses, timers and the transcript.
 
 The carrier's translator turns frames into events; the session reacts to them synchronously on
 the hot path (decode → VAD → STT push) and runs everything slow (recognition, replies, REST
-actions) in its own tasks, so a slow backend never stalls the media socket.
+actions) in its own tasks, so a slow backend never stalls the media socket. The replies
+themselves are in :mod:`.replies`; keys are gathered into one answer by :mod:`.keypad`.
+Every message the agent speaks has its ``{name}`` placeholders filled from the call's
+variables (``agent.variables`` with the per-call ones over them).
 """
 
 from __future__ import annotations
@@ -14,29 +17,29 @@ from typing import Any
 from ..audio.codecs import get_codec
 from ..audio.resample import Resampler
 from ..audio.segmenter import SpeechEnd, SpeechStart
-from ..backends.llm.base import Message, user_message
+from ..backends.llm.base import Message
 from ..backends.stt.base import PCM16
 from ..carriers.base import AudioIn, CallControl, DtmfIn, MarkPlayed, MediaProtocol, StreamStarted
 from ..config import Config
 from ..ops.logging import get_logger
-from .actions import perform
-from .context import Meter, llm_context, stream_context
-from .playout import Playout, Utterance
-from .transcript import Line, heard_part
-from .turns import Speaker, TurnResult, played, run_turn
+from .context import Meter, call_variables, stream_context
+from .keypad import Keypad, dtmf_grammar
+from .playout import Playout
+from .replies import FAILURE_APOLOGY, Replies
+from .transcript import Line
+from .turns import Speaker, played
 
 log = get_logger("patterd.session")
 
 REPROMPT = "Are you still there?"
 SILENCE_GOODBYE = "I haven't heard anything, so I'll hang up now. Goodbye."
 TIME_LIMIT_GOODBYE = "We have reached the time limit for this call. Goodbye."
-FAILURE_APOLOGY = "Sorry, something went wrong on our side. Please try again in a moment."
 HEARING_APOLOGY = "Sorry, I couldn't hear that just now. Could you say it again?"
 PREROLL_FRAMES = 15  # 300 ms of audio before the VAD confirmed speech
 
 
-class CallSession:
-    """The state of one call's media stream."""
+class CallSession(Replies):
+    """The state of one call's media stream (its replies: :class:`Replies`)."""
 
     def __init__(self, gw: Any, start: StreamStarted, proto: MediaProtocol, send: Any,
                  control: CallControl, carrier: str) -> None:
@@ -69,6 +72,8 @@ class CallSession:
         self.user_speaking = False
         self.listening = True
         self.history: list[Message] = []
+        # agent.variables with this call's own (POST /v1/calls) over them, for every message
+        self.variables = call_variables(cfg.agent.variables, self.parameters)
         if cfg.agent.system_prompt:
             self.history.append(Message("system", self._fill(cfg.agent.system_prompt)))
         self.transcript: list[Line] = []
@@ -83,6 +88,10 @@ class CallSession:
         self.stt_bytes = 0           # audio sent to the recogniser, counted as 8 kHz s16 PCM
         self.meter = Meter()
         self._reply: asyncio.Task[None] | None = None
+        self._reply_keys = ""        # the digits the running reply answers (no text with them)
+        self._reply_asked: Message | None = None   # its user message, once in the history
+        self._clearing: asyncio.Task[None] | None = None   # a barge-in clearing the playout
+        self.keypad = Keypad(dtmf_grammar(cfg.llm), self._answer_keys)
         self._speech_end_at: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -91,7 +100,7 @@ class CallSession:
         """Greet the caller (unless this stream resumes a call), start recording if asked,
         and start the timers."""
         if not self.resumed:
-            self._start_reply(fixed=self._fill(self.config.agent.first_message))
+            self._start_reply(fixed=self.config.agent.first_message)
             if self.config.recording.enabled:
                 self._spawn(self._record())
         self._spawn(self._watchdog())
@@ -109,13 +118,15 @@ class CallSession:
                                    recording_id=ref)
 
     async def leave_voicemail(self, text: str) -> None:
-        """A machine answered: speak ``text`` after its beep, then hang up."""
+        """A machine answered: speak ``text`` (placeholders filled) after its beep, then
+        hang up."""
         if not self.ending:
             await self._end_call("voicemail", text)
 
     async def close(self) -> None:
         """The stream is gone: stop everything and record the call."""
         self.ending = True
+        self.keypad.close()
         for task in [*self._tasks, *( [self._reply] if self._reply else [])]:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -171,11 +182,6 @@ class CallSession:
             self.playout.on_mark(event.name)
 
     # -- turn-taking -------------------------------------------------------------------------
-    @property
-    def agent_busy(self) -> bool:
-        """The agent is thinking or talking."""
-        return (self._reply is not None and not self._reply.done()) or self.playout.speaking
-
     def _speech_started(self) -> None:
         self.last_activity = self.loop.time()
         if self.ending:
@@ -184,7 +190,7 @@ class CallSession:
             if not self.config.agent.barge_in:
                 self.listening = False  # the agent talks on; this utterance is not heard
                 return
-            self._spawn(self._barge_in())
+            self._interrupt()
         self.listening = True
         self.user_speaking = True
         for audio in self.preroll:
@@ -219,7 +225,8 @@ class CallSession:
             return
         self.transcript.append(Line("caller", text))
         log.info("caller_said", call_id=self.call_id, text=text)
-        self._start_reply(user_text=text, ended_at=ended_at)
+        # Keys pressed just before speaking go with the words (the rules see both).
+        self._start_reply(user_text=text, dtmf=self.keypad.take() or None, ended_at=ended_at)
 
     async def _follow_stt(self) -> None:
         """A recogniser with its own endpointing (Deepgram's speech_final) may end the turn
@@ -234,97 +241,39 @@ class CallSession:
         except Exception:  # noqa: BLE001 - a failing recogniser surfaces at finalize
             pass
 
+    # -- key presses (see keypad.py) ---------------------------------------------------------
     def _dtmf(self, digit: str) -> None:
         self.last_activity = self.loop.time()
         if self.ending:
             return
         self.transcript.append(Line("caller", "", dtmf=digit))
-        if self.agent_busy and self.config.agent.barge_in:
-            self._spawn(self._barge_in())
-        self._start_reply(dtmf=digit, ended_at=self.loop.time())
-
-    async def _barge_in(self) -> None:
-        began = self.loop.time()
-        reply, self._reply = self._reply, None
-        if reply is not None:
-            reply.cancel()
-        cut = await self.playout.clear()
-        if reply is not None:
-            await asyncio.gather(reply, return_exceptions=True)
-        self._record_agent(cut, interrupted=True)
-        self.gw.metrics.barge_ins.inc()
-        log.info("barge_in", call_id=self.call_id, clear_ms=round((self.loop.time() - began)
-                                                                  * 1000, 1))
-
-    def _start_reply(self, *, fixed: str = "", user_text: str | None = None,
-                     dtmf: str | None = None, ended_at: float | None = None) -> None:
-        if self._reply is not None and not self._reply.done():
-            self._reply.cancel()
-        self._speech_end_at = ended_at
-        self._reply = self.loop.create_task(self._run_reply(fixed, user_text, dtmf))
-
-    async def _run_reply(self, fixed: str, user_text: str | None, dtmf: str | None) -> None:
-        self.speaker.spoken = []
-        asked = user_message(user_text, dtmf)
-        if asked is not None:
-            self.history.append(asked)
-        if fixed:
-            result = TurnResult(utterances=[await self.speaker.say(fixed)], text=fixed)
-        else:
-            b = self.backends
-            try:
-                result = await run_turn(
-                    self.llm, self.speaker, self.history, user_text=user_text, dtmf=dtmf,
-                    metrics=self.gw.metrics, tools=b.tool_specs, runner=b.tools,
-                    context=llm_context(self.call_id, self.carrier, self.parameters),
-                    max_rounds=self.config.llm.max_tool_rounds,
-                    on_usage=lambda used: self.meter.tokens(used, self.llm.name))
-            except Exception as exc:  # noqa: BLE001 - every provider failed: apologise
-                log.warning("reply_failed", call_id=self.call_id, error=repr(exc))
-                result = TurnResult(utterances=[await self.speaker.say(FAILURE_APOLOGY)])
-        total = sum(u.seconds for u in result.utterances)
-        await played(result.utterances, timeout=total + 5.0)
-        self._record_agent(self.speaker.spoken, interrupted=False)
-        self.last_activity = self.loop.time()
-        for tool in result.tools:
-            await self._act(tool)
-
-    def _utterance_started(self, utt: Utterance) -> None:
-        if self._speech_end_at is not None and utt.first_sent_at is not None:
-            response = utt.first_sent_at - self._speech_end_at
-            self.gw.metrics.turn_latency.labels("response").observe(response)
-            self.turn_latencies.append({"response": round(response, 4)})
-            self._speech_end_at = None
-
-    def _record_agent(self, utterances: list[Utterance], *, interrupted: bool) -> None:
-        parts = []
-        cut = False
-        for utt in utterances:
-            if utt.cleared_at is not None:
-                cut = True
-                parts.append(heard_part(utt.text, utt.heard_seconds, utt.seconds))
-            else:
-                parts.append(utt.text)
-        text = " ".join(p for p in parts if p)
-        if utterances:
-            self.transcript.append(Line("agent", text, interrupted=interrupted and cut))
-            if text:  # the model remembers what the caller actually heard
-                self.history.append(Message("assistant", text))
-        utterances.clear()
-
-    async def _act(self, tool: Any) -> None:
-        if tool.name == "send_dtmf" and self.control.dtmf_ends_stream:
-            self.restart_expected = True
-        event = await perform(tool, self.control, self.call_id,
-                              self.config.agent.transfer_targets, self.parameters)
-        self.gw.registry.add_event(self.call_id, self.carrier, event.pop("type"), **event)
-        if not event.get("ok"):
-            self.restart_expected = False
+        joined = self._join_keys(digit)
+        if joined:
+            self._answer_keys(joined)
             return
-        if tool.name == "transfer_call":
-            self.outcome, self.ending = "transferred", True
-        elif tool.name == "end_call":
-            self.outcome, self.ending = "completed", True
+        if self.agent_busy and self.config.agent.barge_in:
+            self._interrupt()       # on the first key: the agent stops talking at once
+        ready = self.keypad.press(digit)
+        if ready:
+            self._answer_keys(ready)
+
+    def _join_keys(self, digit: str) -> str:
+        """Without DTMF rules, a key pressed while the model is still thinking about the
+        previous keys (nothing said yet) joins them: one answer to "1234", not four
+        cancelled ones. Returns the joined digits, or ``""``."""
+        keys, reply = self._reply_keys, self._reply
+        if not keys or self.keypad.sequences or reply is None or reply.done():
+            return ""
+        asked = self._reply_asked
+        if asked is not None:    # the reply has begun: only if its question is still the last
+            if self.speaker.spoken or not self.history or self.history[-1] is not asked:
+                return ""
+            self.history.pop()
+        return keys + digit.upper()
+
+    def _answer_keys(self, digits: str) -> None:
+        if not self.ending:
+            self._start_reply(dtmf=digits, ended_at=self.loop.time())
 
     # -- timers ------------------------------------------------------------------------------
     async def _watchdog(self) -> None:
@@ -346,11 +295,15 @@ class CallSession:
                 self._start_reply(fixed=REPROMPT)
 
     async def _end_call(self, outcome: str, goodbye: str) -> None:
-        """Say goodbye, then hang up through the carrier."""
+        """Say goodbye (or the voicemail), then hang up through the carrier."""
         self.ending = True
+        self.keypad.close()
+        goodbye = self._fill(goodbye)
         if self._reply is not None and not self._reply.done():
             self._reply.cancel()
             await asyncio.gather(self._reply, return_exceptions=True)
+        if self._clearing is not None and not self._clearing.done():
+            await asyncio.wait([self._clearing])    # a barge-in's clear must not cut this
         self.speaker.spoken = []
         utt = await self.speaker.say(goodbye)
         await played([utt], timeout=utt.seconds + 5.0)
@@ -385,22 +338,10 @@ class CallSession:
             m.frames_tx.inc(self.tx_frames)
             self.tx_frames = 0
 
-    def _fill(self, text: str) -> str:
-        variables = {**self.config.agent.variables,
-                     **{k[4:]: v for k, v in self.parameters.items() if k.startswith("var_")}}
-        for name, value in variables.items():
-            text = text.replace("{" + name + "}", value)
-        return text
-
     def credit_stt(self) -> None:
         """Credit the audio sent since the last call to the recogniser now in use."""
         self.meter.credit_stt(self.stt_bytes, getattr(self.stt_stream, "provider", "")
                               or self.backends.stt.name)
-
-    def _spawn(self, coro: Any) -> None:
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     @property
     def duration(self) -> float:
@@ -408,4 +349,4 @@ class CallSession:
         return self.loop.time() - self.started
 
 
-__all__ = ["CallSession"]
+__all__ = ["FAILURE_APOLOGY", "CallSession"]

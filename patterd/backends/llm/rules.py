@@ -2,9 +2,10 @@
 
 Rules are tried in order; the first whose phrase occurs in the caller's utterance
 (case-insensitive, as whole words: ``bye`` matches "ok bye!" but not "maybe") or whose ``dtmf``
-equals the digits pressed wins. Its reply is spoken (``{name}`` placeholders filled from
-``agent.variables``, unknown ones left as they are) and its action becomes a tool call. Nothing
-matched: the ``fallback`` reply, no action.
+equals the digits pressed wins. Its reply is spoken (``{name}`` placeholders filled from the
+call's variables — ``agent.variables`` with the per-call ones of ``POST /v1/calls`` over them,
+passed in the context as ``var_<name>`` — unknown ones left as they are) and its action becomes
+a tool call. Nothing matched: the ``fallback`` reply (filled the same way), no action.
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ if TYPE_CHECKING:
     from ...config.model import AgentConfig, BackendConfig, Rule, RuleAction
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Any braced name without braces inside: agent.variables names are not restricted to
+# identifiers, and only names present in the mapping are replaced anyway.
+_PLACEHOLDER = re.compile(r"\{([^{}\n]+)\}")
 DEFAULT_FALLBACK = "Sorry, I didn't catch that."
+VARIABLE_PREFIX = "var_"
+"""Context keys carrying the call's variables (``var_name`` → ``{name}``), as in the stream."""
 
 
 def words(text: str) -> list[str]:
@@ -31,9 +36,17 @@ def words(text: str) -> list[str]:
 
 
 def fill(template: str, variables: Mapping[str, str]) -> str:
-    """``template`` with each ``{name}`` replaced by ``variables[name]``; unknown placeholders and
-    any other braces stay as written."""
+    """``template`` with each ``{name}`` replaced by ``variables[name]`` in one pass (a value
+    containing braces is not filled again); unknown placeholders and other braces stay."""
+    if not variables or "{" not in template:
+        return template
     return _PLACEHOLDER.sub(lambda m: str(variables.get(m[1], m[0])), template)
+
+
+def context_variables(context: Mapping[str, str] | None) -> dict[str, str]:
+    """The variables carried in an LLM context (``var_name`` keys), by name."""
+    n = len(VARIABLE_PREFIX)
+    return {k[n:]: v for k, v in (context or {}).items() if k.startswith(VARIABLE_PREFIX)}
 
 
 def _contains(haystack: Sequence[str], needle: Sequence[str]) -> bool:
@@ -74,21 +87,27 @@ class RulesLLM(LLM):
         self.variables: Mapping[str, str] = dict(agent.variables) if agent else {}
         self._phrases = [[words(p) for p in r.phrases] for r in self.rules]
 
-    def match(self, user_text: str | None = None, dtmf: str | None = None) -> Match:
-        """Pick the winning rule for an utterance and/or DTMF digits (pure, synchronous)."""
+    def match(self, user_text: str | None = None, dtmf: str | None = None,
+              variables: Mapping[str, str] | None = None) -> Match:
+        """Pick the winning rule for an utterance and/or DTMF digits (pure, synchronous).
+
+        ``variables``: the call's own, over ``agent.variables``, for the reply's placeholders."""
         said = words(user_text or "")
         digits = (dtmf or "").strip().upper()
+        values = {**self.variables, **variables} if variables else self.variables
         for rule, phrases in zip(self.rules, self._phrases):
             by_dtmf = bool(digits) and bool(rule.dtmf) and rule.dtmf.upper() == digits
             if by_dtmf or any(_contains(said, p) for p in phrases):
-                return Match(rule, fill(rule.reply, self.variables), action_tool(rule.action))
-        return Match(None, fill(self.fallback, self.variables), None)
+                return Match(rule, fill(rule.reply, values), action_tool(rule.action))
+        return Match(None, fill(self.fallback, values), None)
 
     async def respond(self, history: Sequence[Message], user_text: str | None = None,
                       dtmf: str | None = None, *, tools: Sequence[ToolSpec] = (),
                       context: Mapping[str, str] | None = None) -> AsyncIterator[LLMEvent]:
-        """The winning rule's reply (if any) as one :class:`TextChunk`, then its action."""
-        m = self.match(user_text, dtmf)
+        """The winning rule's reply (if any) as one :class:`TextChunk`, then its action; the
+        reply's placeholders are filled from the ``var_…`` entries of ``context`` (the call's
+        variables) over ``agent.variables``."""
+        m = self.match(user_text, dtmf, context_variables(context))
         if m.reply:
             yield TextChunk(m.reply)
         if m.tool is not None:
@@ -99,4 +118,5 @@ class RulesLLM(LLM):
         return [" ".join(p) for phrases in self._phrases for p in phrases if p]
 
 
-__all__ = ["Match", "RulesLLM", "action_tool", "fill", "words"]
+__all__ = ["VARIABLE_PREFIX", "Match", "RulesLLM", "action_tool", "context_variables", "fill",
+           "words"]

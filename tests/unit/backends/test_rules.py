@@ -7,7 +7,7 @@ from types import MappingProxyType
 import pytest
 
 from patterd.backends import TextChunk, ToolCall, create_llm
-from patterd.backends.llm.rules import RulesLLM, fill, words
+from patterd.backends.llm.rules import RulesLLM, context_variables, fill, words
 from patterd.config.model import AgentConfig, BackendConfig, Rule, RuleAction
 
 RULES = (
@@ -130,3 +130,30 @@ def test_words() -> None:
 
 def test_vocabulary_lists_phrases() -> None:
     assert make().vocabulary()[:4] == ["billing", "invoice", "pay my bill", "sales"]
+
+
+async def test_call_variables_from_the_context_fill_replies_and_fallback() -> None:
+    # The session passes the call's variables (POST /v1/calls over agent.variables) as
+    # var_… entries of the context; they win over agent.variables.
+    llm = make()
+    context = {"call_id": "CA1", "var_name": "Bob", "var_unknown": "x"}
+    reply = [e async for e in llm.respond([], user_text="billing", context=context)]
+    assert reply[0] == TextChunk("Connecting you to billing, Bob.")
+    fallback = [e async for e in llm.respond([], user_text="weather", context=context)]
+    assert fallback == [TextChunk("Sorry, Bob, say billing.")]
+    pressed = [e async for e in llm.respond([], user_text="press keys", context=context)]
+    assert pressed[0] == TextChunk("Sending 12# for x.")
+    # Without them, agent.variables as before; the context is not remembered.
+    assert (await collect(llm, "billing"))[0] == TextChunk("Connecting you to billing, Ann.")
+
+
+def test_context_variables() -> None:
+    assert context_variables({"call_id": "CA1", "var_name": "Bob", "variable": "no"}) == {
+        "name": "Bob"}
+    assert context_variables(None) == {}
+
+
+def test_fill_names_beyond_identifiers_in_one_pass() -> None:
+    # agent.variables names are not restricted; a value is not filled again.
+    assert fill("Hi {first-name}, {a}", {"first-name": "Ann", "a": "{first-name}"}) == \
+        "Hi Ann, {first-name}"
