@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,13 +11,33 @@ import aiohttp
 from aiohttp import web
 
 from .call.dedupe import Deduper
-from .call.registry import CallRegistry
+from .call.registry import TERMINAL, CallRecord, CallRegistry
 from .config import Config
 from .ops.cost import COMPONENTS, apply_carrier_price, breakdown
 from .ops.logging import get_logger
 from .ops.metrics import Metrics
 
 log = get_logger("patterd.gateway")
+
+# A carrier said a call ended while its media stream was open here: the stream's close
+# settles the outcome; if that never comes (a stuck session), the call is settled anyway.
+SETTLE_GRACE = 30.0
+
+
+class LiveSessions(set[Any]):
+    """This process's live media sessions. Adding one holds its call in the registry until
+    the session's end is recorded (:meth:`Gateway.record_stream_end`), so that a carrier's
+    "call ended" racing the stream's close waits for the session's own outcome."""
+
+    def __init__(self, registry: CallRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def add(self, session: Any) -> None:
+        """Track ``session`` and hold its call."""
+        if session not in self:
+            self.registry.hold(session.call_id)
+        super().add(session)
 
 
 @dataclass
@@ -42,6 +62,7 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self.registry = CallRegistry(max_call_seconds=self.config.agent.max_call_seconds)
+        self.sessions = LiveSessions(self.registry)
 
     @property
     def accepting(self) -> bool:
@@ -92,21 +113,90 @@ class Gateway:
         self.metrics.backend_errors.labels(layer, provider).inc()
         log.warning("backend_failed", backend=layer, provider=provider, error=str(exc))
 
+    def carrier_error(self, provider: str) -> Callable[[Exception], None]:
+        """The ``on_error`` hook of a carrier's REST client: each failed carrier action is
+        counted once in ``patterd_backend_errors_total{backend="carrier"}``."""
+        # The child is made at the first failure: no zero series for a carrier not in use.
+        return lambda exc: self.metrics.backend_errors.labels("carrier", provider).inc()
+
     def record_stream_end(self, session: Any, outcome: str, *, call_over: bool) -> None:
         """A media stream ended: keep its transcript (a call may have several streams) and,
-        when the call is over, count it once."""
+        when the call is over, end it with the most specific outcome known — ``outcome``
+        (the session's own), else what the gateway expected or the carrier reported while
+        the stream was closing — counted once, its media time observed once."""
         rec = self.registry.ensure(session.call_id, session.carrier)
         rec.transcript.extend(line.as_dict() for line in session.transcript)
         rec.turns.extend(session.turn_latencies)
         session.credit_stt()
         rec.usage.add(session.meter.total(session.speaker))
         rec.media_seconds += session.duration
+        self.registry.release(session.call_id)
         if call_over:
             self.price_call(rec)
         self.registry.touch(rec)
-        if call_over and self.registry.finish(session.call_id, session.carrier, outcome):
-            self.metrics.calls_total.labels(rec.direction, outcome).inc()
-            self.metrics.call_duration.labels(rec.direction).observe(session.duration)
+        if call_over:
+            self.finish_call(session.call_id, session.carrier, outcome,
+                             duration=session.duration)
+
+    def finish_call(self, call_id: str, carrier: str, outcome: str, *,
+                    duration: float | None = None) -> bool:
+        """End the call on the gateway's word (rejected, failed, voicemail, a session's
+        end, …) with the most specific outcome known; counted in ``patterd_calls_total``
+        the first time only (True then). ``duration`` is observed once per call."""
+        rec = self.registry.ensure(call_id, carrier)
+        ended = self.registry.finish(call_id, carrier, outcome)
+        if ended:
+            self.metrics.calls_total.labels(rec.direction or "inbound", rec.outcome).inc()
+        self._observe(rec, duration)
+        return ended
+
+    def expect_outcome(self, call_id: str, carrier: str, outcome: str) -> None:
+        """The gateway is about to end the call through the carrier with ``outcome`` (say
+        ``voicemail``): a carrier report of the hang-up that beats the REST answer keeps it.
+        ``""`` takes it back (the REST request failed)."""
+        self.registry.ensure(call_id, carrier).expected = outcome
+
+    def carrier_status(self, call_id: str, carrier: str, status: str,
+                       sequence: int | None = None, *, outcome: str = "",
+                       seconds: float | None = None, **detail: Any) -> bool:
+        """A carrier's status for the call (``detail`` goes to its history). A terminal one
+        ends the call with ``outcome`` (default: the status), counted once, the carrier's
+        ``seconds`` observed — unless a media stream of the call is open here: then it is
+        only remembered, and the stream's end settles the call. True when it ended now."""
+        rec = self.registry.ensure(call_id, carrier)
+        was_live = rec.ended_at is None
+        changed = self.registry.apply_status(call_id, carrier, status, sequence,
+                                             outcome=outcome, **detail)
+        if not (changed and was_live and status in TERMINAL):
+            return False
+        if rec.ended_at is None:
+            # Held by a stream: the socket closing after this is the end of the call, not a
+            # drop to clean up after (no hang-up, no "failed").
+            for session in self.sessions:
+                if session.call_id == call_id:
+                    session.stream_stopped = True
+            self.spawn(self._settle_later(call_id, carrier), name="settle-call")
+            return False
+        self.metrics.calls_total.labels(rec.direction or "inbound", rec.outcome).inc()
+        self._observe(rec, seconds)
+        return True
+
+    async def _settle_later(self, call_id: str, carrier: str) -> None:
+        await asyncio.sleep(SETTLE_GRACE)
+        rec = self.registry.get(call_id)
+        if rec is None or rec.ended_at is not None:
+            return
+        own = [s.outcome for s in self.sessions if s.call_id == call_id and s.outcome]
+        log.warning("call_settled_without_stream_end", call_id=call_id,
+                    outcome=own[0] if own else rec.carrier_outcome)
+        while self.registry.held(call_id):
+            self.registry.release(call_id)
+        self.finish_call(call_id, carrier, own[0] if own else rec.carrier_outcome)
+
+    def _observe(self, rec: CallRecord, duration: float | None) -> None:
+        if duration is not None and not rec.timed:
+            rec.timed = True
+            self.metrics.call_duration.labels(rec.direction or "inbound").observe(duration)
 
     def price_call(self, rec: Any) -> None:
         """Final cost of an ended call; counted in patterd_call_cost_usd_total once."""

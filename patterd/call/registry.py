@@ -16,6 +16,17 @@ from ..ops.cost import Usage
 
 TERMINAL = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
 MAX_EVENTS_PER_CALL = 500
+# Outcomes that say no more than "the call ended" (as the store's merge of replicas' parts).
+GENERIC_OUTCOMES = frozenset({"", "completed"})
+
+
+def most_specific(*outcomes: str) -> str:
+    """The first outcome that says more than "completed" (the session's ``transferred`` over
+    the carrier's hang-up); else ``completed`` when one is given; else ``""``."""
+    for outcome in outcomes:
+        if outcome not in GENERIC_OUTCOMES:
+            return outcome
+    return "completed" if "completed" in outcomes else ""
 
 
 @dataclass(slots=True)
@@ -42,6 +53,12 @@ class CallRecord:
     carrier_price: float | None = None              # the carrier's own figure, when reported
     transcript: list[dict[str, Any]] = field(default_factory=list)
     turns: list[dict[str, Any]] = field(default_factory=list)
+    # How the call ends, as learnt before it is settled: what the carrier reported while our
+    # media stream was still open, and what the gateway set out to do (e.g. a voicemail
+    # hang-up whose REST answer races the carrier's report).
+    carrier_outcome: str = ""
+    expected: str = ""
+    timed: bool = False       # observed in patterd_call_duration_seconds
 
     @property
     def live(self) -> bool:
@@ -60,6 +77,7 @@ class CallRegistry:
         self._max_call_seconds = max_call_seconds
         self._next_sweep = 0.0
         self._legs: dict[str, str] = {}
+        self._held: dict[str, int] = {}     # call id → media streams open in this process
         self.on_change: Callable[[CallRecord], None] | None = None  # e.g. the store writer
 
     def get(self, call_id: str) -> CallRecord | None:
@@ -88,10 +106,30 @@ class CallRegistry:
         if self.on_change is not None:
             self.on_change(rec)
 
+    def hold(self, call_id: str) -> None:
+        """A media stream of the call opened in this process: until it is released, a
+        terminal status does not end the call (the stream's end settles the outcome)."""
+        self._held[call_id] = self._held.get(call_id, 0) + 1
+
+    def release(self, call_id: str) -> None:
+        """The media stream of :meth:`hold` was recorded (or given up on)."""
+        left = self._held.pop(call_id, 0) - 1
+        if left > 0:
+            self._held[call_id] = left
+
+    def held(self, call_id: str) -> bool:
+        """Whether a media stream of the call is open (or still closing) here."""
+        return call_id in self._held
+
     def apply_status(self, call_id: str, carrier: str, status: str,
-                     sequence: int | None = None, **detail: Any) -> bool:
+                     sequence: int | None = None, *, outcome: str = "", **detail: Any
+                     ) -> bool:
         """Record a status; an older sequence number than one applied is kept in history
-        but does not move the state backwards. Returns True if the state changed."""
+        but does not move the state backwards. Returns True if the state changed.
+
+        A terminal status ends the call with ``outcome`` (default: the status) unless the
+        gateway expects a more specific one; while a media stream of the call is held here,
+        the outcome is only remembered and the stream's end settles it."""
         rec = self.ensure(call_id, carrier)
         now = time.time()
         rec.history.append({"status": status, "sequence": sequence, "at": now, **detail})
@@ -108,7 +146,11 @@ class CallRegistry:
             return False  # a terminal state is final
         rec.status = status
         if status in TERMINAL:
-            self._close(rec, status.replace("-", "_"), now)
+            reported = outcome or status.replace("-", "_")
+            if call_id in self._held:
+                rec.carrier_outcome = reported
+            else:
+                self._close(rec, most_specific(rec.expected, reported), now)
         self.touch(rec)
         return True
 
@@ -127,11 +169,14 @@ class CallRegistry:
             self._close(rec, outcome, time.time())
 
     def finish(self, call_id: str, carrier: str, outcome: str) -> bool:
-        """End the call with ``outcome``; True only the first time (count it then)."""
+        """End the call with the most specific of ``outcome``, the one the gateway expected
+        and the one the carrier reported meanwhile; True only the first time (count it
+        then)."""
         rec = self.ensure(call_id, carrier)
         if rec.ended_at is not None:
             return False
-        self._close(rec, outcome, time.time())
+        self._close(rec, most_specific(outcome, rec.expected, rec.carrier_outcome)
+                    or "completed", time.time())
         return True
 
     def live_count(self) -> int:

@@ -8,17 +8,20 @@ never received. Other 4xx are the caller's mistake and are returned at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import aiohttp
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 SessionSource = aiohttp.ClientSession | Callable[[], aiohttp.ClientSession]
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,10 @@ class RestError(Exception):
         self.status = status
         self.code = code
         self.message = message
+        self.reported = False   # already handed to a client's ``on_error`` hook
+
+
+ErrorHook = Callable[[RestError], None]
 
 
 class RestClient:
@@ -49,8 +56,10 @@ class RestClient:
 
     def __init__(self, session: SessionSource, base_url: str, *,
                  headers: Mapping[str, str] | None = None,
-                 attempts: int = 3, backoff: float = 0.25, timeout: float = 10.0) -> None:
+                 attempts: int = 3, backoff: float = 0.25, timeout: float = 10.0,
+                 on_error: ErrorHook | None = None) -> None:
         self._session = session
+        self.on_error = on_error
         self.base_url = base_url.rstrip("/")
         self._headers = dict(headers or {})
         self._attempts = max(1, attempts)
@@ -83,6 +92,28 @@ class RestClient:
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 last_exc = exc
         raise RestError(0, "network", f"{method} {path} failed: {last_exc!r}")
+
+    def report(self, exc: RestError) -> None:
+        """Hand a failed action to ``on_error`` (e.g. a metric), once per error."""
+        if exc.reported or self.on_error is None:
+            return
+        exc.reported = True
+        self.on_error(exc)
+
+
+def reported(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Decorate a carrier REST action (a method of an object with a ``_client``
+    :class:`RestClient`): a :class:`RestError` leaving it — the carrier refused, or the
+    request never got an answer after the retries — is reported once, then re-raised.
+    "Already ended" answers are not errors and never reach this."""
+    @functools.wraps(method)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except RestError as exc:
+            args[0]._client.report(exc)  # type: ignore[attr-defined]
+            raise
+    return run
 
 
 def _form(fields: Sequence[tuple[str, str]]) -> aiohttp.FormData:

@@ -16,8 +16,8 @@ from pathlib import Path
 import yaml
 
 from patterd.config import load_config
-from patterd.simulate import Wait, WaitForAgent, make_api, simulate_call
-from tests.conftest import twilio_raw
+from patterd.simulate import TelnyxSigner, Wait, WaitForAgent, make_api, simulate_call
+from tests.conftest import telnyx_raw, twilio_raw
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,3 +82,55 @@ async def test_sigterm_drains_live_calls_then_exits_0(tmp_path: Path) -> None:
             proc.wait()
     err = proc.stderr.read()
     assert '"event": "drain_timeout"' in err and '"event": "stopped"' in err
+
+
+async def test_telnyx_drain_rejects_new_calls_through_the_rest_api(tmp_path: Path) -> None:
+    """On Telnyx the webhook answer is ignored: while draining, a new call.initiated is
+    declined with the REST reject action (USER_BUSY), and /readyz says 503."""
+    port = free_port()
+    signer = TelnyxSigner(bytes(range(32)))
+    raw = telnyx_raw(signer.public_key_b64,
+                     server={"host": "127.0.0.1", "port": port, "drain_timeout": 4,
+                             "public_url": f"http://127.0.0.1:{port}"},
+                     agent={"first_message": "Hello.", "silence_timeout": 60},
+                     logging={"level": "info"})
+    raw["carrier"]["api_base_url"] = f"http://127.0.0.1:{free_port()}/v2"
+    path = tmp_path / "patter.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    proc = subprocess.Popen([sys.executable, "-m", "patterd", "--config", str(path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ})
+    try:
+        deadline = time.monotonic() + 30
+        while readyz(port) != 200:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            await asyncio.sleep(0.1)
+        url = f"http://127.0.0.1:{port}"
+        api = make_api(cfg)            # Telnyx's REST API as the simulator serves it
+        assert api is not None
+        await api.start()
+        live = asyncio.create_task(simulate_call(cfg, url, [WaitForAgent(), Wait(30)],
+                                                 api=api, signer=signer, timeout=60))
+        await asyncio.sleep(2.5)                      # the call is up and greeted
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        assert readyz(port) == 503
+        declined = await simulate_call(cfg, url, [Wait(1)], api=api, signer=signer,
+                                       timeout=20)
+        assert declined.outcome == "rejected", (declined.outcome, declined.detail)
+        # The REST API received a reject (and nothing else) for the new call.
+        assert [(a.action, a.fields.get("cause")) for a in declined.actions] == [
+            ("reject", "USER_BUSY")]
+        assert [w.status for w in declined.webhooks if w.kind == "call.initiated"] == [200]
+        result = await live
+        assert result.outcome == "hung_up_by_agent", (result.outcome, result.detail)
+        assert [a.action for a in result.actions][-1] == "hangup"
+        assert proc.wait(timeout=40) == 0
+        await api.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read()
+    assert '"event": "call_rejected"' in err and '"reason": "draining"' in err

@@ -107,7 +107,12 @@ async def test_4xx_is_not_retried_and_call_marked_failed(daemon, telnyx_signer, 
     client = await start(daemon, telnyx_signer, base)
     await send(client, telnyx_signer, telnyx_event("call.initiated", initiated()))
     await wait_for(lambda: gateway_of(client).registry.get(CCID).outcome == "failed")
-    assert len(fake.requests) == 1
+    # The answer is not retried; the call, left ringing, is hung up rather than forgotten.
+    await wait_for(lambda: len(fake.requests) == 2)
+    assert [r.path.rsplit("/", 1)[-1] for r in fake.requests] == ["answer", "hangup"]
+    gw = gateway_of(client)
+    assert gw.metrics.calls_total.labels("inbound", "failed")._value.get() == 1
+    assert gw.metrics.backend_errors.labels("carrier", "telnyx")._value.get() == 1
 
 
 async def test_signature_failures_are_403(daemon, telnyx_signer, fake_telnyx) -> None:  # type: ignore[no-untyped-def]

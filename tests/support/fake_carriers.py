@@ -46,7 +46,16 @@ class FakeTwilio:
         app.router.add_post(base + "/Calls.json", self._create_call)
         app.router.add_post(base + "/Calls/{call}.json", self._update_call)
         app.router.add_get(base + "/Calls/{call}.json", self._fetch_call)
+        app.router.add_post(base + "/Calls/{call}/Recordings.json", self._start_recording)
         return app
+
+    async def _start_recording(self, request: web.Request) -> web.Response:
+        await self._seen(request)
+        call = request.match_info["call"]
+        if call in self.ended_calls:
+            raise _twilio_error(404, 20404, "The requested resource was not found")
+        return web.json_response({"sid": "RE" + f"{len(self.requests):032x}",
+                                  "call_sid": call, "status": "in-progress"}, status=201)
 
     def complete_call(self, sid: str, price: str = "-0.0085", *, after: float = 0.0,
                       duration: int = 30, direction: str = "inbound",
@@ -160,6 +169,8 @@ class FakeTelnyx:
         self.requests.append(Seen("POST", request.path, dict(request.headers), json=body))
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return _telnyx_error(401, "10009", "Authentication failed")
+        if self.fail_next:
+            return _telnyx_error(self.fail_next.pop(0), "10007", "Unexpected error")
         n = len(self.requests)
         return web.json_response({"data": {"call_control_id": f"v3:dialled-{n}",
                                            "call_leg_id": f"leg-{n}", "call_session_id": f"s-{n}",

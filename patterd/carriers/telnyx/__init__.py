@@ -54,7 +54,8 @@ class Carrier:
         from .media_route import media_route
 
         tokens = StreamTokens(self.settings.api_key)
-        return [*make_routes(gw, verifier, TelnyxRest(gw.session, self.settings), tokens),
+        rest = TelnyxRest(gw.session, self.settings, gw.carrier_error("telnyx"))
+        return [*make_routes(gw, verifier, rest, tokens),
                 media_route(gw, self.settings, tokens)]
 
     async def on_startup(self, gw: Gateway) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from ...call.outbound import RING_TIMEOUT, OutboundCall
 from ...config import Config, TelnyxSettings
-from ..rest import RestError, SessionSource
+from ..rest import ErrorHook, RestError, SessionSource
 from .rest import TelnyxRest, client_state
 from .stream_token import StreamTokens
 
@@ -15,13 +15,15 @@ OUTBOUND_REF = "out:"  # stream tokens of outbound calls name a reference, not a
 
 
 class TelnyxControl:
-    """Hang-up, transfer, DTMF, recording and dialling for Telnyx calls."""
+    """Hang-up, transfer, DTMF, recording and dialling for Telnyx calls; ``on_error`` hears
+    of each failed one (but a failed recording start, which the session counts)."""
 
     dtmf_ends_stream = False
 
     def __init__(self, session: SessionSource, settings: TelnyxSettings, config: Config,
-                 tokens: StreamTokens, stream_url: Any) -> None:
-        self._rest = TelnyxRest(session, settings)
+                 tokens: StreamTokens, stream_url: Any, on_error: ErrorHook | None = None
+                 ) -> None:
+        self._rest = TelnyxRest(session, settings, on_error)
         self._settings = settings
         self._from = config.phone_number
         self._tokens = tokens

@@ -28,7 +28,8 @@ def media_route(gw: Gateway, settings: TelnyxSettings, tokens: StreamTokens) -> 
     """The route; the token names the one call it may carry."""
     public_url = gw.config.server.public_url
     control = gw.control = TelnyxControl(gw.session, settings, gw.config, tokens,
-                                         lambda token: stream_url(public_url, token))
+                                         lambda token: stream_url(public_url, token),
+                                         on_error=gw.carrier_error("telnyx"))
 
     async def media(request: web.Request) -> web.StreamResponse:
         call_id = tokens.verify(request.match_info["token"])

@@ -11,7 +11,7 @@ from urllib.parse import quote
 import aiohttp
 
 from ...config import TelnyxSettings
-from ..rest import RestClient, RestError, RestResponse, SessionSource
+from ..rest import ErrorHook, RestClient, RestError, RestResponse, SessionSource, reported
 
 ALREADY_ENDED = "90018"
 
@@ -34,11 +34,14 @@ def read_client_state(value: Any) -> dict[str, Any]:
 
 class TelnyxRest:
     """Bearer-authenticated JSON requests; every command carries a fresh ``command_id`` so a
-    retried request is applied once."""
+    retried request is applied once. ``on_error`` hears of every action that failed
+    (``patterd_backend_errors_total``); "call already ended" (90018) is not a failure."""
 
-    def __init__(self, session: SessionSource, settings: TelnyxSettings) -> None:
+    def __init__(self, session: SessionSource, settings: TelnyxSettings,
+                 on_error: ErrorHook | None = None) -> None:
         self._client = RestClient(session, settings.api_base_url,
-                                  headers={"Authorization": f"Bearer {settings.api_key}"})
+                                  headers={"Authorization": f"Bearer {settings.api_key}"},
+                                  on_error=on_error)
 
     async def command(self, call_control_id: str, action: str, body: dict[str, Any]
                       ) -> RestResponse:
@@ -48,10 +51,12 @@ class TelnyxRest:
             "POST", f"/calls/{quote(call_control_id, safe='')}/actions/{action}",
             json_body=payload)
 
+    @reported
     async def answer(self, call_control_id: str, stream_url: str, state: dict[str, Any]
                      ) -> RestResponse:
         """Answer with a bidirectional PCMU media stream in ``rtp`` mode (the default ``mp3``
-        mode drops raw audio)."""
+        mode drops raw audio). A call the caller already hung up (90018) is returned, not
+        raised: ``call.hangup`` tells its outcome."""
         resp = await self.command(call_control_id, "answer", {
             "stream_url": stream_url,
             "stream_track": "inbound_track",
@@ -60,9 +65,11 @@ class TelnyxRest:
             "stream_bidirectional_target_legs": "self",
             "client_state": client_state(state),
         })
-        _raise_for(resp, "answer")
+        if error_code(resp) != ALREADY_ENDED:
+            _raise_for(resp, "answer")
         return resp
 
+    @reported
     async def reject(self, call_control_id: str, cause: str = "USER_BUSY") -> RestResponse:
         """Decline a ringing call."""
         resp = await self.command(call_control_id, "reject", {"cause": cause})
@@ -70,6 +77,7 @@ class TelnyxRest:
             _raise_for(resp, "reject")
         return resp
 
+    @reported
     async def hangup(self, call_control_id: str) -> bool:
         """End a call; True also when Telnyx says it had already ended (90018)."""
         resp = await self.command(call_control_id, "hangup", {})
@@ -78,7 +86,7 @@ class TelnyxRest:
         _raise_for(resp, "hang up")
         return False
 
-
+    @reported
     async def dial(self, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /calls``; the call (``call_control_id``…) or :class:`RestError`."""
         payload = {**body, "command_id": body.get("command_id") or str(uuid.uuid4())}
@@ -88,16 +96,19 @@ class TelnyxRest:
         return data if isinstance(data, dict) else {}
 
     async def record_start(self, call_control_id: str, channels: str) -> bool:
-        """Record the call (``call.recording.saved`` follows the hang-up)."""
+        """Record the call (``call.recording.saved`` follows the hang-up). Not reported to
+        ``on_error``: the call session counts a failed recording start itself."""
         return await self._checked(call_control_id, "record_start",
                                    {"format": "wav", "channels": channels})
 
+    @reported
     async def speak(self, call_control_id: str, text: str, state: dict[str, Any]) -> bool:
         """Have Telnyx speak ``text`` (``call.speak.ended`` follows, carrying ``state``)."""
         return await self._checked(call_control_id, "speak", {
             "payload": text[:3000], "voice": "AWS.Polly.Joanna-Neural", "language": "en-US",
             "payload_type": "text", "client_state": client_state(state)})
 
+    @reported
     async def transfer(self, call_control_id: str, to: str, from_number: str = "") -> bool:
         """Transfer the call to ``to`` (E.164 or ``sip:``)."""
         body: dict[str, Any] = {"to": to}
@@ -105,6 +116,7 @@ class TelnyxRest:
             body["from"] = from_number
         return await self._checked(call_control_id, "transfer", body)
 
+    @reported
     async def send_dtmf(self, call_control_id: str, digits: str) -> bool:
         """Send DTMF tones into the call."""
         return await self._checked(call_control_id, "send_dtmf", {"digits": digits})

@@ -113,8 +113,7 @@ def handle_event(gw: Gateway, event_type: str, payload: dict[str, Any], call_id:
         if not gw.accepting:
             reason = "draining" if gw.draining else "at capacity"
             gw.registry.ensure(call_id, "telnyx", direction=direction)
-            gw.registry.end(call_id, "rejected")
-            gw.metrics.calls_total.labels(direction, "rejected").inc()
+            gw.finish_call(call_id, "telnyx", "rejected")
             log.info("call_rejected", call_id=call_id, reason=reason)
             return lambda rest, tokens: _reject(rest, call_id)
         gw.registry.ensure(call_id, "telnyx", direction=direction,
@@ -128,22 +127,21 @@ def handle_event(gw: Gateway, event_type: str, payload: dict[str, Any], call_id:
         return None
     if event_type == "call.hangup":
         cause = _text(payload, "hangup_cause") or "unspecified"
-        rec = gw.registry.ensure(call_id, "telnyx")
         outcome = HANGUP_OUTCOME.get(cause, "completed")
         status = "completed" if outcome in ("completed", "rejected") else outcome.replace("_", "-")
         if status not in TERMINAL:
             status = "completed"
-        was_live = rec.live
-        gw.registry.apply_status(call_id, "telnyx", status, hangup_cause=cause,
-                                 hangup_source=_text(payload, "hangup_source"),
-                                 occurred_at=occurred)
-        if was_live:
-            rec.outcome = outcome
-            gw.metrics.calls_total.labels(rec.direction, outcome).inc()
-            start = _text(payload, "start_time")
-            log.info("call_ended", call_id=call_id, outcome=outcome, cause=cause,
-                     started=start)
+        # It may beat streaming.stopped and our socket's close: then the session's own
+        # outcome (transferred, voicemail, …) settles the call, not this generic one.
+        if gw.carrier_status(call_id, "telnyx", status, outcome=outcome, hangup_cause=cause,
+                             hangup_source=_text(payload, "hangup_source"),
+                             occurred_at=occurred):
+            rec = gw.registry.ensure(call_id, "telnyx")
+            log.info("call_ended", call_id=call_id, outcome=rec.outcome, cause=cause,
+                     started=_text(payload, "start_time"))
         return None
+    if event_type == "streaming.failed":
+        return _stream_failed(gw, payload, call_id)
     if event_type.startswith("call.machine.") and call_id:
         result = _text(payload, "result")
         gw.registry.add_event(call_id, "telnyx", _EVENT_KINDS[event_type],
@@ -158,7 +156,7 @@ def handle_event(gw: Gateway, event_type: str, payload: dict[str, Any], call_id:
         if price is not None and price == price and abs(price) < 1e6:
             gw.carrier_priced(gw.registry.ensure(call_id, "telnyx"), price)
     if event_type == "call.speak.ended" and state.get("after_speak") == "hangup":
-        return lambda rest, tokens: _hangup(rest, call_id)
+        return lambda rest, tokens: _hangup(rest, call_id, "voicemail_left")
     kind = _EVENT_KINDS.get(event_type)
     if kind is None:
         kind = event_type
@@ -186,31 +184,58 @@ _DETAIL_KEYS = ("result", "digit", "recording_urls", "channels", "recording_star
                 "stream_url", "failure_reason", "call_leg_id", "call_session_id")
 
 
+def _stream_failed(gw: Gateway, payload: dict[str, Any], call_id: str) -> Any:
+    """Telnyx could not stream the call's media (``failure_reason``): the call is up and
+    billed with nobody on our side, so it ends now — ``failed``, counted once — and is hung
+    up through the REST API."""
+    reason = _text(payload, "failure_reason") or "unknown"
+    rec = gw.registry.add_event(call_id, "telnyx", "stream_failed", failure_reason=reason,
+                                stream_id=_text(payload, "stream_id"),
+                                stream_type=_text(payload, "stream_type"))
+    if not rec.live or rec.status in TERMINAL:
+        return None   # call.hangup came first: the stream failed as the call ended
+    log.warning("media_stream_failed", call_id=call_id, reason=reason)
+    gw.finish_call(call_id, "telnyx", "failed")
+    return lambda rest, tokens: _hangup(rest, call_id, "stream_failed", gw, reason)
+
+
 async def _answer(gw: Gateway, rest: TelnyxRest, tokens: StreamTokens, call_id: str,
                   direction: str) -> None:
     url = stream_url(gw.config.server.public_url, tokens.mint(call_id))
     try:
-        await rest.answer(call_id, url, {"call_id": call_id, "direction": direction})
-    except RestError as exc:
-        gw.metrics.backend_errors.labels("carrier", "telnyx").inc()
+        resp = await rest.answer(call_id, url, {"call_id": call_id, "direction": direction})
+    except RestError as exc:   # counted by the client's on_error hook
         log.warning("answer_failed", call_id=call_id, status=exc.status, code=exc.code,
                     reason=exc.message)
-        gw.registry.end(call_id, "failed")
+        # Unanswered, the call would ring on until Telnyx gives up: end it.
+        gw.finish_call(call_id, "telnyx", "failed")
+        await _hangup(rest, call_id, "answer_failed", gw)
+        return
+    if not resp.ok:   # 90018: the caller hung up first; call.hangup tells the outcome
+        log.info("call_gone_before_answer", call_id=call_id)
         return
     log.info("call_answered", call_id=call_id)
 
 
-async def _hangup(rest: TelnyxRest, call_id: str) -> None:
+async def _hangup(rest: TelnyxRest, call_id: str, reason: str, gw: Gateway | None = None,
+                  detail: str = "") -> None:
+    """Hang up (failures are counted by the client's hook); with ``gw``, the hang-up is
+    recorded as the gateway's, with why."""
     try:
         await rest.hangup(call_id)
     except RestError as exc:
         log.warning("hangup_failed", call_id=call_id, status=exc.status, reason=exc.message)
+        return
+    if gw is not None:
+        extra = {"detail": detail} if detail else {}
+        gw.registry.add_event(call_id, "telnyx", "hangup", by="gateway", reason=reason,
+                              **extra)
 
 
 async def _reject(rest: TelnyxRest, call_id: str) -> None:
     try:
         await rest.reject(call_id, "USER_BUSY")
-    except RestError as exc:
+    except RestError as exc:   # counted by the client's on_error hook
         log.warning("reject_failed", call_id=call_id, status=exc.status, reason=exc.message)
 
 

@@ -57,8 +57,9 @@ class Carrier:
         from .rest import TwilioRest
 
         base = gw.config.server.public_url
+        rest = TwilioRest(gw.session, self.settings, gw.carrier_error("twilio"))
         try:
-            sid = await TwilioRest(gw.session, self.settings).configure_number(
+            sid = await rest.configure_number(
                 gw.config.phone_number, f"{base}/webhooks/twilio/voice",
                 f"{base}/webhooks/twilio/status")
         except RestError as exc:

@@ -7,7 +7,7 @@ import json
 
 from ...call.outbound import RING_TIMEOUT, OutboundCall, stream_parameters
 from ...config import Config, TwilioSettings
-from ..rest import SessionSource
+from ..rest import ErrorHook, SessionSource
 from .rest import TwilioRest
 from .twiml import connect_stream
 
@@ -31,13 +31,14 @@ def read_amd_context(value: str) -> str:
 
 class TwilioControl:
     """Hang-up, transfer, DTMF, recording and dialling for Twilio calls. Any TwiML update ends
-    the running stream, so DTMF re-attaches it in the same update."""
+    the running stream, so DTMF re-attaches it in the same update. ``on_error`` hears of each
+    failed action (but a failed recording start, which the session counts)."""
 
     dtmf_ends_stream = True
 
     def __init__(self, session: SessionSource, settings: TwilioSettings, config: Config,
-                 stream_url: str) -> None:
-        self._rest = TwilioRest(session, settings)
+                 stream_url: str, on_error: ErrorHook | None = None) -> None:
+        self._rest = TwilioRest(session, settings, on_error)
         self._config = config
         self._caller_id = config.phone_number
         self._stream_url = stream_url

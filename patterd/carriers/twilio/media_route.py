@@ -26,7 +26,8 @@ def media_route(gw: Gateway, settings: TwilioSettings, verifier: SignatureVerifi
     """The route; Twilio signs the upgrade over the ``wss://`` URL with no parameters."""
     url = stream_url(gw.config.server.public_url)
     scheme = url.split(":", 1)[0]
-    control = gw.control = TwilioControl(gw.session, settings, gw.config, url)
+    control = gw.control = TwilioControl(gw.session, settings, gw.config, url,
+                                         on_error=gw.carrier_error("twilio"))
 
     async def media(request: web.Request) -> web.StreamResponse:
         signature = request.headers.get("X-Twilio-Signature", "")

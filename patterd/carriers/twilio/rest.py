@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ...config import TwilioSettings
-from ..rest import RestClient, RestError, RestResponse, SessionSource
+from ..rest import ErrorHook, RestClient, RestError, RestResponse, SessionSource, reported
 
 ALREADY_ENDED = 20404
 
@@ -18,13 +18,18 @@ def basic_auth(user: str, password: str) -> str:
 
 
 class TwilioRest:
-    """Form-encoded requests under ``/2010-04-01/Accounts/{AccountSid}``, HTTP Basic auth."""
+    """Form-encoded requests under ``/2010-04-01/Accounts/{AccountSid}``, HTTP Basic auth.
+    ``on_error`` hears of every action that failed (``patterd_backend_errors_total``);
+    "call already ended" (20404) is not a failure."""
 
-    def __init__(self, session: SessionSource, settings: TwilioSettings) -> None:
+    def __init__(self, session: SessionSource, settings: TwilioSettings,
+                 on_error: ErrorHook | None = None) -> None:
         self._client = RestClient(
             session, f"{settings.api_base_url}/2010-04-01/Accounts/{settings.account_sid}",
-            headers={"Authorization": basic_auth(settings.account_sid, settings.auth_token)})
+            headers={"Authorization": basic_auth(settings.account_sid, settings.auth_token)},
+            on_error=on_error)
 
+    @reported
     async def find_number(self, phone_number: str) -> dict[str, Any] | None:
         """The IncomingPhoneNumber resource for ``phone_number``, or None."""
         resp = await self._client.request("GET", "/IncomingPhoneNumbers.json",
@@ -35,6 +40,7 @@ class TwilioRest:
                 return item
         return None
 
+    @reported
     async def configure_number(self, phone_number: str, voice_url: str, status_url: str) -> str:
         """Point the number's voice webhook (and its status callback) at this daemon.
 
@@ -59,11 +65,12 @@ class TwilioRest:
 
     async def fetch_call(self, call_sid: str) -> dict[str, Any]:
         """``GET /Calls/{sid}.json``: the Call resource (``status``, ``duration``, ``price``
-        …) or :class:`RestError`."""
+        …) or :class:`RestError` (not reported: the price fetch counts its failures)."""
         resp = await self._client.request("GET", f"/Calls/{quote(call_sid, safe='')}.json")
         _raise_for(resp, "fetch the call")
         return resp.body if isinstance(resp.body, dict) else {}
 
+    @reported
     async def hangup(self, call_sid: str) -> bool:
         """End a call; True also when Twilio says it had already ended (20404)."""
         resp = await self.update_call(call_sid, [("Status", "completed")])
@@ -72,6 +79,7 @@ class TwilioRest:
         _raise_for(resp, "hang up")
         return False
 
+    @reported
     async def create_call(self, form: list[tuple[str, str]]) -> dict[str, Any]:
         """``POST /Calls.json``; the call resource (its ``sid``) or :class:`RestError`."""
         resp = await self._client.request("POST", "/Calls.json", form=form)
@@ -79,7 +87,8 @@ class TwilioRest:
         return resp.body if isinstance(resp.body, dict) else {}
 
     async def start_recording(self, call_sid: str, callback_url: str, channels: str) -> str:
-        """Record the live call; returns the ``RE…`` sid."""
+        """Record the live call; returns the ``RE…`` sid. Not reported to ``on_error``: the
+        call session counts a failed recording start itself."""
         resp = await self._client.request(
             "POST", f"/Calls/{quote(call_sid, safe='')}/Recordings.json",
             form=[("RecordingChannels", channels), ("RecordingStatusCallback", callback_url),
@@ -90,6 +99,7 @@ class TwilioRest:
         _raise_for(resp, "start recording")
         return str(resp.body.get("sid", "")) if isinstance(resp.body, dict) else ""
 
+    @reported
     async def say_and_hangup(self, call_sid: str, text: str) -> bool:
         """Have Twilio speak ``text`` and hang up (a voicemail left without our stream)."""
         from xml.sax.saxutils import escape
@@ -98,11 +108,13 @@ class TwilioRest:
         doc = f"{XML_HEAD}<Response><Say>{escape(text)}</Say><Hangup/></Response>"
         return await _update_twiml(self, call_sid, doc, "leave the voicemail")
 
+    @reported
     async def transfer(self, call_sid: str, target: str, caller_id: str = "") -> bool:
         """Cold-transfer the call with ``<Dial>`` (this ends our media stream)."""
         from .twiml import dial
         return await _update_twiml(self, call_sid, dial(target, caller_id), "transfer")
 
+    @reported
     async def send_dtmf(self, call_sid: str, digits: str, stream_url: str,
                         parameters: dict[str, str]) -> bool:
         """Play DTMF into the call, then re-attach the media stream."""

@@ -152,8 +152,7 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
             reason = "draining" if gw.draining else "at capacity"
             if await gw.first_delivery(("twilio-reject", sid)):
                 gw.registry.ensure(sid, "twilio", direction=direction)
-                gw.registry.end(sid, "rejected")
-                gw.metrics.calls_total.labels(direction, "rejected").inc()
+                gw.finish_call(sid, "twilio", "rejected")
                 log.info("call_rejected", call_id=sid, reason=reason)
             return web.Response(text=twiml.reject("busy"), content_type=xml)
         if known is None:
@@ -180,24 +179,18 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
         if not await gw.first_delivery(("twilio-status", sid, state, seq)):
             return web.Response(status=204)
         direction = _direction(params)
-        gw.registry.ensure(sid, "twilio", direction=direction)
-        changed = gw.registry.apply_status(sid, "twilio", state, seq,
-                                           timestamp=params.get("Timestamp", ""),
-                                           duration=duration)
-        rec = gw.registry.get(sid)
-        served = rec is not None and _served_here(gw, rec)
-        if changed and state in TERMINAL and rec is not None:
-            if session_for(gw, sid) is None:   # no stream here: price the call from Twilio's
-                rec.media_seconds = rec.media_seconds or float(duration or 0)   # duration
-                gw.price_call(rec)
-            outcome = rec.outcome.replace("-", "_")
-            gw.metrics.calls_total.labels(rec.direction, outcome).inc()
-            if duration is not None:
-                gw.metrics.call_duration.labels(rec.direction).observe(duration)
-            log.info("call_ended", call_id=sid, outcome=outcome, duration=duration)
+        rec = gw.registry.ensure(sid, "twilio", direction=direction)
+        served = _served_here(gw, rec)
+        # A terminal status racing our media stream's close waits for the session's outcome
+        # (transferred, voicemail, …); otherwise it ends the call here, counted once.
+        if gw.carrier_status(sid, "twilio", state, seq, seconds=duration,
+                             timestamp=params.get("Timestamp", ""), duration=duration):
+            # No stream here: price the call from Twilio's duration.
+            rec.media_seconds = rec.media_seconds or float(duration or 0)
+            gw.price_call(rec)
+            log.info("call_ended", call_id=sid, outcome=rec.outcome, duration=duration)
         settings = gw.config.carrier
-        if (state == "completed" and served and rec is not None
-                and isinstance(settings, TwilioSettings)):
+        if state == "completed" and served and isinstance(settings, TwilioSettings):
             # Twilio's own price replaces our estimate once it is known (in the background).
             fetch_later(gw, settings, rec)
         return web.Response(status=204)
