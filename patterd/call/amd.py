@@ -72,6 +72,8 @@ async def on_verdict(gw: Gateway, carrier: str, call_id: str, raw: str, voicemai
         from .remote import voicemail_elsewhere
         if await voicemail_elsewhere(gw, call_id, voicemail):
             return      # the replica holding the media stream spoke it
+    # A carrier report of the hang-up may beat the REST answer: it keeps this outcome.
+    gw.expect_outcome(call_id, carrier, "voicemail")
     try:
         if verdict == MACHINE and voicemail:
             values = {**gw.config.agent.variables, **(variables or {})}
@@ -79,9 +81,10 @@ async def on_verdict(gw: Gateway, carrier: str, call_id: str, raw: str, voicemai
         else:
             await control.hangup(call_id)
     except RestError as exc:
+        gw.expect_outcome(call_id, carrier, "")
         log.warning("amd_action_failed", call_id=call_id, status=exc.status, reason=exc.message)
         return
     if session is not None:
         session.outcome, session.ending = "voicemail", True
-    elif gw.registry.finish(call_id, carrier, "voicemail"):
-        gw.metrics.calls_total.labels(rec.direction or "outbound", "voicemail").inc()
+    else:
+        gw.finish_call(call_id, carrier, "voicemail")

@@ -129,6 +129,4 @@ async def _refuse_codec(gw: Any, control: CallControl, carrier: str, call_id: st
         await control.hangup(call_id)
     except Exception as exc:  # noqa: BLE001 - logged; the record still says why
         log.warning("hangup_failed", call_id=call_id, error=repr(exc))
-    rec = gw.registry.get(call_id)
-    if gw.registry.finish(call_id, carrier, "failed") and rec is not None:
-        gw.metrics.calls_total.labels(rec.direction or "inbound", "failed").inc()
+    gw.finish_call(call_id, carrier, "failed")

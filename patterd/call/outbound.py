@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
+from ..backends.llm.rules import fill
 from ..config.backends import E164
 
 MAX_VOICEMAIL_CHARS = 1000
@@ -25,8 +27,13 @@ class OutboundCall:
     variables: dict[str, str] = field(default_factory=dict)
 
 
-def parse_outbound(doc: Any, *, default_amd: bool, default_voicemail: str) -> OutboundCall:
-    """Validate the JSON body of ``POST /v1/calls``; raises ``ValueError`` naming the field."""
+def parse_outbound(doc: Any, *, default_amd: bool, default_voicemail: str,
+                   agent_variables: Mapping[str, str] | None = None) -> OutboundCall:
+    """Validate the JSON body of ``POST /v1/calls``; raises ``ValueError`` naming the field.
+
+    The voicemail text comes back with its ``{name}`` placeholders filled (``variables``
+    over ``agent_variables``): the carrier may speak it without this daemon (Twilio's
+    ``<Say>``, Telnyx ``speak``) and only gets the text."""
     if not isinstance(doc, dict):
         raise ValueError("body: expected a JSON object")
     unknown = set(doc) - {"to", "machine_detection", "voicemail_message", "variables"}
@@ -56,7 +63,7 @@ def parse_outbound(doc: Any, *, default_amd: bool, default_voicemail: str) -> Ou
             raise ValueError(f"variables.{name}: expected text of at most "
                              f"{MAX_VARIABLE_CHARS} characters")
         clean[name] = str(value)
-    return OutboundCall(to, amd, vm, clean)
+    return OutboundCall(to, amd, fill(vm, {**(agent_variables or {}), **clean}), clean)
 
 
 def stream_parameters(call: OutboundCall, from_number: str) -> dict[str, str]:

@@ -118,11 +118,9 @@ async def orphaned(gw: "Gateway", call_id: str, carrier: str) -> None:
     except RestError as exc:
         log.warning("orphan_hangup_failed", call_id=call_id, status=exc.status,
                     reason=exc.message)
-    rec = gw.registry.ensure(call_id, carrier)
     gw.registry.add_event(call_id, carrier, "hangup", by="gateway", reason=REPLICA_LOST)
     log.warning("orphan_hung_up", call_id=call_id)
-    if gw.registry.finish(call_id, carrier, REPLICA_LOST):
-        gw.metrics.calls_total.labels(rec.direction or "inbound", REPLICA_LOST).inc()
+    gw.finish_call(call_id, carrier, REPLICA_LOST)
 
 
 async def voicemail_elsewhere(gw: "Gateway", call_id: str, text: str) -> bool:

@@ -25,6 +25,7 @@ from ..ops.logging import get_logger
 from .context import Meter, call_variables, stream_context
 from .keypad import Keypad, dtmf_grammar
 from .playout import Playout
+from .registry import TERMINAL
 from .replies import FAILURE_APOLOGY, Replies
 from .transcript import Line
 from .turns import Speaker, played
@@ -145,6 +146,12 @@ class CallSession(Replies):
                 await self.control.hangup(self.call_id)
             except Exception as exc:  # noqa: BLE001 - logged, nothing else to do
                 log.warning("hangup_after_drop_failed", call_id=self.call_id, error=repr(exc))
+        if (self.stream_stopped and not self.outcome and not self.restart_expected
+                and self.control.stop_keeps_call_up):
+            # A stream the carrier stopped without the call ending (streaming_stop, a media
+            # failure) would leave it up and billing: hang up unless it reports the end.
+            self.gw.spawn(end_if_still_up(self.gw, self.control, self.call_id, self.carrier),
+                          name="stopped-stream-hangup")
         self.gw.record_stream_end(self, self.outcome or "completed",
                                   call_over=not self.restart_expected)
 
@@ -350,3 +357,24 @@ class CallSession(Replies):
 
 
 __all__ = ["FAILURE_APOLOGY", "CallSession"]
+
+
+#: Seconds a stopped stream's call has to be reported ended by the carrier before we hang up.
+STOP_GRACE = 5.0
+
+
+async def end_if_still_up(gw: Any, control: Any, call_id: str, carrier: str) -> None:
+    """Hang the call up through the carrier unless the carrier reports its end (a terminal
+    status in the record) within ``STOP_GRACE`` seconds of the stream stopping."""
+    await asyncio.sleep(STOP_GRACE)
+    rec = gw.registry.get(call_id)
+    if rec is not None and rec.status in TERMINAL:
+        return
+    log.warning("stream_stopped_call_up", call_id=call_id, detail="hanging up")
+    try:
+        ended = await control.hangup(call_id)
+    except Exception as exc:  # noqa: BLE001 - logged; the record says what happened
+        log.warning("hangup_after_stop_failed", call_id=call_id, error=repr(exc))
+        return
+    gw.registry.add_event(call_id, carrier, "hangup", by="gateway", reason="stream_stopped",
+                          ok=bool(ended))

@@ -128,3 +128,9 @@ class CallControl(Protocol):
     def dtmf_ends_stream(self) -> bool:
         """True when sending DTMF replaces the media stream (Twilio)."""
         ...
+
+    @property
+    def stop_keeps_call_up(self) -> bool:
+        """True when the carrier may stop a media stream while the call stays up and billing
+        (Telnyx); Twilio moves on to the next TwiML verb, and there is none after ours."""
+        ...

@@ -70,7 +70,8 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
         try:
             call = parse_outbound(await body_of(request),
                                   default_amd=gw.config.agent.machine_detection,
-                                  default_voicemail=gw.config.agent.voicemail_message)
+                                  default_voicemail=gw.config.agent.voicemail_message,
+                                  agent_variables=gw.config.agent.variables)
         except ValueError as exc:
             return _error(400, str(exc))
         if gw.draining:

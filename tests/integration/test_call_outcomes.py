@@ -6,6 +6,7 @@ the daemon answers."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -221,3 +222,33 @@ async def test_telnyx_caller_gone_while_answering_is_not_a_failure(
     assert calls_total(samples) == {("inbound", "canceled"): 1.0}
     assert "patterd_backend_errors_total" not in samples      # 90018 is not an error
     assert [q.path.rsplit("/", 1)[-1] for q in r.fake.requests] == ["answer"]
+
+
+async def test_a_telnyx_stream_stopped_while_the_call_is_up_is_hung_up(
+        daemon: Any, fake_twilio: Any, fake_telnyx: Any, monkeypatch: Any) -> None:
+    """Telnyx stops the stream (say, streaming_stop from elsewhere) and reports no hang-up:
+    the call would stay up and billing, so the daemon hangs it up after STOP_GRACE."""
+    from patterd.call import session as session_module
+    monkeypatch.setattr(session_module, "STOP_GRACE", 0.2)
+    r = await rig(daemon, "telnyx", fake_twilio, fake_telnyx)
+    stream = await r.answered_call()
+    await stream.stop()
+    await until(lambda: (r.call_id, "hangup") in r.fake.applied)
+    rec = r.gw.registry.get(r.call_id)
+    await until(lambda: any(e["type"] == "hangup" and e.get("reason") == "stream_stopped"
+                            for e in rec.events))
+
+
+async def test_a_telnyx_stream_stopped_by_the_callers_hang_up_needs_no_rest_call(
+        daemon: Any, fake_twilio: Any, fake_telnyx: Any, monkeypatch: Any) -> None:
+    from patterd.call import session as session_module
+    monkeypatch.setattr(session_module, "STOP_GRACE", 0.3)
+    r = await rig(daemon, "telnyx", fake_twilio, fake_telnyx)
+    stream = await r.answered_call()
+    await stream.stop()
+    await r.carrier_says_ended()                 # call.hangup, just after the stream's stop
+    rec = r.gw.registry.get(r.call_id)
+    await until(lambda: not rec.live)
+    await asyncio.sleep(0.6)                     # past the grace
+    assert (r.call_id, "hangup") not in r.fake.applied
+    assert not any(e.get("reason") == "stream_stopped" for e in rec.events)

@@ -19,6 +19,7 @@ class TelnyxControl:
     of each failed one (but a failed recording start, which the session counts)."""
 
     dtmf_ends_stream = False
+    stop_keeps_call_up = True
 
     def __init__(self, session: SessionSource, settings: TelnyxSettings, config: Config,
                  tokens: StreamTokens, stream_url: Any, on_error: ErrorHook | None = None

@@ -35,6 +35,7 @@ class TwilioControl:
     failed action (but a failed recording start, which the session counts)."""
 
     dtmf_ends_stream = True
+    stop_keeps_call_up = False
 
     def __init__(self, session: SessionSource, settings: TwilioSettings, config: Config,
                  stream_url: str, on_error: ErrorHook | None = None) -> None:
