@@ -5,7 +5,6 @@ recording, and steering a live call from the admin API."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 from patterd.simulate import Callee, Dtmf, TelnyxSigner, Wait, WaitForAgent, simulate_outbound
 from tests.conftest import config, gateway_of, telnyx_raw, twilio_raw
 from tests.support.stub_backends import stub_backends
+from tests.support.net import free_port
 
 TOKEN = "admin-token-0123456789abcdef"
 SEED = bytes(range(32))
@@ -21,12 +21,6 @@ TO = "+15557654321"
 RULES = {"llm": {"provider": "rules", "rules": [
     {"phrases": ["goodbye"], "dtmf": "9", "reply": "Goodbye!", "action": {"hangup": True}},
 ], "fallback": "Hmm."}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_config(carrier: str, **extra: Any):  # type: ignore[no-untyped-def]

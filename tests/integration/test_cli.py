@@ -18,6 +18,7 @@ import yaml
 
 from tests.conftest import twilio_raw
 from tests.support.signing import TWILIO_TOKEN
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,12 +36,6 @@ def write_config(tmp_path: Path, raw: dict) -> Path:
     path = tmp_path / "patter.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_version() -> None:

@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import time
 import urllib.request
@@ -24,16 +23,11 @@ import yaml
 
 from tests.conftest import twilio_raw
 from tests.support.fake_carriers import FakeTwilio
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "admin-token-0123456789abcdef"
 CALLEE = "+15557654321"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def patterd(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

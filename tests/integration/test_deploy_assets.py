@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -105,12 +106,6 @@ def patterd_executable() -> str:
     if candidate.exists():
         return str(candidate)
     return require_command("patterd", "install the project (`pip install -e .`)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env_file(path: Path) -> dict[str, str]:

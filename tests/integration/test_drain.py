@@ -4,13 +4,8 @@ end or drain_timeout passes (then a goodbye and a carrier hang-up), exit 0."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
@@ -18,24 +13,8 @@ import yaml
 from patterd.config import load_config
 from patterd.simulate import TelnyxSigner, Wait, WaitForAgent, make_api, simulate_call
 from tests.conftest import telnyx_raw, twilio_raw
+from tests.support.net import free_port, readyz, start_daemon
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def readyz(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-            return r.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
 
 
 async def test_sigterm_drains_live_calls_then_exits_0(tmp_path: Path) -> None:
@@ -48,14 +27,8 @@ async def test_sigterm_drains_live_calls_then_exits_0(tmp_path: Path) -> None:
     path = tmp_path / "patter.yaml"
     path.write_text(yaml.safe_dump(raw))
     cfg = load_config(path)
-    proc = subprocess.Popen([sys.executable, "-m", "patterd", "--config", str(path)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ})
+    proc = await start_daemon(path, port)
     try:
-        deadline = time.monotonic() + 30
-        while readyz(port) != 200:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-            await asyncio.sleep(0.1)
         url = f"http://127.0.0.1:{port}"
         api = make_api(cfg)            # the carrier's REST API, shared by both calls
         await api.start()
@@ -98,14 +71,8 @@ async def test_telnyx_drain_rejects_new_calls_through_the_rest_api(tmp_path: Pat
     path = tmp_path / "patter.yaml"
     path.write_text(yaml.safe_dump(raw))
     cfg = load_config(path)
-    proc = subprocess.Popen([sys.executable, "-m", "patterd", "--config", str(path)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ})
+    proc = await start_daemon(path, port)
     try:
-        deadline = time.monotonic() + 30
-        while readyz(port) != 200:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-            await asyncio.sleep(0.1)
         url = f"http://127.0.0.1:{port}"
         api = make_api(cfg)            # Telnyx's REST API as the simulator serves it
         assert api is not None

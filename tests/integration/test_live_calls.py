@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from patterd.simulate import (Dtmf, TelnyxSigner, Wait, WaitForAgent, WaitForAgentSpeech, say,
                               simulate_call)
 from tests.conftest import config, gateway_of, telnyx_raw, twilio_raw
+from tests.support.net import free_port
 
 FRONT_DESK = {
     "agent": {"first_message": "Thanks for calling Example Company. How can I help?",
@@ -23,12 +23,6 @@ FRONT_DESK = {
     ], "fallback": "Sorry, say sales or goodbye."},
 }
 SEED = bytes(range(32))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rms(pcm: bytes) -> float:

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import resource
-import socket
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from patterd.ops.logging import configure_logging, get_logger
 from patterd.simulate import Dtmf, Say, TelnyxSigner, Wait, WaitForAgent, simulate_call
 from tests.conftest import config, gateway_of, telnyx_raw, twilio_raw
 from tests.support.stub_backends import StubTts, stub_backends, tone
+from tests.support.net import free_port
 
 SEED = bytes(range(32))
 FRAME = 160
@@ -34,12 +34,6 @@ AGENT = {
 # the caller waits for the greeting, speaks (a 1 kHz tone), waits, then presses 9 (goodbye)
 STEPS = [WaitForAgent(), Say(tone(TONE_SECONDS, 1000.0), "tone"), Wait(0.8), Dtmf("9"),
          WaitForAgent(required=False)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def url_of(client: Any) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import math
-import socket
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from patterd.ops.metrics import LATENCY_BUCKETS, DURATION_BUCKETS, TURN_STAGES
 from patterd.simulate import (CallResult, Callee, Dtmf, TelnyxSigner, WaitForAgent,
                               WaitForAgentSpeech, say, simulate_call, simulate_outbound)
 from tests.conftest import config, gateway_of, telnyx_raw, twilio_raw
+from tests.support.net import free_port
 from tests.support.signing import PUBLIC_URL, telnyx_event, twilio_form
 from tests.support.stub_backends import StubStt, StubTts
 
@@ -64,12 +64,6 @@ FAMILIES = {
     "patterd_barge_ins": "counter", "patterd_backend_errors": "counter",
     "patterd_call_cost_usd": "counter", "patterd_call_duration_seconds": "histogram",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FlakyTts(StubTts):

@@ -9,7 +9,6 @@ when none answers at ``PATTERD_TEST_PG_URL`` / 127.0.0.1:5432.
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import asyncpg
@@ -25,6 +24,7 @@ from patterd.simulate import (Callee, Dtmf, TelnyxSigner, WaitForAgent, say, sim
 from tests.conftest import config, telnyx_raw, twilio_raw
 from tests.integration.test_store_postgres import pg_database, pg_server, pg_url  # noqa: F401
 from tests.support.stub_backends import stub_backends
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -39,12 +39,6 @@ AGENT = {
     ], "fallback": "Sorry?"},
 }
 SCRIPT_TEXT = "what are your opening hours"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def start(cfg: Config) -> TestClient:

@@ -3,7 +3,6 @@ admin API after a restart."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
@@ -13,15 +12,10 @@ from patterd.patter import carrier_for
 from patterd.simulate import Dtmf, WaitForAgent, simulate_call
 from tests.conftest import config, twilio_raw
 from tests.support.stub_backends import stub_backends
+from tests.support.net import free_port
 
 TOKEN = "admin-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_records_are_stored_and_read_after_a_restart(tmp_path: Path) -> None:

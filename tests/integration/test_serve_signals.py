@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,25 +19,10 @@ from pathlib import Path
 from patterd.config import load_config
 from patterd.simulate import HUNG_UP, Wait, make_api, say, simulate_call
 from tests.support.signing import TWILIO_SID
+from tests.support.net import free_port, readyz
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "config" / "patter.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def readyz(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-            return r.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
 
 
 def children(pid: int) -> list[int]:
