@@ -158,11 +158,14 @@ class Gateway:
 
     def carrier_status(self, call_id: str, carrier: str, status: str,
                        sequence: int | None = None, *, outcome: str = "",
-                       seconds: float | None = None, **detail: Any) -> bool:
+                       seconds: float | None = None, count: bool = True,
+                       **detail: Any) -> bool:
         """A carrier's status for the call (``detail`` goes to its history). A terminal one
         ends the call with ``outcome`` (default: the status), counted once, the carrier's
         ``seconds`` observed — unless a media stream of the call is open here: then it is
-        only remembered, and the stream's end settles the call. True when it ended now."""
+        only remembered, and the stream's end settles the call. True when it ended now.
+        ``count=False`` (another replica held the call's stream, see :meth:`served_elsewhere`):
+        the call ends in this record only; that replica counts, times and prices it."""
         rec = self.registry.ensure(call_id, carrier)
         was_live = rec.ended_at is None
         changed = self.registry.apply_status(call_id, carrier, status, sequence,
@@ -177,9 +180,27 @@ class Gateway:
                     session.stream_stopped = True
             self.spawn(self._settle_later(call_id, carrier), name="settle-call")
             return False
+        if not count:
+            return False
         self.metrics.calls_total.labels(rec.direction or "inbound", rec.outcome).inc()
         self._observe(rec, seconds)
         return True
+
+    async def served_elsewhere(self, call_id: str, carrier: str) -> bool:
+        """Whether another replica held this call's media stream while this one saw none of
+        it (a status callback that the load balancer sent here): then that replica counts
+        and prices the call, not this one. False without replicas, or when the shared
+        store cannot tell (counted twice rather than never)."""
+        if self.cluster is None or any(s.call_id == call_id for s in self.sessions):
+            return False
+        rec = self.registry.get(call_id)
+        if rec is not None and rec.media_seconds > 0:
+            return False
+        try:
+            return await self.cluster.stream_seen(call_id, carrier)
+        except Exception as exc:  # noqa: BLE001 - the database is away: decide here
+            log.warning("cluster_stream_lookup_failed", call_id=call_id, error=str(exc))
+            return False
 
     async def _settle_later(self, call_id: str, carrier: str) -> None:
         await asyncio.sleep(SETTLE_GRACE)
@@ -217,12 +238,27 @@ class Gateway:
         go down, so the metric only ever adds what the estimate missed.)"""
         rec.carrier_price = price
         if rec.cost is None:
-            return
+            if rec.ended_at is not None and self.store_writer is not None:
+                # Ended here without being priced (another replica served it): the price
+                # joins the stored record as its own part.
+                self.spawn(self._store_price(rec.call_id, price), name="carrier-price")
+            return   # a live call: price_call applies it at the end
         before = rec.cost["carrier"]
         rec.cost = apply_carrier_price(rec.cost, price)
         if rec.cost["carrier"] > before:
             self.metrics.call_cost.labels("carrier").inc(rec.cost["carrier"] - before)
         self.registry.touch(rec)
+
+    async def _store_price(self, call_id: str, price: float) -> None:
+        await self.store_writer.flush(10)      # the record itself first
+        for delay in (0.0, 1.0, 5.0, 30.0):   # the serving replica's write may still come
+            await asyncio.sleep(delay)
+            try:
+                if await self.store_writer.store.add_carrier_price(call_id, price):
+                    return
+            except Exception as exc:  # noqa: BLE001 - the store is away: try again
+                log.warning("carrier_price_store_failed", call_id=call_id, error=str(exc))
+        log.warning("carrier_price_not_stored", call_id=call_id, price=price)
 
     def session(self) -> aiohttp.ClientSession:
         """The shared outbound HTTP session (created at start-up)."""

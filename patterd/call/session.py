@@ -370,6 +370,13 @@ async def end_if_still_up(gw: Any, control: Any, call_id: str, carrier: str) -> 
     rec = gw.registry.get(call_id)
     if rec is not None and rec.status in TERMINAL:
         return
+    if gw.cluster is not None and gw.store_writer is not None:
+        try:   # the carrier's report may have reached another replica
+            stored = await gw.store_writer.store.get_call(call_id)
+        except Exception:  # noqa: BLE001 - the store is away: hang up to be safe
+            stored = None
+        if stored is not None and stored.get("status") in TERMINAL:
+            return
     log.warning("stream_stopped_call_up", call_id=call_id, detail="hanging up")
     try:
         ended = await control.hangup(call_id)

@@ -265,6 +265,12 @@ class ClusterNode(CommandDispatch):
         rows = await self._fetch(Q.OWNER_OF, call_id, carrier, self.dead_after)
         return rows[0][0] if rows else None
 
+    async def stream_seen(self, call_id: str, carrier: str) -> bool:
+        """Whether some replica held a media stream of the call (in the last 6 hours)."""
+        rows = await self._fetch(Q.STREAM_SEEN,
+                                 Q.STREAM_SEEN_KEY.format(carrier=carrier, call_id=call_id))
+        return bool(rows and rows[0][0])
+
     async def first_delivery(self, key: str) -> bool:
         """True if no replica has processed the webhook delivery ``key`` yet (and now this
         one has): a redelivery that lands on another replica is processed once."""
@@ -328,6 +334,8 @@ class ClusterNode(CommandDispatch):
         try:
             async with self._pool.acquire(timeout=10.0) as conn, conn.transaction():
                 await conn.execute(Q.CLAIM_CALL, call_id, carrier, self.replica_id)
+                await conn.execute(Q.MARK_STREAM,
+                                   Q.STREAM_SEEN_KEY.format(carrier=carrier, call_id=call_id))
                 adopted = await conn.fetch(Q.ADOPT_COMMANDS, call_id, carrier,
                                            self.replica_id)
         except asyncio.CancelledError:

@@ -110,5 +110,11 @@ FROM patterd_replicas r WHERE {_ALIVE.format(p='$1')} ORDER BY r.id"""
 FIRST_DELIVERY = """INSERT INTO patterd_deliveries (key) VALUES ($1)
 ON CONFLICT (key) DO NOTHING RETURNING 1"""
 
+# A media stream of the call was held by some replica (kept with the deliveries, 6 h): a
+# replica that only gets the carrier's final status leaves counting and pricing to it.
+STREAM_SEEN_KEY = "stream:{carrier}:{call_id}"
+MARK_STREAM = """INSERT INTO patterd_deliveries (key) VALUES ($1) ON CONFLICT (key) DO NOTHING"""
+STREAM_SEEN = """SELECT EXISTS (SELECT 1 FROM patterd_deliveries WHERE key = $1)"""
+
 CLEAN_DELIVERIES = """DELETE FROM patterd_deliveries
 WHERE seen_at < now() - make_interval(secs => $1::float8)"""

@@ -134,3 +134,97 @@ async def test_a_redelivered_callback_on_another_replica_is_processed_once(
     finally:
         await a.close()
         await b.close()
+
+
+def calls_counted(client: TestClient) -> dict[tuple[str, str], float]:
+    metric = gw_of(client).metrics.calls_total
+    return {(s.labels["direction"], s.labels["outcome"]): s.value
+            for family in metric.collect() for s in family.samples
+            if s.name.endswith("_total") and s.value}
+
+
+async def test_a_status_callback_on_the_other_replica_does_not_count_or_price_twice(
+        replica_config: Any) -> None:
+    """Media on A, Twilio's final status callback on B: the call is counted once in the
+    cluster (by A, with its own outcome), and its carrier cost is not estimated twice."""
+    from tests.support.signing import twilio_form
+
+    cfg = replica_config
+    a, b = await start(cfg), await start(cfg)
+    try:
+        result = await simulate_call(cfg, url_of(a), [WaitForAgent(), Wait(1.0)],
+                                     timeout=60, status_callback=False)
+        assert result.ok, (result.outcome, result.errors)
+        sid = result.call_id
+        ga, gb = gw_of(a), gw_of(b)
+        await until(lambda: not ga.sessions)
+        path = "/webhooks/twilio/status"
+        body, headers = twilio_form(cfg.server.public_url + path, {
+            "CallSid": sid, "CallStatus": "completed", "SequenceNumber": "3",
+            "CallDuration": "125", "Direction": "inbound"})
+        resp = await b.post(path, data=body, headers=headers)
+        assert resp.status == 204, await resp.text()
+        seen_by_b = gb.registry.get(sid)
+        assert seen_by_b is not None and not seen_by_b.live and seen_by_b.cost is None
+        counted = [calls_counted(c) for c in (a, b)]
+        assert counted[1] == {} and sum(v for c in counted for v in c.values()) == 1, counted
+        a_cost = ga.registry.get(sid).cost
+        assert a_cost is not None
+        assert await ga.store_writer.flush(5) and await gb.store_writer.flush(5)
+        stored = await (await b.get(f"/v1/calls/{sid}", headers=AUTH)).json()
+        # A's estimate alone (B's 125 s would have added three more billed minutes).
+        assert stored["cost"]["carrier"] == a_cost["carrier"], (stored["cost"], a_cost)
+        assert stored["status"] == "completed"
+        assert "completed" in [h["status"] for h in stored["status_history"]]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_telnyx_hangup_on_the_other_replica_is_counted_once(
+        pg_url: str, fake_telnyx: Any) -> None:  # noqa: F811
+    """Telnyx: media on A, ``call.hangup`` on B (after A's stream ended): counted once."""
+    from tests.conftest import telnyx_raw
+    from tests.support.media_client import telnyx_stream
+    from tests.support.signing import TelnyxSigner, telnyx_event
+
+    _, base = fake_telnyx
+    signer = TelnyxSigner()
+    cfg = config(telnyx_raw(signer.public_key_b64, admin={"token": TOKEN},
+                            store={"url": pg_url}, carrier={"api_base_url": base}, **AGENT))
+    a, b = await start(cfg), await start(cfg)
+    call_id = "v3:replica-hangup-1"
+    try:
+        async def post(client: TestClient, event_type: str, n: int, **payload: Any) -> None:
+            body = telnyx_event(event_type, {"call_control_id": call_id, **payload},
+                                f"evt-r{n}")
+            resp = await client.post("/webhooks/telnyx/voice", data=body,
+                                     headers=signer.sign(body))
+            assert resp.status == 200, await resp.text()
+        ga, gb = gw_of(a), gw_of(b)
+        await post(a, "call.initiated", 1, direction="incoming", state="parked",
+                   **{"from": "+15551112222", "to": "+15550001234"})
+        await post(a, "call.answered", 2)
+        stream = await telnyx_stream(a, call_id)
+        await until(lambda: bool(ga.sessions))
+        assert ga.cluster is not None
+        await owned_by_carrier(ga.cluster, call_id, ga.cluster.replica_id)
+        await asyncio.sleep(0.5)
+        await stream.stop()
+        await until(lambda: not ga.sessions)
+        await post(b, "call.hangup", 3, hangup_cause="normal_clearing", hangup_source="caller")
+        await until(lambda: gb.registry.get(call_id) is not None
+                    and not gb.registry.get(call_id).live)
+        counted = [calls_counted(c) for c in (a, b)]
+        assert counted == [{("inbound", "completed"): 1.0}, {}], counted
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def owned_by_carrier(node: Any, call_id: str, replica: str) -> None:
+    for _ in range(500):
+        if await node.owner_of(call_id, "telnyx") == replica:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the call was never claimed")

@@ -12,7 +12,7 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
-from ...call.amd import on_verdict
+from ...call.amd import on_verdict, session_for
 from ...call.registry import TERMINAL
 from ...gateway import Gateway
 from ...ops.logging import get_logger
@@ -126,19 +126,14 @@ def handle_event(gw: Gateway, event_type: str, payload: dict[str, Any], call_id:
         gw.registry.apply_status(call_id, "telnyx", "in-progress", occurred_at=occurred)
         return None
     if event_type == "call.hangup":
-        cause = _text(payload, "hangup_cause") or "unspecified"
-        outcome = HANGUP_OUTCOME.get(cause, "completed")
-        status = "completed" if outcome in ("completed", "rejected") else outcome.replace("_", "-")
-        if status not in TERMINAL:
-            status = "completed"
-        # It may beat streaming.stopped and our socket's close: then the session's own
-        # outcome (transferred, voicemail, …) settles the call, not this generic one.
-        if gw.carrier_status(call_id, "telnyx", status, outcome=outcome, hangup_cause=cause,
-                             hangup_source=_text(payload, "hangup_source"),
-                             occurred_at=occurred):
-            rec = gw.registry.ensure(call_id, "telnyx")
-            log.info("call_ended", call_id=call_id, outcome=rec.outcome, cause=cause,
-                     started=_text(payload, "start_time"))
+        if gw.cluster is not None and session_for(gw, call_id) is None:
+            # Another replica may have held the stream: it counts the call (asked after
+            # the 200, like the other follow-ups).
+            async def settle(rest: Any, tokens: Any) -> None:
+                count = not await gw.served_elsewhere(call_id, "telnyx")
+                _hung_up(gw, call_id, payload, occurred, count)
+            return settle
+        _hung_up(gw, call_id, payload, occurred, True)
         return None
     if event_type == "streaming.failed":
         return _stream_failed(gw, payload, call_id)
@@ -167,6 +162,24 @@ def handle_event(gw: Gateway, event_type: str, payload: dict[str, Any], call_id:
         detail = {k: payload[k] for k in _DETAIL_KEYS if k in payload}
         gw.registry.add_event(record_id, "telnyx", kind, event_type=event_type, **detail)
     return None
+
+
+def _hung_up(gw: Gateway, call_id: str, payload: dict[str, Any], occurred: str,
+             count: bool) -> None:
+    """``call.hangup``: the carrier's end of the call. It may beat streaming.stopped and our
+    socket's close: then the session's own outcome (transferred, voicemail, …) settles the
+    call, not this generic one. ``count``: see ``Gateway.carrier_status``."""
+    cause = _text(payload, "hangup_cause") or "unspecified"
+    outcome = HANGUP_OUTCOME.get(cause, "completed")
+    status = "completed" if outcome in ("completed", "rejected") else outcome.replace("_", "-")
+    if status not in TERMINAL:
+        status = "completed"
+    if gw.carrier_status(call_id, "telnyx", status, outcome=outcome, hangup_cause=cause,
+                         hangup_source=_text(payload, "hangup_source"), occurred_at=occurred,
+                         count=count):
+        rec = gw.registry.ensure(call_id, "telnyx")
+        log.info("call_ended", call_id=call_id, outcome=rec.outcome, cause=cause,
+                 started=_text(payload, "start_time"))
 
 
 _EVENT_KINDS = {

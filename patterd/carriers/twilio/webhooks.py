@@ -183,7 +183,8 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
         served = _served_here(gw, rec)
         # A terminal status racing our media stream's close waits for the session's outcome
         # (transferred, voicemail, …); otherwise it ends the call here, counted once.
-        if gw.carrier_status(sid, "twilio", state, seq, seconds=duration,
+        count = state not in TERMINAL or not await gw.served_elsewhere(sid, "twilio")
+        if gw.carrier_status(sid, "twilio", state, seq, seconds=duration, count=count,
                              timestamp=params.get("Timestamp", ""), duration=duration):
             # No stream here: price the call from Twilio's duration.
             rec.media_seconds = rec.media_seconds or float(duration or 0)
