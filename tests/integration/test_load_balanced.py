@@ -183,10 +183,9 @@ async def test_calls_through_haproxy_land_on_different_replicas(tmp_path: Path,
 
 async def test_records_of_a_call_handled_by_several_replicas_are_merged(
         tmp_path: Path, pg_url: str) -> None:  # noqa: F811
-    """DEPENDS ON the cross-replica record fix (issue #7, deliverable 1; another engineer):
-    today the media replica (transcript, DTMF, hang-up event) and the replica that received
-    the status callback (status history, final status) each upsert the whole record, and the
-    last write wins, so one half is lost. Expected to fail until that fix lands."""
+    """The media replica (transcript, DTMF, hang-up event) and the replica that received the
+    status callback (status history, final status) each write what they saw; the stored
+    record is their merge, so neither half is lost."""
     async with Cluster(tmp_path, pg_url, replicas=3) as cluster:
         api = await started_api(cluster)
         try:
