@@ -194,7 +194,7 @@ class Gateway:
         if self.cluster is None or any(s.call_id == call_id for s in self.sessions):
             return False
         rec = self.registry.get(call_id)
-        if rec is not None and rec.media_seconds > 0:
+        if rec is not None and rec.media_seconds > 0 and not rec.billed_from_carrier:
             return False
         try:
             return await self.cluster.stream_seen(call_id, carrier)

@@ -49,6 +49,7 @@ class CallRecord:
     leg_id: str = ""          # Telnyx call_leg_id (recording events name only the leg)
     usage: Usage = field(default_factory=Usage)     # metered across the call's streams
     media_seconds: float = 0.0
+    billed_from_carrier: bool = False   # media_seconds is the carrier's duration (no stream)
     cost: dict[str, Any] | None = None
     carrier_price: float | None = None              # the carrier's own figure, when reported
     transcript: list[dict[str, Any]] = field(default_factory=list)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,15 +47,39 @@ def test_local_dir_that_is_a_file_names_the_key(tmp_path: Path) -> None:
         f"recording.local_dir: expected a directory, {str(tmp_path / 'afile')!r} is a file"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to any directory")
-def test_local_dir_without_write_permission_names_the_key(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
+def _as_nobody(fn: Callable[[], list[str]]) -> list[str]:
+    """``fn()`` in a forked child running as ``nobody`` (root may write anywhere)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # pragma: no cover - the child
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(w, json.dumps(fn()).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as pipe:
+        out = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(out)
+
+
+def test_local_dir_without_write_permission_names_the_key() -> None:
+    base = Path(tempfile.mkdtemp(prefix="patterd-rec-"))     # traversable by everyone
+    base.chmod(0o755)
+    locked = base / "locked"
     locked.mkdir(mode=0o555)
     try:
-        problems = problems_of(str(locked / "sub"))
+        target = str(locked / "sub")
+        problems = _as_nobody(lambda: problems_of(target)) if os.geteuid() == 0 \
+            else problems_of(target)
     finally:
         locked.chmod(0o755)
-    assert problems[0].startswith("recording.local_dir: cannot create")
+        shutil.rmtree(base)
+    assert problems[0].startswith("recording.local_dir: cannot create"), problems
     assert "permission denied" in problems[0]
 
 

@@ -133,7 +133,8 @@ def _direction(params: dict[str, str]) -> str:
 def _served_here(gw: Gateway, rec: Any) -> bool:
     """Whether this process served the call (its media stream, or dialled it): only those
     calls' prices are fetched, never those of a stray callback for an unknown CallSid."""
-    return (rec.media_seconds > 0 or session_for(gw, rec.call_id) is not None
+    return ((rec.media_seconds > 0 and not rec.billed_from_carrier)
+            or session_for(gw, rec.call_id) is not None
             or any(e.get("type") == "dial" for e in rec.events))
 
 
@@ -187,7 +188,8 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
         if gw.carrier_status(sid, "twilio", state, seq, seconds=duration, count=count,
                              timestamp=params.get("Timestamp", ""), duration=duration):
             # No stream here: price the call from Twilio's duration.
-            rec.media_seconds = rec.media_seconds or float(duration or 0)
+            if not rec.media_seconds:
+                rec.media_seconds, rec.billed_from_carrier = float(duration or 0), True
             gw.price_call(rec)
             log.info("call_ended", call_id=sid, outcome=rec.outcome, duration=duration)
         settings = gw.config.carrier
