@@ -178,6 +178,7 @@ async def test_stray_callback_for_a_call_not_served_here_fetches_nothing(
     schedule(0.01)
     client = await daemon(cfg_for(base))
     await status(client, call_sid(77), "completed", 2, duration=30)
+    await status(client, call_sid(77), "completed", 3, duration=30)   # a second report
     assert gateway_of(client).registry.get(call_sid(77)).outcome == "completed"
     assert not [t for t in gateway_of(client).tasks if t.get_name() == "twilio-price"]
     assert not fake.requests
