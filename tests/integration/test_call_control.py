@@ -182,24 +182,33 @@ async def test_admin_hangup_of_a_live_call(daemon, carrier: str) -> None:  # typ
     assert any(e["type"] == "hangup" and e.get("by") == "admin" for e in rec.events)
 
 
-async def test_twilio_amd_on_a_replica_without_the_stream_uses_the_carrier(  # type: ignore[no-untyped-def]
-        daemon, fake_twilio) -> None:
-    """The verdict may reach a process that does not hold the media socket: the voicemail
-    text rides in the signed callback URL and Twilio speaks it."""
+async def carrier_voicemail(client: Any, fake: Any, text: str, sid: str,
+                            answered_by: str) -> str:
+    """Post a signed AMD verdict carrying ``text`` for a call with no stream here; returns
+    the TwiML the daemon then sent to Twilio's REST API (the carrier speaks it)."""
     from patterd.carriers.twilio.control import amd_context
-    from tests.support.signing import PUBLIC_URL, call_sid, twilio_form
-    fake, base = fake_twilio
-    client = await daemon(config(twilio_raw(carrier={"api_base_url": base})))
-    path = f"/webhooks/twilio/amd?ctx={amd_context('Hi <there>, call back & soon.')}"
-    body, headers = twilio_form(PUBLIC_URL + path, {"CallSid": call_sid(9), "AccountSid":
+    from tests.support.signing import PUBLIC_URL, twilio_form
+    path = f"/webhooks/twilio/amd?ctx={amd_context(text)}"
+    body, headers = twilio_form(PUBLIC_URL + path, {"CallSid": sid, "AccountSid":
                                                     "AC" + "1f" * 16,
-                                                    "AnsweredBy": "machine_end_silence"})
+                                                    "AnsweredBy": answered_by})
     assert (await client.post(path, data=body, headers=headers)).status == 204
     for _ in range(100):
         if fake.requests:
             break
         await asyncio.sleep(0.02)
-    twiml = dict(fake.requests[0].form)["Twiml"]
+    return str(dict(fake.requests[0].form)["Twiml"])
+
+
+async def test_twilio_amd_on_a_replica_without_the_stream_uses_the_carrier(  # type: ignore[no-untyped-def]
+        daemon, fake_twilio) -> None:
+    """The verdict may reach a process that does not hold the media socket: the voicemail
+    text rides in the signed callback URL and Twilio speaks it."""
+    from tests.support.signing import call_sid
+    fake, base = fake_twilio
+    client = await daemon(config(twilio_raw(carrier={"api_base_url": base})))
+    twiml = await carrier_voicemail(client, fake, "Hi <there>, call back & soon.", call_sid(9),
+                                    "machine_end_silence")
     assert "<Say>Hi &lt;there&gt;, call back &amp; soon.</Say><Hangup/>" in twiml
     assert gateway_of(client).registry.get(call_sid(9)).outcome == "voicemail"
 

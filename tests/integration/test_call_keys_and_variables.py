@@ -111,20 +111,12 @@ async def test_voicemail_by_the_carrier_fills_agent_variables(daemon: Any,
                                                               fake_twilio: Any) -> None:
     """No session here (the verdict reached another replica): Twilio speaks the text, filled
     from agent.variables."""
-    from patterd.carriers.twilio.control import amd_context
-    from tests.support.signing import PUBLIC_URL, call_sid, twilio_form
+    from tests.integration.test_call_control import carrier_voicemail
+    from tests.support.signing import call_sid
     fake, base = fake_twilio
     client = await daemon(config(twilio_raw(carrier={"api_base_url": base}, agent=AGENT)))
-    path = f"/webhooks/twilio/amd?ctx={amd_context('Call {company} back, {nobody}.')}"
-    body, headers = twilio_form(PUBLIC_URL + path, {"CallSid": call_sid(7), "AccountSid":
-                                                    "AC" + "1f" * 16,
-                                                    "AnsweredBy": "machine_end_beep"})
-    assert (await client.post(path, data=body, headers=headers)).status == 204
-    for _ in range(100):
-        if fake.requests:
-            break
-        await asyncio.sleep(0.02)
-    twiml = dict(fake.requests[0].form)["Twiml"]
+    twiml = await carrier_voicemail(client, fake, "Call {company} back, {nobody}.",
+                                    call_sid(7), "machine_end_beep")
     assert "<Say>Call Acme back, {nobody}.</Say><Hangup/>" in twiml
 
 

@@ -33,9 +33,9 @@ async def until(check: Any, timeout: float = 15.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def owned_by(node: Any, call_id: str, replica: str) -> None:
+async def owned_by(node: Any, call_id: str, replica: str, carrier: str = "twilio") -> None:
     for _ in range(500):
-        if await node.owner_of(call_id, "twilio") == replica:
+        if await node.owner_of(call_id, carrier) == replica:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("the call was never claimed")
@@ -208,7 +208,7 @@ async def test_a_telnyx_hangup_on_the_other_replica_is_counted_once(
         stream = await telnyx_stream(a, call_id)
         await until(lambda: bool(ga.sessions))
         assert ga.cluster is not None
-        await owned_by_carrier(ga.cluster, call_id, ga.cluster.replica_id)
+        await owned_by(ga.cluster, call_id, ga.cluster.replica_id, "telnyx")
         await asyncio.sleep(0.5)
         await stream.stop()
         await until(lambda: not ga.sessions)
@@ -221,10 +221,3 @@ async def test_a_telnyx_hangup_on_the_other_replica_is_counted_once(
         await a.close()
         await b.close()
 
-
-async def owned_by_carrier(node: Any, call_id: str, replica: str) -> None:
-    for _ in range(500):
-        if await node.owner_of(call_id, "telnyx") == replica:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the call was never claimed")
