@@ -229,14 +229,17 @@ async def test_a_telnyx_stream_stopped_while_the_call_is_up_is_hung_up(
     """Telnyx stops the stream (say, streaming_stop from elsewhere) and reports no hang-up:
     the call would stay up and billing, so the daemon hangs it up after STOP_GRACE."""
     from patterd.call import session as session_module
-    monkeypatch.setattr(session_module, "STOP_GRACE", 0.2)
+    monkeypatch.setattr(session_module, "STOP_GRACE", 1.5)
     r = await rig(daemon, "telnyx", fake_twilio, fake_telnyx)
     stream = await r.answered_call()
     await stream.stop()
-    await until(lambda: (r.call_id, "hangup") in r.fake.applied)
     rec = r.gw.registry.get(r.call_id)
+    assert (r.call_id, "hangup") not in r.fake.applied     # not at once: the grace first
     await until(lambda: any(e["type"] == "hangup" and e.get("reason") == "stream_stopped"
                             for e in rec.events))
+    assert r.fake.applied.count((r.call_id, "hangup")) == 1
+    event = next(e for e in rec.events if e.get("reason") == "stream_stopped")
+    assert event["by"] == "gateway" and event["ok"] is True
 
 
 async def test_a_telnyx_stream_stopped_by_the_callers_hang_up_needs_no_rest_call(

@@ -7,6 +7,7 @@ import asyncio
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -17,16 +18,25 @@ from tests.support.net import free_port, readyz, start_daemon
 
 
 
-async def test_sigterm_drains_live_calls_then_exits_0(tmp_path: Path) -> None:
-    port = free_port()
-    raw = twilio_raw(server={"host": "127.0.0.1", "port": port, "drain_timeout": 4,
-                             "public_url": f"http://127.0.0.1:{port}"},
-                     agent={"first_message": "Hello.", "silence_timeout": 60},
-                     logging={"level": "info"})
-    raw["carrier"]["api_base_url"] = f"http://127.0.0.1:{free_port()}"
+def drain_sections(port: int) -> dict[str, Any]:
+    """A daemon on ``port`` with a 4 s drain and a call that would not end by itself."""
+    return {"server": {"host": "127.0.0.1", "port": port, "drain_timeout": 4,
+                       "public_url": f"http://127.0.0.1:{port}"},
+            "agent": {"first_message": "Hello.", "silence_timeout": 60},
+            "logging": {"level": "info"}}
+
+
+def write_config(tmp_path: Path, raw: dict[str, Any], api_path: str) -> tuple[Path, Any]:
+    """The config file (the carrier's REST API on a free port, served by the simulator)."""
+    raw["carrier"]["api_base_url"] = f"http://127.0.0.1:{free_port()}{api_path}"
     path = tmp_path / "patter.yaml"
     path.write_text(yaml.safe_dump(raw))
-    cfg = load_config(path)
+    return path, load_config(path)
+
+
+async def test_sigterm_drains_live_calls_then_exits_0(tmp_path: Path) -> None:
+    port = free_port()
+    path, cfg = write_config(tmp_path, twilio_raw(**drain_sections(port)), "")
     proc = await start_daemon(path, port)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -62,15 +72,8 @@ async def test_telnyx_drain_rejects_new_calls_through_the_rest_api(tmp_path: Pat
     declined with the REST reject action (USER_BUSY), and /readyz says 503."""
     port = free_port()
     signer = TelnyxSigner(bytes(range(32)))
-    raw = telnyx_raw(signer.public_key_b64,
-                     server={"host": "127.0.0.1", "port": port, "drain_timeout": 4,
-                             "public_url": f"http://127.0.0.1:{port}"},
-                     agent={"first_message": "Hello.", "silence_timeout": 60},
-                     logging={"level": "info"})
-    raw["carrier"]["api_base_url"] = f"http://127.0.0.1:{free_port()}/v2"
-    path = tmp_path / "patter.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    cfg = load_config(path)
+    path, cfg = write_config(tmp_path, telnyx_raw(signer.public_key_b64,
+                                                  **drain_sections(port)), "/v2")
     proc = await start_daemon(path, port)
     try:
         url = f"http://127.0.0.1:{port}"
