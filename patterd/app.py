@@ -68,7 +68,8 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
         owned = gw.backends is None
         if owned:  # load models first: a failure here stops start-up cleanly
             from .call.backends import Backends
-            gw.backends = await Backends.from_config(gw.config, on_error=gw.backend_failed)
+            gw.backends = await Backends.from_config(gw.config, on_error=gw.backend_failed,
+                                                     supervisor=gw.supervisor)
         store = await open_store(gw.config.store.url)
         writer = gw.store_writer = StoreWriter(store)
         writer.start()

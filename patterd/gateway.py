@@ -16,6 +16,7 @@ from .config import Config
 from .ops.cost import COMPONENTS, apply_carrier_price, breakdown
 from .ops.logging import get_logger
 from .ops.metrics import Metrics
+from .ops.supervise import Supervisor
 
 log = get_logger("patterd.gateway")
 
@@ -59,10 +60,13 @@ class Gateway:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     retired: list[Any] = field(default_factory=list)  # backends replaced by a reload
     cluster: Any = None                               # cluster.ClusterNode (PostgreSQL store)
+    supervisor: Supervisor = field(default_factory=Supervisor)  # the shared workers' keeper
 
     def __post_init__(self) -> None:
         self.registry = CallRegistry(max_call_seconds=self.config.agent.max_call_seconds)
         self.sessions = LiveSessions(self.registry)
+        errors = self.metrics.internal_errors
+        self.supervisor = Supervisor(on_error=lambda component: errors.labels(component).inc())
 
     @property
     def accepting(self) -> bool:

@@ -144,7 +144,8 @@ async def _swap_backends(gw: Gateway, new: Config, path: Path) -> None:
     them; calls already live finish on the old ones, which close once the last has ended."""
     from .call.backends import Backends
     try:
-        fresh = await Backends.from_config(new, on_error=gw.backend_failed)
+        fresh = await Backends.from_config(new, on_error=gw.backend_failed,
+                                             supervisor=gw.supervisor)
     except Exception as exc:  # noqa: BLE001 - a provider that cannot start: keep the old set
         log.error("reload_rejected", path=str(path), problems=[f"backends: {exc}"],
                   detail="keeping the running configuration")

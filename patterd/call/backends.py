@@ -13,6 +13,7 @@ from ..backends.stt.base import STT
 from ..backends.tts.base import TTS
 from ..config import Config
 from ..config.model import BackendConfig
+from ..ops.supervise import Supervisor
 from .conversation import tool_specs
 from .turns import SpeechCache
 
@@ -63,12 +64,15 @@ class Backends:
     speech_cache: SpeechCache = field(default_factory=SpeechCache)
     tools: Any = None                              # backends.llm.tools.ToolRunner or None
     tool_specs: tuple[ToolSpec, ...] = ()
+    supervisor: Supervisor = field(default_factory=Supervisor)   # the gateway's, in a daemon
 
     @classmethod
-    async def from_config(cls, config: Config,
-                          on_error: ErrorSink | None = None) -> Backends:
+    async def from_config(cls, config: Config, on_error: ErrorSink | None = None, *,
+                          supervisor: Supervisor | None = None) -> Backends:
         """Create and start the providers the config names; ``on_error(layer, provider,
-        exc)`` hears of every provider failure (the daemon counts them)."""
+        exc)`` hears of every provider failure (the daemon counts them); the shared workers
+        (VAD batcher, decoder pools) report to ``supervisor``."""
+        supervisor = supervisor or Supervisor()
         from ..backends import create_llm, create_stt, create_tts
         from ..backends.failover import FailoverLLM, FailoverSTT, FailoverTTS
         sink = on_error or (lambda layer, provider, exc: None)
@@ -90,7 +94,8 @@ class Backends:
             from ..backends.llm.tools import ToolRunner
             runner = ToolRunner(config.llm.tools)
         return cls(stt=stt, llm=llm, tts=tts, new_segmenter=segmenter, vad_batcher=batcher,
-                   tools=runner, tool_specs=tool_specs(config.agent.transfer_targets, runner))
+                   tools=runner, tool_specs=tool_specs(config.agent.transfer_targets, runner),
+                   supervisor=supervisor)
 
     async def close(self) -> None:
         """Release every provider."""

@@ -42,6 +42,10 @@ class Metrics:
                                  ["component"], registry=r)
         self.call_duration = Histogram("patterd_call_duration_seconds", "Call duration",
                                        ["direction"], buckets=DURATION_BUCKETS, registry=r)
+        self.internal_errors = Counter("patterd_internal_errors",
+                                       "Failures inside the daemon's own shared workers, by "
+                                       "component (each contained: the worker went on)",
+                                       ["component"], registry=r)
         # Children that always exist, so dashboards see zeros rather than gaps.
         for direction in ("rx", "tx"):
             self.media_frames.labels(direction)

@@ -13,13 +13,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 when accepting calls; 503 while starting or draining, and while ``max_calls``
-    calls are live (new calls would be declined: a load balancer sends them elsewhere)."""
+    """200 when accepting calls; 503 while starting or draining, while a call-critical
+    shared worker cannot serve, and while ``max_calls`` calls are live (new calls would be declined: a load balancer sends them elsewhere)."""
     gw = request.app[GATEWAY]
     if gw.draining:
         return web.json_response({"status": "draining"}, status=503)
     if not gw.ready:
         return web.json_response({"status": "starting"}, status=503)
+    down = gw.supervisor.down
+    if down:   # a call-critical worker (say the VAD) is restarting: calls would go unheard
+        return web.json_response({"status": "degraded", "down": down}, status=503)
     calls = gw.registry.live_count()
     if calls >= gw.config.server.max_calls:
         return web.json_response({"status": "at_capacity", "calls": calls}, status=503)
