@@ -1,0 +1,61 @@
+"""The process-wide workers outlive any one call: calls ending at the wrong instant, a worker
+that dies, a malformed item — later callers are still heard and answered (issue 11)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from patterd.simulate import Say, WaitForAgent, say, simulate_call
+from patterd.simulate.runner import make_api
+from tests.conftest import config, gateway_of, twilio_raw
+from tests.support.net import free_port
+
+AGENT = {
+    "agent": {"first_message": "Hi."},
+    "llm": {"provider": "rules", "rules": [
+        {"phrases": ["goodbye"], "reply": "Goodbye!", "action": {"hangup": True}},
+    ], "fallback": "Sorry?"},
+}
+
+
+def url_of(client: Any) -> str:
+    return str(client.make_url("")).rstrip("/")
+
+
+def twilio_cfg() -> Any:
+    raw = twilio_raw(**AGENT)
+    raw["carrier"]["api_base_url"] = f"http://127.0.0.1:{free_port()}"
+    return config(raw)
+
+
+async def test_callers_hanging_up_mid_phrase_leave_the_next_caller_heard(daemon) -> None:  # type: ignore[no-untyped-def]
+    """Six callers hang up 0.3–0.9 s into their first phrase (the shared VAD has a window of
+    theirs queued when their stream ends); a seventh caller's phrase is still answered."""
+    cfg = twilio_cfg()
+    client = await daemon(cfg)            # stub STT ("goodbye"), stub TTS, Silero VAD
+    phrase = await say("what are your opening hours")
+    assert len(phrase.pcm) > 2 * 8000     # over a second of speech to cut into
+
+    api = make_api(cfg)                   # one simulated carrier REST API for all calls
+    assert api is not None
+    await api.start()
+
+    async def cut_short(seconds: float) -> Any:
+        cut = Say(phrase.pcm[: int(seconds * 8000) * 2], "cut")
+        return await simulate_call(cfg, url_of(client), [WaitForAgent(), cut], api=api,
+                                   timeout=30)
+
+    try:
+        short = await asyncio.gather(*(cut_short(0.3 + 0.1 * i) for i in range(6)))
+        last = await simulate_call(cfg, url_of(client),
+                                   [WaitForAgent(), phrase, WaitForAgent(timeout=5)],
+                                   api=api, timeout=30)
+    finally:
+        await api.close()
+    assert all(r.outcome == "completed" for r in short), [(r.outcome, r.detail) for r in short]
+    assert last.outcome == "hung_up_by_agent", (last.outcome, last.detail, last.errors)
+    assert last.turns and last.turns[0].latency is not None
+    rec = gateway_of(client).registry.get(last.call_id)
+    assert [ln["text"] for ln in rec.transcript if ln["role"] == "agent"] == ["Hi.", "Goodbye!"]
+    assert gateway_of(client).supervisor.errors == {}
