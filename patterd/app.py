@@ -70,6 +70,8 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
             from .call.backends import Backends
             gw.backends = await Backends.from_config(gw.config, on_error=gw.backend_failed,
                                                      supervisor=gw.supervisor)
+        elif hasattr(gw.backends, "supervise"):   # given ones: their workers report here too
+            gw.backends.supervise(gw.supervisor)
         store = await open_store(gw.config.store.url)
         writer = gw.store_writer = StoreWriter(store)
         writer.start()

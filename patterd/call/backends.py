@@ -96,6 +96,8 @@ class Backends:
         tts = FailoverTTS(tts_chain, last_resort=last_resort, on_error=sink)
         llm = FailoverLLM([create_llm(c, config.agent) for c in config.llm.chain],
                           on_error=sink)
+        for layer in (stt, tts):   # before start: the decoder pool reports from birth
+            _supervise_providers(layer, supervisor)
         await stt.start()
         await tts.start()   # a wrong voice fails here, at start-up, not on the first call
         segmenter, batcher = default_segmenter(config, supervisor)
@@ -107,6 +109,16 @@ class Backends:
                    tools=runner, tool_specs=tool_specs(config.agent.transfer_targets, runner),
                    supervisor=supervisor)
 
+    def supervise(self, supervisor: Supervisor) -> None:
+        """Make ``supervisor`` (the gateway's) the keeper of every shared worker behind these
+        backends: the VAD batcher and the providers with workers of their own (the
+        pocketsphinx decoder pool, the espeak engine)."""
+        self.supervisor = supervisor
+        if self.vad_batcher is not None:
+            self.vad_batcher.supervisor = supervisor
+        for layer in (self.stt, self.tts):
+            _supervise_providers(layer, supervisor)
+
     async def close(self) -> None:
         """Release every provider."""
         for backend in (self.stt, self.llm, self.tts):
@@ -115,3 +127,13 @@ class Backends:
             await self.tools.close()
         if self.vad_batcher is not None:
             await self.vad_batcher.aclose()
+
+
+def _supervise_providers(layer: Any, supervisor: Supervisor) -> None:
+    """Hand ``supervisor`` to each provider of a layer (a failover chain's members and its
+    last resort, or the layer itself) that has shared workers (a ``supervise`` method)."""
+    last = getattr(layer, "last_resort", None)
+    for provider in [layer, *getattr(layer, "providers", ()), *([last] if last else [])]:
+        bind = getattr(provider, "supervise", None)
+        if callable(bind):
+            bind(supervisor)
