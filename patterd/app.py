@@ -54,7 +54,7 @@ async def _join_cluster(gw: Gateway) -> None:
 
     try:
         gw.cluster = await ClusterNode.start(gw.config.store.url, on_command=on_command,
-                                             on_orphan=on_orphan)
+                                             on_orphan=on_orphan, supervisor=gw.supervisor)
     except Exception as exc:  # noqa: BLE001 - degrade to a lone replica, loudly
         log.error("cluster_join_failed", error=str(exc),
                   detail="calls held by other replicas cannot be steered from here")
