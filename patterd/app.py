@@ -77,10 +77,9 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
         writer.start()
         # Always running (cancelled with the other tasks at shutdown): a reload may turn
         # retention on, off or change its period.
-        gw.spawn(retention_loop(store, lambda: (gw.config.store.retention_days,
-                                                gw.config.agent.max_call_seconds),
-                                on_swept=gw.registry.forget_ended_before),
-                 name="store-retention")
+        gw.supervise("retention", lambda: retention_loop(
+            store, lambda: (gw.config.store.retention_days, gw.config.agent.max_call_seconds),
+            on_swept=gw.registry.forget_ended_before, supervisor=gw.supervisor))
         gw.registry.on_change = lambda rec: writer.submit(detail(rec))
         if store.kind == "postgresql":   # replicas share calls: ownership, commands, reaper
             await _join_cluster(gw)

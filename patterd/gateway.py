@@ -81,11 +81,23 @@ class Gateway:
         task.add_done_callback(self._task_done)
         return task
 
+    def supervise(self, component: str, run: Callable[[], Coroutine[Any, Any, Any]], *,
+                  critical: bool = False) -> asyncio.Task[Any]:
+        """Run a process-wide loop under the supervisor: ``run()`` is started again (with
+        back-off) whenever it raises, and the task is cancelled with the others at shutdown.
+        ``critical``: ``/readyz`` answers 503 while it waits to restart."""
+        task = self.supervisor.start(component, run, critical=critical)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background_task_failed", task=task.get_name(),
                       error=repr(task.exception()))
+            # a one-off task's bug (a loop's is the supervisor's to restart): counted too
+            self.metrics.internal_errors.labels("background").inc()
 
     async def release_retired(self, *, force: bool = False) -> None:
         """Close the backends a reload replaced once no live call uses them (all of them
