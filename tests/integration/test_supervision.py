@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import numpy as np
+import pytest
+
+from patterd.audio.batch_vad import BatchedVadStream
 from patterd.simulate import Say, WaitForAgent, say, simulate_call
 from patterd.simulate.runner import make_api
 from tests.conftest import config, gateway_of, twilio_raw
@@ -59,3 +63,37 @@ async def test_callers_hanging_up_mid_phrase_leave_the_next_caller_heard(daemon)
     rec = gateway_of(client).registry.get(last.call_id)
     assert [ln["text"] for ln in rec.transcript if ln["role"] == "agent"] == ["Hi.", "Goodbye!"]
     assert gateway_of(client).supervisor.errors == {}
+
+
+async def test_readyz_is_503_while_the_vad_restarts_and_200_once_it_is_back(
+        daemon, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    cfg = twilio_cfg()
+    client = await daemon(cfg)
+    gw = gateway_of(client)
+    batcher = gw.backends.vad_batcher
+    assert batcher.supervisor is gw.supervisor          # given backends report here too
+    batcher.restart_delay = 0.5
+    real_batch = batcher._batch
+
+    async def crash_once(loop: asyncio.AbstractEventLoop) -> int:
+        monkeypatch.setattr(batcher, "_batch", real_batch)
+        raise RuntimeError("a bug outside any one window")
+
+    monkeypatch.setattr(batcher, "_batch", crash_once)
+    assert (await client.get("/readyz")).status == 200
+    stream = BatchedVadStream(batcher=batcher)
+    stream.submit(np.full(256, 3000, "<i2").tobytes())   # the next batch kills the loop
+    await asyncio.sleep(0.2)
+    down = await client.get("/readyz")
+    assert down.status == 503
+    assert await down.json() == {"status": "degraded", "down": {"vad": "restarting"}}
+    assert (await client.get("/healthz")).status == 200   # alive: never restart the process
+    await asyncio.sleep(0.6)
+    up = await client.get("/readyz")
+    assert up.status == 200 and (await up.json())["status"] == "ready"
+    metrics = await (await client.get("/metrics")).text()
+    assert 'patterd_internal_errors_total{component="vad"} 1.0' in metrics
+    phrase = await say("goodbye")                         # calls are heard again
+    result = await simulate_call(cfg, url_of(client),
+                                 [WaitForAgent(), phrase, WaitForAgent(timeout=5)], timeout=30)
+    assert result.outcome == "hung_up_by_agent", (result.outcome, result.errors)
