@@ -353,8 +353,9 @@ class CallRecorder:
 
     async def close(self) -> dict[str, Any] | None:
         """Write what is left and finish the file. Returns the ``recording`` event's fields
-        (``path``, ``duration`` of the whole file, ``error`` when a write failed), or None
-        when no file was written."""
+        (``path``, ``duration`` of the whole file, ``error`` when a write failed — then the
+        duration is what the file holds, 0 when nothing could be written), or None when the
+        call sent no audio at all."""
         if self._closed:
             return None
         self._closed = True
@@ -367,10 +368,11 @@ class CallRecorder:
             return None
         self._warn()
         wav = self._writer.file
-        if wav is None or (self.failed and wav.data_bytes == 0):
+        if wav is None and not self.failed:
             return None
-        event: dict[str, Any] = {"path": str(self.path), "duration": round(wav.frames / RATE, 3)}
-        if self.failed:
+        frames = wav.frames if wav is not None else 0
+        event: dict[str, Any] = {"path": str(self.path), "duration": round(frames / RATE, 3)}
+        if self.failed:   # the record says the recording failed, even when nothing was written
             event["error"] = self._writer.error
         return event
 

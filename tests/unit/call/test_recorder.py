@@ -183,7 +183,9 @@ async def test_an_unusable_directory_stops_the_recording_only(
     (tmp_path / "file" / "rec").mkdir(parents=True)      # a file missing its start would lie
     for _ in range(100):
         rec.rx(SILENT)
-    assert await rec.close() is None                     # nothing written: no event
+    event = await rec.close()                            # nothing written: the event says why
+    assert event is not None and event["duration"] == 0.0
+    assert "NotADirectoryError" in event["error"] or "FileExistsError" in event["error"]
     assert not list(tmp_path.rglob("*.wav"))
     assert len(rec._rx) < 8000 and not rec._tx           # noqa: SLF001 - memory stays flat
     lines = [json.loads(ln) for ln in capsys.readouterr().err.splitlines() if ln.strip()]
@@ -232,7 +234,8 @@ async def test_a_bad_batch_stops_only_its_call_and_the_writer_thread_goes_on(
             rec.rx(SILENT)
             rec.tx(SILENT)
         await asyncio.sleep(0)
-    assert await bad.close() is None                    # nothing written for it: no event
+    failed = await bad.close()                          # nothing written for it
+    assert failed is not None and failed["duration"] == 0.0 and "SystemExit" in failed["error"]
     event = await good.close()
     assert event is not None and event["duration"] == 3.0 and "error" not in event
     assert read(tmp_path / "good.wav")[0].nframes == 3 * 8000
