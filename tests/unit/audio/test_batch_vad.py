@@ -283,7 +283,8 @@ async def test_a_stream_reset_while_the_batcher_waits_for_its_tick_stops_nothing
     left the batcher with nothing to score: the loop died, and no later window of any call was
     ever scored (issue 11). Now that tick is skipped."""
     supervisor = Supervisor()
-    batcher = VadBatcher(model=FakeModel(), interval=0.2, supervisor=supervisor)  # type: ignore[arg-type]
+    batcher = VadBatcher(model=FakeModel(), interval=0.2,  # type: ignore[arg-type]
+                         supervisor=supervisor)
     ending, _ = loud_stream(batcher)
     try:
         ending.submit(LOUD)
