@@ -97,3 +97,23 @@ async def test_readyz_is_503_while_the_vad_restarts_and_200_once_it_is_back(
     result = await simulate_call(cfg, url_of(client),
                                  [WaitForAgent(), phrase, WaitForAgent(timeout=5)], timeout=30)
     assert result.outcome == "hung_up_by_agent", (result.outcome, result.errors)
+
+
+async def test_a_calls_vad_stream_is_labelled_with_its_call_id() -> None:
+    """The batcher's failure reports name the call: the segmenter factory takes the id from
+    the session whose method receives the events (or from ``label=``)."""
+    from patterd.call.backends import default_segmenter
+
+    class Session:
+        call_id = "CA0123"
+
+        def on_event(self, event: Any) -> None:
+            pass
+
+    factory, batcher = default_segmenter(twilio_cfg())
+    try:
+        assert factory(Session().on_event).stream.label == "CA0123"
+        assert factory(lambda event: None, label="v3:abc").stream.label == "v3:abc"
+        assert factory(lambda event: None).stream.label == ""
+    finally:
+        await batcher.aclose()
