@@ -54,7 +54,7 @@ async def _join_cluster(gw: Gateway) -> None:
 
     try:
         gw.cluster = await ClusterNode.start(gw.config.store.url, on_command=on_command,
-                                             on_orphan=on_orphan)
+                                             on_orphan=on_orphan, supervisor=gw.supervisor)
     except Exception as exc:  # noqa: BLE001 - degrade to a lone replica, loudly
         log.error("cluster_join_failed", error=str(exc),
                   detail="calls held by other replicas cannot be steered from here")
@@ -70,15 +70,16 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
             from .call.backends import Backends
             gw.backends = await Backends.from_config(gw.config, on_error=gw.backend_failed,
                                                      supervisor=gw.supervisor)
+        elif hasattr(gw.backends, "supervise"):   # given ones: their workers report here too
+            gw.backends.supervise(gw.supervisor)
         store = await open_store(gw.config.store.url)
         writer = gw.store_writer = StoreWriter(store)
         writer.start()
         # Always running (cancelled with the other tasks at shutdown): a reload may turn
         # retention on, off or change its period.
-        gw.spawn(retention_loop(store, lambda: (gw.config.store.retention_days,
-                                                gw.config.agent.max_call_seconds),
-                                on_swept=gw.registry.forget_ended_before),
-                 name="store-retention")
+        gw.supervise("retention", lambda: retention_loop(
+            store, lambda: (gw.config.store.retention_days, gw.config.agent.max_call_seconds),
+            on_swept=gw.registry.forget_ended_before, supervisor=gw.supervisor))
         gw.registry.on_change = lambda rec: writer.submit(detail(rec))
         if store.kind == "postgresql":   # replicas share calls: ownership, commands, reaper
             await _join_cluster(gw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,12 @@ log = get_logger("patterd.gateway")
 # A carrier said a call ended while its media stream was open here: the stream's close
 # settles the outcome; if that never comes (a stuck session), the call is settled anyway.
 SETTLE_GRACE = 30.0
+# A webhook asks the replicas' shared store (is this delivery new? did another replica hold
+# the call?) for at most this long, then goes ahead on its own; after a failure the store is
+# not asked again for SHARED_CHECK_PAUSE seconds, so that a store that hangs (a partition, not
+# a refused connection) delays at most one webhook, never every new call.
+SHARED_CHECK_TIMEOUT = 1.0
+SHARED_CHECK_PAUSE = 5.0
 
 
 class LiveSessions(set[Any]):
@@ -61,6 +68,7 @@ class Gateway:
     retired: list[Any] = field(default_factory=list)  # backends replaced by a reload
     cluster: Any = None                               # cluster.ClusterNode (PostgreSQL store)
     supervisor: Supervisor = field(default_factory=Supervisor)  # the shared workers' keeper
+    shared_store_skip_until: float = 0.0   # monotonic time: until then, don't ask the store
 
     def __post_init__(self) -> None:
         self.registry = CallRegistry(max_call_seconds=self.config.agent.max_call_seconds)
@@ -81,11 +89,23 @@ class Gateway:
         task.add_done_callback(self._task_done)
         return task
 
+    def supervise(self, component: str, run: Callable[[], Coroutine[Any, Any, Any]], *,
+                  critical: bool = False) -> asyncio.Task[Any]:
+        """Run a process-wide loop under the supervisor: ``run()`` is started again (with
+        back-off) whenever it raises, and the task is cancelled with the others at shutdown.
+        ``critical``: ``/readyz`` answers 503 while it waits to restart."""
+        task = self.supervisor.start(component, run, critical=critical)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background_task_failed", task=task.get_name(),
                       error=repr(task.exception()))
+            # a one-off task's bug (a loop's is the supervisor's to restart): counted too
+            self.metrics.internal_errors.labels("background").inc()
 
     async def release_retired(self, *, force: bool = False) -> None:
         """Close the backends a reload replaced once no live call uses them (all of them
@@ -104,13 +124,20 @@ class Gateway:
         shared store cannot answer, it is processed (twice is better than never)."""
         if not self.deduper.first_time(key):
             return False
-        if self.cluster is None:
+        if self.cluster is None or self._shared_store_paused():
             return True
         try:
-            return bool(await self.cluster.first_delivery("|".join(map(str, key))))
+            return bool(await _bounded(self.cluster.first_delivery("|".join(map(str, key)))))
         except Exception as exc:  # noqa: BLE001 - fail open
-            log.warning("cluster_dedupe_failed", error=str(exc))
+            self._pause_shared_store()
+            log.warning("cluster_dedupe_failed", error=str(exc) or type(exc).__name__)
             return True
+
+    def _shared_store_paused(self) -> bool:
+        return time.monotonic() < self.shared_store_skip_until
+
+    def _pause_shared_store(self) -> None:
+        self.shared_store_skip_until = time.monotonic() + SHARED_CHECK_PAUSE
 
     def backend_failed(self, layer: str, provider: str, exc: BaseException) -> None:
         """A provider failed (the failover chain moves on): count it and say why."""
@@ -200,10 +227,14 @@ class Gateway:
         rec = self.registry.get(call_id)
         if rec is not None and rec.media_seconds > 0 and not rec.billed_from_carrier:
             return False
+        if self._shared_store_paused():
+            return False
         try:
-            return await self.cluster.stream_seen(call_id, carrier)
+            return bool(await _bounded(self.cluster.stream_seen(call_id, carrier)))
         except Exception as exc:  # noqa: BLE001 - the database is away: decide here
-            log.warning("cluster_stream_lookup_failed", call_id=call_id, error=str(exc))
+            self._pause_shared_store()
+            log.warning("cluster_stream_lookup_failed", call_id=call_id,
+                        error=str(exc) or type(exc).__name__)
             return False
 
     async def _settle_later(self, call_id: str, carrier: str) -> None:
@@ -269,6 +300,19 @@ class Gateway:
         if self.http is None:
             raise RuntimeError("the HTTP client session is not started")
         return self.http
+
+
+async def _bounded(coro: Coroutine[Any, Any, Any]) -> Any:
+    """``await coro`` for at most ``SHARED_CHECK_TIMEOUT`` s (``TimeoutError`` after). Unlike
+    ``wait_for``, a late one is cancelled without waiting: a database driver's cancellation
+    may itself wait on the unreachable server."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=SHARED_CHECK_TIMEOUT)
+    if not done:
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
+        raise TimeoutError(f"no answer within {SHARED_CHECK_TIMEOUT:g} s")
+    return task.result()
 
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)

@@ -169,7 +169,7 @@ def _start_watchdog(gw: Gateway) -> asyncio.Task[None] | None:
             sd_notify("WATCHDOG=1")
             await asyncio.sleep(interval)
 
-    return gw.spawn(ping(), name="watchdog")
+    return gw.supervise("systemd_watchdog", ping)
 
 
 __all__ = ["serve", "drain", "sd_notify", "GATEWAY"]

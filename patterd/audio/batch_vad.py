@@ -21,11 +21,13 @@ import numpy as np
 
 from patterd.audio.codecs import BytesLike
 from patterd.audio.segmenter import SpeechEvent, SpeechSegmenter
+from patterd.ops.supervise import RESTART_FIRST, Supervisor
 
 __all__ = ["AsyncSegmenter", "BatchedVadStream", "SharedSileroModel", "VadBatcher", "model_path"]
 
 _SCALE: Final = np.float32(1.0 / 32768.0)
 _GEOMETRY: Final = {8000: (256, 32), 16000: (512, 64)}  # rate -> (window, context) samples
+COMPONENT: Final = "vad"  # the supervisor's name for the batcher
 
 
 def model_path() -> Path:
@@ -71,17 +73,20 @@ class SharedSileroModel:
 class BatchedVadStream:
     """One call's Silero state on the shared model: a ``Vad`` scoring each window now (batch
     of 1), or, via :meth:`submit`, later in ``batcher`` with results to ``on_probability`` in
-    order. One thread only. Gated like ``EnergyGate(SileroVad())``: quiet windows score 0."""
+    order. One thread only. Gated like ``EnergyGate(SileroVad())``: quiet windows score 0.
+    ``label`` (the call id) names the stream in the batcher's failure reports."""
 
     __slots__ = ("sample_rate", "window_samples", "_batcher", "_model", "_ctx", "_state",
                  "_floor", "_reset_after", "_shut", "_zero", "_queue", "_gen",
-                 "on_probability", "evaluated", "skipped")  # fmt: skip
+                 "on_probability", "evaluated", "skipped", "label")  # fmt: skip
 
     def __init__(self, sample_rate: int = 8000, *, batcher: VadBatcher | None = None,
                  floor_dbfs: float | None = -50.0, reset_after: float = 1.0,
-                 on_probability: Callable[[float], None] = lambda p: None) -> None:  # fmt: skip
+                 on_probability: Callable[[float], None] = lambda p: None,
+                 label: str = "") -> None:  # fmt: skip
         if sample_rate not in _GEOMETRY:
             raise ValueError(f"Silero VAD runs at 8000 or 16000 Hz, not {sample_rate}")
+        self.label = label
         self.sample_rate = sample_rate
         self.window_samples, context = _GEOMETRY[sample_rate]
         self._batcher = batcher
@@ -170,7 +175,10 @@ class BatchedVadStream:
     def reset(self) -> None:
         """Clear state, context and gate; drop queued windows (their results never come)."""
         self._ctx.fill(0.0)
-        self._state.fill(0.0)
+        if self._state.shape == (2, 1, 128):
+            self._state.fill(0.0)
+        else:  # a state someone broke: a fresh one, so the stream scores again
+            self._state = np.zeros((2, 1, 128), dtype=np.float32)
         self._zero, self._shut = False, 0
         self._gen += 1
         self._queue.clear()
@@ -184,50 +192,114 @@ class VadBatcher:
     A loop task (started by the first window) runs a batch every ``interval`` s or once
     ``wake_at`` streams wait: up to ``max_batch`` windows, one per stream (the model is
     recurrent; backlogs go again at once), in a worker thread so the loop is not blocked.
+
+    Supervised (component ``vad``): a failure while scoring a batch — the model raising or
+    answering in the wrong shape, a stream whose state is not its own shape, a result
+    callback raising — is reported to ``supervisor`` with the call ids involved, the streams
+    involved are reset (their queued windows are dropped) and the loop goes on. A loop that
+    dies anyway is restarted by the supervisor (``/readyz`` 503 meanwhile), and the streams
+    of the batch it died in are reset, so that none waits for a result that never comes.
     """
 
     def __init__(self, model: SharedSileroModel | None = None, *, interval: float = 0.032,
-                 wake_at: int = 64, max_batch: int = 128) -> None:  # fmt: skip
+                 wake_at: int = 64, max_batch: int = 128,
+                 supervisor: Supervisor | None = None,
+                 restart_delay: float = RESTART_FIRST) -> None:  # fmt: skip
         self.model = model or SharedSileroModel.get()
+        self.supervisor = supervisor or Supervisor()
+        self.restart_delay = restart_delay  # first back-off of a loop that died
         self._interval, self._wake_at, self._max_batch = interval, wake_at, max_batch
         self._ready: dict[BatchedVadStream, None] = {}  # insertion-ordered set
+        self._in_flight: list[tuple[BatchedVadStream, int]] = []  # (stream, gen) being scored
         self._wake = asyncio.Event()  # set on the first ready stream and at ``wake_at``
         self._pool = ThreadPoolExecutor(1, "vad-batch")
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         self.batches = self.windows = 0  # for metrics
+        self.failed_batches = 0  # batches whose streams were reset after a failure
 
     def _mark_ready(self, stream: BatchedVadStream) -> None:
         self._ready[stream] = None
         if len(self._ready) == 1 or len(self._ready) >= self._wake_at:
             self._wake.set()
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="vad-batcher")
+        if (self._task is None or self._task.done()) and not self._closed:
+            # done: cancelled from outside (a supervisor stopped); a window must never wait
+            # for a loop that is not running
+            self._task = self.supervisor.start(COMPONENT, self._loop, critical=True,
+                                               first_delay=self.restart_delay)
 
-    async def _batch(self, loop: asyncio.AbstractEventLoop) -> int:  # -> streams with more
-        streams = list(islice(self._ready, self._max_batch))
-        rows, states, gens = [], [], []
+    def _fail(self, streams: list[BatchedVadStream], exc: BaseException | str,
+              what: str) -> None:
+        """Report one failure of ``what`` for ``streams`` and reset each of them."""
         for s in streams:
+            s.reset()
+        labels = [s.label for s in streams if s.label]
+        detail: dict[str, object] = {"detail": what, "streams": len(streams)}
+        if len(labels) > 1:
+            detail["call_ids"] = labels[:10]
+        self.supervisor.report(COMPONENT, exc, call_id=labels[0] if len(labels) == 1 else "",
+                               **detail)
+
+    def _take(self) -> tuple[list[BatchedVadStream], list[np.ndarray], list[np.ndarray]]:
+        """Up to ``max_batch`` ready streams with their head rows and states; a stream whose
+        row or state is malformed is failed alone, never joined to the batch."""
+        streams, rows, states = [], [], []
+        for s in list(islice(self._ready, self._max_batch)):
             del self._ready[s]
-            row, zero = s._queue[0]  # type: ignore[misc]  # a gated window is never the head
+            try:
+                row, zero = s._queue[0]  # type: ignore[misc]  # a gated window is never the head
+                width = s.window_samples + len(s._ctx)
+                if row.shape != (1, width) or row.dtype != np.float32:
+                    raise ValueError(f"window row of shape {row.shape}, not (1, {width})")
+                if s._state.shape != (2, 1, 128):
+                    raise ValueError(f"state of shape {s._state.shape}, not (2, 1, 128)")
+            except Exception as exc:  # noqa: BLE001 - this stream only
+                self._fail([s], exc, "malformed stream")
+                continue
+            streams.append(s)
             rows.append(row)
             states.append(np.zeros_like(s._state) if zero else s._state)
-            gens.append(s._gen)
-        args = (self.model.run, np.concatenate(rows), np.hstack(states))
-        probs, new = await loop.run_in_executor(self._pool, *args)
+        return streams, rows, states
+
+    async def _batch(self, loop: asyncio.AbstractEventLoop) -> int:  # -> streams with more
+        streams, rows, states = self._take()
+        if not streams:  # every ready stream was reset (its call ended) or malformed
+            return 0
+        gens = [s._gen for s in streams]
+        self._in_flight = list(zip(streams, gens))
+        try:
+            probs, new = await loop.run_in_executor(
+                self._pool, self.model.run, np.concatenate(rows), np.hstack(states))
+            n = len(streams)
+            if np.shape(probs) != (n,) or np.shape(new) != (2, n, 128):
+                raise ValueError(f"the model answered shapes {np.shape(probs)} and "
+                                 f"{np.shape(new)} for a batch of {n}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this batch only: its streams start over
+            self._in_flight = []
+            self.failed_batches += 1
+            self._fail([s for s, g in zip(streams, gens) if s._gen == g], exc, "model run")
+            return 0
+        self._in_flight = []
         self.batches, self.windows = self.batches + 1, self.windows + len(streams)
         backlog = 0
         for i, s in enumerate(streams):
             if s._gen == gens[i]:  # else it was reset meanwhile: drop the result
                 try:
                     s._complete(float(probs[i]), new[:, i : i + 1])
-                except Exception as exc:  # a callback failed: report, reset only that stream
-                    s.reset()
-                    loop.call_exception_handler({"message": "VAD callback", "exception": exc})
+                except Exception as exc:  # noqa: BLE001 - a callback failed: that stream only
+                    self._fail([s], exc, "result callback")
                 backlog += bool(s._queue)
         return backlog
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._in_flight:  # the previous run died inside a batch: never leave them waiting
+            stranded, self._in_flight = self._in_flight, []
+            for s, gen in stranded:
+                if s._gen == gen:
+                    s.reset()
         last, backlog = -1e9, 0
         while True:
             if not self._ready:
@@ -239,11 +311,15 @@ class VadBatcher:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
+            if not self._ready:  # the streams that were ready were reset meanwhile
+                backlog = 0
+                continue
             last = loop.time()
             backlog = await self._batch(loop)
 
     async def aclose(self) -> None:
         """Stop the task and the worker thread; queued windows stay unscored."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -20,12 +20,17 @@ from .turns import SpeechCache
 DEFAULT_STT_TIMEOUT = 8.0   # seconds for a final transcript before the next provider is tried
 
 
-SegmenterFactory = Callable[[Callable[[SpeechEvent], None]], SpeechSegmenter]
+SegmenterFactory = Callable[..., SpeechSegmenter]
+"""``factory(on_event, *, label="")``: a call's segmenter; ``label`` (the call id) names it in
+the shared VAD's failure reports."""
 
 
-def default_segmenter(config: Config) -> tuple[SegmenterFactory, Any]:
+def default_segmenter(config: Config, supervisor: Supervisor | None = None
+                      ) -> tuple[SegmenterFactory, Any]:
     """A factory of per-call VAD segmenters as ``vad:`` says, and the process-wide batcher
-    behind it (Silero runs once per tick for all calls, in a worker thread) or None.
+    behind it (Silero runs once per tick for all calls, in a worker thread) or None. The
+    batcher is supervised by ``supervisor`` (the gateway's in a daemon: a batcher restarting
+    makes ``/readyz`` answer 503).
 
     A segmenter either returns its events from ``feed`` (energy VAD) or hands them to the
     ``on_event`` callback once its windows are scored (batched Silero)."""
@@ -36,17 +41,22 @@ def default_segmenter(config: Config) -> tuple[SegmenterFactory, Any]:
     if config.vad.provider == "energy":
         from ..audio.vad import EnergyVad
 
-        def make_energy(on_event: Callable[[SpeechEvent], None]) -> SpeechSegmenter:
+        def make_energy(on_event: Callable[[SpeechEvent], None], *,
+                        label: str | None = None) -> SpeechSegmenter:
             return SpeechSegmenter(EnergyVad(), threshold=threshold, min_speech=min_speech,
                                    min_silence=min_silence)
 
         return make_energy, None
     from ..audio.batch_vad import AsyncSegmenter, BatchedVadStream, VadBatcher
-    batcher = VadBatcher()
+    batcher = VadBatcher(supervisor=supervisor)
 
-    def make_silero(on_event: Callable[[SpeechEvent], None]) -> SpeechSegmenter:
-        return AsyncSegmenter(BatchedVadStream(batcher=batcher), on_event, threshold=threshold,
-                              min_speech=min_speech, min_silence=min_silence)
+    def make_silero(on_event: Callable[[SpeechEvent], None], *,
+                    label: str | None = None) -> SpeechSegmenter:
+        if label is None:   # a session's bound method: its call id names the stream
+            label = str(getattr(getattr(on_event, "__self__", None), "call_id", "") or "")
+        return AsyncSegmenter(BatchedVadStream(batcher=batcher, label=label), on_event,
+                              threshold=threshold, min_speech=min_speech,
+                              min_silence=min_silence)
 
     return make_silero, batcher
 
@@ -86,9 +96,11 @@ class Backends:
         tts = FailoverTTS(tts_chain, last_resort=last_resort, on_error=sink)
         llm = FailoverLLM([create_llm(c, config.agent) for c in config.llm.chain],
                           on_error=sink)
+        for layer in (stt, tts):   # before start: the decoder pool reports from birth
+            _supervise_providers(layer, supervisor)
         await stt.start()
         await tts.start()   # a wrong voice fails here, at start-up, not on the first call
-        segmenter, batcher = default_segmenter(config)
+        segmenter, batcher = default_segmenter(config, supervisor)
         runner = None
         if config.llm.tools:
             from ..backends.llm.tools import ToolRunner
@@ -96,6 +108,16 @@ class Backends:
         return cls(stt=stt, llm=llm, tts=tts, new_segmenter=segmenter, vad_batcher=batcher,
                    tools=runner, tool_specs=tool_specs(config.agent.transfer_targets, runner),
                    supervisor=supervisor)
+
+    def supervise(self, supervisor: Supervisor) -> None:
+        """Make ``supervisor`` (the gateway's) the keeper of every shared worker behind these
+        backends: the VAD batcher and the providers with workers of their own (the
+        pocketsphinx decoder pool, the espeak engine)."""
+        self.supervisor = supervisor
+        if self.vad_batcher is not None:
+            self.vad_batcher.supervisor = supervisor
+        for layer in (self.stt, self.tts):
+            _supervise_providers(layer, supervisor)
 
     async def close(self) -> None:
         """Release every provider."""
@@ -105,3 +127,13 @@ class Backends:
             await self.tools.close()
         if self.vad_batcher is not None:
             await self.vad_batcher.aclose()
+
+
+def _supervise_providers(layer: Any, supervisor: Supervisor) -> None:
+    """Hand ``supervisor`` to each provider of a layer (a failover chain's members and its
+    last resort, or the layer itself) that has shared workers (a ``supervise`` method)."""
+    last = getattr(layer, "last_resort", None)
+    for provider in [layer, *getattr(layer, "providers", ()), *([last] if last else [])]:
+        bind = getattr(provider, "supervise", None)
+        if callable(bind):
+            bind(supervisor)

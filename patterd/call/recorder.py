@@ -12,12 +12,19 @@ appends it to ``<local_dir>/<call id>.wav`` and then rewrites the header's sizes
 leaves a valid file short of at most the last batch, and memory stays flat on long calls.
 A write error (full disk…) stops that call's recording, is logged once, and never touches the
 call. A stream that resumes a call (Twilio re-opens it after sending DTMF) appends to the file.
+
+The writer thread is supervised (component ``recorder``): a failed batch — a write error or a
+bug in one call's audio — stops only that call's recording and is reported once with its call
+id; nothing one item does ends the thread, and a thread that ends anyway is replaced at once
+(the queue it leaves is served by its successor).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import functools
 import hashlib
 import os
 import queue
@@ -33,6 +40,7 @@ import numpy as np
 from ..audio.codecs import get_codec
 from ..audio.resample import Resampler
 from ..ops.logging import get_logger
+from ..ops.supervise import Supervisor
 
 log = get_logger("patterd.recorder")
 
@@ -40,6 +48,7 @@ RATE = 8000
 BATCH_SECONDS = 1.0
 MAX_PENDING_TX = 256        # agent frames held while no caller audio arrives (≈ 10 s)
 CLOSE_TIMEOUT = 5.0         # a hung disk must not hold up the end of the call
+COMPONENT = "recorder"      # the supervisor's name for the writer thread
 _HEADER = struct.Struct("<4sI4s4sIHHIIHH4sI")   # the canonical 44-byte PCM WAV header
 _MAX_DATA = 0xFFFFFFFF - 36                     # what a RIFF size field can describe
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -146,6 +155,8 @@ class _Writer:
         self.file: WavFile | None = None
         self.error: str = ""                 # set once; the media loop reports it
         self.done = False
+        # told of a failed batch, from the writer thread (thread-safe; set by CallRecorder)
+        self.report: Callable[[BaseException], None] = lambda exc: None
 
     def batch(self, rx: bytearray, tx: list[tuple[int, bytes | None]], final: bool) -> None:
         """Write the caller's audio of one batch with the agent's audio beside it."""
@@ -172,9 +183,19 @@ class _Writer:
             if final:
                 self.done = True
                 self.file.close()
-        except (OSError, ValueError) as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a full disk, or a bug: this call only
+            self.fail(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop this recording after a failed batch (the file keeps its good batches)."""
+        if self.error:
+            return
+        self.error = f"{type(exc).__name__}: {exc}"
+        self.report(exc)
+        try:
             self._abandon()
+        except Exception:  # noqa: BLE001 - the recording is over either way
+            pass
 
     def _place(self, tx: list[tuple[int, bytes | None]]) -> None:
         if not tx:
@@ -216,31 +237,54 @@ class _Writer:
 
 
 class _WriterThread:
-    """One daemon thread that runs every call's batches in the order they were handed over."""
+    """One daemon thread that runs every call's batches in the order they were handed over.
+    No item ends it; should it end anyway, a new one takes over the queue at once."""
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = (
             queue.SimpleQueue())
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.restarts = 0
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the writer thread."""
         self._queue.put((fn, args))
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, daemon=True,
-                                                    name="patterd-recorder")
-                    self._thread.start()
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            self._start(thread)
+
+    def _start(self, dead: threading.Thread | None) -> None:
+        with self._lock:
+            if self._thread is not dead:   # another caller replaced it already
+                return
+            if dead is not None:
+                self.restarts += 1
+                log.error("recorder_thread_restarted", restarts=self.restarts)
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name="patterd-recorder")
+            self._thread.start()
 
     def _run(self) -> None:
-        while True:
-            fn, args = self._queue.get()
-            try:
-                fn(*args)
-            except Exception as exc:  # noqa: BLE001 - a bug in one call's batch; keep serving
-                log.error("recorder_thread_error", error=repr(exc))
+        try:
+            while True:
+                try:
+                    fn, args = self._queue.get()
+                    fn(*args)
+                except BaseException as exc:  # noqa: BLE001 - one item never ends the thread
+                    self._item_failed(exc)
+        except BaseException as exc:  # noqa: BLE001 - the loop itself broke: say so, and…
+            with contextlib.suppress(Exception):
+                log.error("recorder_thread_died", error=repr(exc))
+        finally:   # …never leave the queue unserved
+            self._start(threading.current_thread())
+
+    @staticmethod
+    def _item_failed(exc: BaseException) -> None:
+        try:
+            log.error("recorder_thread_error", error=repr(exc))
+        except Exception:  # noqa: BLE001 - not even logging may stop the thread
+            pass
 
 
 _THREAD = _WriterThread()
@@ -254,7 +298,8 @@ class CallRecorder:
 
     def __init__(self, path: Path, call_id: str, *, channels: str = "dual",
                  rx_codec: str = "PCMU", rx_rate: int = RATE, tx_codec: str = "PCMU",
-                 append: bool = False, batch_seconds: float = BATCH_SECONDS) -> None:
+                 append: bool = False, batch_seconds: float = BATCH_SECONDS,
+                 supervisor: Supervisor | None = None) -> None:
         self.call_id = call_id
         self.path = path
         codec = get_codec(rx_codec, rx_rate)
@@ -267,6 +312,8 @@ class CallRecorder:
         self._tx_bps = get_codec(tx_codec, RATE).bytes_per_sample
         self._writer = _Writer(path, stereo=channels != "mono", rx_codec=rx_codec,
                                rx_rate=rx_rate, tx_codec=tx_codec, append=append)
+        if supervisor is not None:
+            self._writer.report = _reporter(supervisor, call_id)
         self._closed = False
         self._warned = False
 
@@ -306,8 +353,9 @@ class CallRecorder:
 
     async def close(self) -> dict[str, Any] | None:
         """Write what is left and finish the file. Returns the ``recording`` event's fields
-        (``path``, ``duration`` of the whole file, ``error`` when a write failed), or None
-        when no file was written."""
+        (``path``, ``duration`` of the whole file, ``error`` when a write failed — then the
+        duration is what the file holds, 0 when nothing could be written), or None when the
+        call sent no audio at all."""
         if self._closed:
             return None
         self._closed = True
@@ -320,10 +368,11 @@ class CallRecorder:
             return None
         self._warn()
         wav = self._writer.file
-        if wav is None or (self.failed and wav.data_bytes == 0):
+        if wav is None and not self.failed:
             return None
-        event: dict[str, Any] = {"path": str(self.path), "duration": round(wav.frames / RATE, 3)}
-        if self.failed:
+        frames = wav.frames if wav is not None else 0
+        event: dict[str, Any] = {"path": str(self.path), "duration": round(frames / RATE, 3)}
+        if self.failed:   # the record says the recording failed, even when nothing was written
             event["error"] = self._writer.error
         return event
 
@@ -350,12 +399,27 @@ class CallRecorder:
                         error=self._writer.error)
 
 
+def _reporter(supervisor: Supervisor, call_id: str) -> Callable[[BaseException], None]:
+    """``report(exc)`` for the writer thread: the supervisor hears of it on the loop's thread."""
+    loop = asyncio.get_running_loop()
+
+    def report(exc: BaseException) -> None:
+        try:
+            loop.call_soon_threadsafe(functools.partial(
+                supervisor.report, COMPONENT, exc, call_id=call_id))
+        except RuntimeError:        # the loop is closed: nobody to tell
+            pass
+    return report
+
+
 def _run_batch(writer: _Writer, rx: bytearray, tx: list[tuple[int, bytes | None]],
                final: bool, done: concurrent.futures.Future[None] | None) -> None:
     try:
         writer.batch(rx, tx, final)
+    except BaseException as exc:  # noqa: BLE001 - whatever it was, this recording only
+        writer.fail(exc)
     finally:
-        if done is not None:
+        if done is not None and not done.done():
             done.set_result(None)
 
 
@@ -369,7 +433,8 @@ def start_recorder(session: Any, start: Any, proto: Any) -> CallRecorder | None:
     try:
         recorder = CallRecorder(path, session.call_id, channels=cfg.channels,
                                 rx_codec=start.rx_codec, rx_rate=start.rx_rate,
-                                tx_codec=proto.tx_codec, append=session.resumed)
+                                tx_codec=proto.tx_codec, append=session.resumed,
+                                supervisor=getattr(session.gw, "supervisor", None))
     except Exception as exc:  # noqa: BLE001 - the recording never affects the call
         log.warning("recording_failed", call_id=session.call_id, path=str(path),
                     error=repr(exc))

@@ -15,16 +15,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..ops.logging import get_logger
+from ..ops.supervise import Supervisor
 from . import queries as Q
 from .errors import ClusterUnavailable
 
 log = get_logger("patterd.cluster")
+
+MAX_COMMAND_ID = 2**63 - 1   # the ids are PostgreSQL bigints
 
 
 class CommandDispatch:
     """Receiving and applying the commands aimed at this replica."""
 
     replica_id: str
+    supervisor: Supervisor
     poll_every: float
     dead_after: float
     _wake: asyncio.Event
@@ -38,15 +42,23 @@ class CommandDispatch:
         raise NotImplementedError
 
     def _on_payload(self, payload: str) -> None:
-        head, _, tail = payload.rpartition(":")
-        if not tail.isdigit():
-            return
-        if head == self.replica_id:
-            self._want((int(tail),))
-        elif head == f"{self.replica_id}:done":
-            fut = self._waiters.get(int(tail))
-            if fut is not None and not fut.done():
-                fut.set_result(None)   # a wake-up: wait_result reads the row itself
+        """A notification on the channel (from asyncpg's listener callback): never raises; a
+        malformed one is reported and dropped, so that it cannot poison the claims."""
+        try:
+            head, _, tail = payload.rpartition(":")
+            if head != self.replica_id and head != f"{self.replica_id}:done":
+                return        # another replica's (the channel is shared)
+            command_id = int(tail) if tail.isascii() and tail.isdigit() else 0
+            if not 0 < command_id <= MAX_COMMAND_ID:
+                raise ValueError(f"malformed notification {payload[:80]!r}")
+            if head == self.replica_id:
+                self._want((command_id,))
+            else:
+                fut = self._waiters.get(command_id)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)   # a wake-up: wait_result reads the row itself
+        except Exception as exc:  # noqa: BLE001 - one notification only
+            self.supervisor.report("cluster_listener", exc)
 
     def _on_listen_connected(self) -> None:
         self._poll_all = True
@@ -79,15 +91,20 @@ class CommandDispatch:
                     await self._fetch(Q.RETARGET, self.replica_id, ids, poll_all,
                                       self.dead_after)
             except ClusterUnavailable as exc:
+                # The next round polls everything aimed here, so the notified ids are not
+                # kept: one that cannot be claimed must never block the others.
                 log.warning("cluster_claim_failed", error=str(exc), retry_in=backoff)
-                self._wanted.update(ids)
                 self._poll_all = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
             backoff = 0.05
             for row in sorted(claimed, key=lambda r: r["id"]):
-                self._start_command(row)
+                try:
+                    self._start_command(row)
+                except Exception as exc:  # noqa: BLE001 - this row only
+                    self.supervisor.report("cluster_dispatch", exc,
+                                           call_id=str(_field(row, "call_id")))
 
     def _start_command(self, row: Any) -> None:
         key = (row["call_id"], row["carrier"])
@@ -122,6 +139,13 @@ class CommandDispatch:
                 log.warning("cluster_result_retry", command=command_id, error=str(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+
+def _field(row: Any, name: str) -> Any:
+    try:
+        return row[name]
+    except Exception:  # noqa: BLE001 - a row without it: say nothing
+        return ""
 
 
 __all__ = ["CommandDispatch"]

@@ -67,8 +67,8 @@ class Listener:
                 log.info("cluster_listen_reconnected")
             first = False
             self.connected.set()
-            self._on_connected()   # catch up on what was sent while we were not listening
             try:
+                self._on_connected()   # catch up on what was sent while we were not listening
                 await self._watch(lost)
             finally:
                 self.connected.clear()

@@ -18,6 +18,14 @@ command could not apply it) and deletes the replica row; after commit ``on_orpha
 per call, then the ownership is dropped. A replica only reaps once its own heartbeats have
 succeeded for ``dead_after`` in a row, so after an outage of the database itself, when every
 heartbeat looks old, nobody mistakes the others for dead.
+
+Supervision: the listener, dispatch and heartbeat loops run under the process's
+:class:`~patterd.ops.supervise.Supervisor` (components ``cluster_listener``,
+``cluster_dispatch``, ``cluster_heartbeat``; the heartbeat is critical — a replica that stops
+heartbeating is reaped — so ``/readyz`` answers 503 while it restarts). A malformed
+notification, a command row that cannot be started, a failed heartbeat round or an orphan
+that cannot be ended (``cluster_reaper``) is reported and skipped; a loop that dies anyway is
+restarted with back-off.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from datetime import datetime
 from typing import Any
 
 from ..ops.logging import get_logger
+from ..ops.supervise import Supervisor
 from . import queries as Q
 from .dispatch import CommandDispatch
 from .errors import ClusterError, ClusterUnavailable, NoLiveOwner
@@ -77,11 +86,13 @@ class ClusterNode(CommandDispatch):
 
     def __init__(self, pool: Any, own_pool: bool, replica_id: str, on_command: OnCommand,
                  on_orphan: OnOrphan, *, heartbeat_every: float, dead_after: float,
-                 poll_every: float, keep_done: float, dsn: str | None) -> None:
+                 poll_every: float, keep_done: float, dsn: str | None,
+                 supervisor: Supervisor | None = None) -> None:
         if ":" in replica_id or not replica_id:
             raise ClusterError(f"cluster: replica id {replica_id!r} must be non-empty, "
                                "without ':'")
         self.replica_id = replica_id
+        self.supervisor = supervisor or Supervisor()
         self.draining = False
         self.heartbeat_every = heartbeat_every
         self.dead_after = dead_after
@@ -113,7 +124,8 @@ class ClusterNode(CommandDispatch):
     async def start(cls, dsn_or_pool: str | Any, replica_id: str | None = None, *,
                     on_command: OnCommand, on_orphan: OnOrphan,
                     heartbeat_every: float = 1.0, dead_after: float = 6.0,
-                    poll_every: float = 1.0, keep_done: float = 3600.0) -> ClusterNode:
+                    poll_every: float = 1.0, keep_done: float = 3600.0,
+                    supervisor: Supervisor | None = None) -> ClusterNode:
         """Create the tables if needed, register this replica and start its loops.
 
         ``dsn_or_pool``: a ``postgresql://`` URL (the node opens a small pool of its own and
@@ -121,7 +133,8 @@ class ClusterNode(CommandDispatch):
         is then one of its connections, held for the node's life). ``on_command(call_id,
         carrier, kind, args) -> dict`` applies a command to this process's live call;
         ``on_orphan(call_id, carrier)`` ends a call whose replica died. ``keep_done``: seconds
-        answered commands are kept. Returns once the listener is listening.
+        answered commands are kept. ``supervisor``: the process's (its loops' keeper; the
+        node's own when None). Returns once the listener is listening.
         """
         import asyncpg
 
@@ -139,15 +152,16 @@ class ClusterNode(CommandDispatch):
             dsn, pool, own = None, dsn_or_pool, False
         node = cls(pool, own, replica_id or default_replica_id(), on_command, on_orphan,
                    heartbeat_every=heartbeat_every, dead_after=dead_after,
-                   poll_every=poll_every, keep_done=keep_done, dsn=dsn)
+                   poll_every=poll_every, keep_done=keep_done, dsn=dsn,
+                   supervisor=supervisor)
         try:
             async with pool.acquire() as conn:
                 await ensure_schema(conn)
                 await conn.execute(Q.REGISTER, node.replica_id, False)
             node._healthy_since = time.monotonic()
-            node._spawn(node._listener.run(), "cluster-listen")
-            node._spawn(node._dispatch_loop(), "cluster-dispatch")
-            node._spawn(node._heartbeat_loop(), "cluster-heartbeat")
+            node._supervise("cluster_listener", node._listener.run)
+            node._supervise("cluster_dispatch", node._dispatch_loop)
+            node._supervise("cluster_heartbeat", node._heartbeat_loop, critical=True)
             await asyncio.wait_for(node._listener.connected.wait(), 10.0)
         except BaseException as exc:
             await node.abort()
@@ -207,6 +221,14 @@ class ClusterNode(CommandDispatch):
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
+
+    def _supervise(self, component: str, run: Callable[[], Awaitable[None]], *,
+                   critical: bool = False) -> None:
+        """Run a loop of the node under the supervisor (restarted if it dies), as one of the
+        node's tasks (cancelled by ``stop``/``abort``)."""
+        task = self.supervisor.start(component, run, critical=critical)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -380,27 +402,36 @@ class ClusterNode(CommandDispatch):
                 await asyncio.wait_for(self._beat_now.wait(), self.heartbeat_every)
             self._beat_now.clear()
             try:
-                rows = await self._fetch(Q.HEARTBEAT, self.replica_id, self.draining,
-                                         self.dead_after)
-                if not rows:
-                    # Declared dead (a long stall) and reaped: our calls were handed over.
-                    log.error("cluster_replica_was_reaped", replica=self.replica_id)
-                    await self._execute(Q.REGISTER, self.replica_id, self.draining)
-                    self._healthy_since = time.monotonic()
-                    continue
-                if self._healthy_since is None:
-                    self._healthy_since = time.monotonic()
-                await self._flush_deferred()
-                healthy_for = time.monotonic() - self._healthy_since
-                if rows[0]["dead"] and healthy_for >= self.dead_after:
-                    await self._reap()
-                if time.monotonic() - last_clean >= CLEAN_EVERY:
-                    last_clean = time.monotonic()
-                    await self._execute(Q.CLEAN_DONE, self.keep_done)
-                    await self._execute(Q.CLEAN_DELIVERIES, DELIVERY_TTL)
+                last_clean = await self._beat(last_clean)
             except ClusterUnavailable as exc:
                 self._healthy_since = None
                 log.warning("cluster_heartbeat_failed", error=str(exc))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this round only; the next one beats
+                self.supervisor.report("cluster_heartbeat", exc)
+
+    async def _beat(self, last_clean: float) -> float:
+        """One heartbeat round (and the reaper and the cleaning when due); returns when the
+        tables were last cleaned."""
+        rows = await self._fetch(Q.HEARTBEAT, self.replica_id, self.draining, self.dead_after)
+        if not rows:
+            # Declared dead (a long stall) and reaped: our calls were handed over.
+            log.error("cluster_replica_was_reaped", replica=self.replica_id)
+            await self._execute(Q.REGISTER, self.replica_id, self.draining)
+            self._healthy_since = time.monotonic()
+            return last_clean
+        if self._healthy_since is None:
+            self._healthy_since = time.monotonic()
+        await self._flush_deferred()
+        healthy_for = time.monotonic() - self._healthy_since
+        if rows[0]["dead"] and healthy_for >= self.dead_after:
+            await self._reap()
+        if time.monotonic() - last_clean >= CLEAN_EVERY:
+            last_clean = time.monotonic()
+            await self._execute(Q.CLEAN_DONE, self.keep_done)
+            await self._execute(Q.CLEAN_DELIVERIES, DELIVERY_TTL)
+        return last_clean
 
     async def _flush_deferred(self) -> None:
         for (call_id, carrier), claim in list(self._deferred.items()):
@@ -424,7 +455,8 @@ class ClusterNode(CommandDispatch):
             await self._on_orphan(call_id, carrier)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - this call only
             log.error("cluster_orphan_failed", call_id=call_id, replica=dead_id,
                       error=repr(exc))
+            self.supervisor.report("cluster_reaper", exc, call_id=call_id, replica=dead_id)
         await self.release_call(call_id, carrier)

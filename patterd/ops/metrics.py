@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from .supervise import COMPONENTS as WORKERS
+
 disable_created_metrics()  # the *_created series only double the exposition size
 
 # Telephony latencies: 10 ms … 10 s.
@@ -53,6 +55,8 @@ class Metrics:
             self.call_cost.labels(component)
         for carrier in ("twilio", "telnyx"):
             self.signature_failures.labels(carrier)
+        for worker in WORKERS:
+            self.internal_errors.labels(worker)
         self.frames_rx = self.media_frames.labels("rx")
         self.frames_tx = self.media_frames.labels("tx")
 

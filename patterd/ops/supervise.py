@@ -26,7 +26,13 @@ from .logging import get_logger
 
 log = get_logger("patterd.supervise")
 
-__all__ = ["Supervisor"]
+__all__ = ["COMPONENTS", "Supervisor"]
+
+#: The shared workers that report here (the ``component`` label of
+#: ``patterd_internal_errors_total``; ``background``: a one-off background task that failed).
+COMPONENTS = ("vad", "pocketsphinx", "espeak", "recorder", "cluster_listener",
+              "cluster_dispatch", "cluster_heartbeat", "cluster_reaper", "retention",
+              "twilio_price_sweep", "systemd_watchdog", "background")
 
 LOG_EVERY = 10.0          # seconds: at most one log line per component and call in this window
 RESTART_FIRST = 0.05      # seconds before the first restart of a worker that died

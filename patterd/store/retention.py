@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from ..ops.logging import get_logger
+from ..ops.supervise import Supervisor
 from .base import STALE_AFTER, Store
 
 log = get_logger("patterd.store")
@@ -64,7 +65,8 @@ async def sweep_once(store: Store, keep_seconds: float, stale_after: float | Non
 
 
 async def retention_loop(store: Store, settings: Callable[[], tuple[float, float]],
-                         on_swept: Callable[[float], object] | None = None) -> None:
+                         on_swept: Callable[[float], object] | None = None, *,
+                         supervisor: Supervisor | None = None) -> None:
     """The daemon's sweep for ``store.retention_days``, at the module's intervals.
 
     ``settings`` returns ``(retention_days, max_call_seconds)`` and is read at every round,
@@ -73,7 +75,9 @@ async def retention_loop(store: Store, settings: Callable[[], tuple[float, float
     abandoned-call sweep clear of any call that may still be live, however long calls are
     allowed to be. One replica sweeps at a time (``Store.exclusive``). ``on_swept(cutoff)``
     is told after each round, so that the records kept in memory (the call registry) forget
-    what the store deleted (or another replica's sweep did).
+    what the store deleted (or another replica's sweep did). A round that fails (the store
+    down, a bug) is logged and counted by ``supervisor`` (component ``retention``); the next
+    round tries again.
     """
     every, first = RETENTION_EVERY, RETENTION_FIRST_DELAY
     days, _ = settings()
@@ -82,20 +86,43 @@ async def retention_loop(store: Store, settings: Callable[[], tuple[float, float
     await asyncio.sleep(first)
     announced = days
     while True:
-        days, max_call_seconds = settings()
-        if days != announced:
-            log.info("store_retention_changed", retention_days=days, was=announced)
-            announced = days
-        if days > 0:
-            keep = float(days) * DAY
-            stale = max(STALE_AFTER, 2.0 * float(max_call_seconds))
-            try:
-                async with store.exclusive("retention") as mine:   # one replica sweeps
-                    if mine:
-                        await sweep_once(store, keep, stale, every)
-            except Exception as exc:  # noqa: BLE001 - the store is down: next round
-                log.warning("store_retention_failed", error=str(exc) or type(exc).__name__,
-                            retry_in=every)
-            if on_swept is not None:   # another replica's sweep deleted them as well
-                on_swept(time.time() - keep)
+        try:
+            announced = await _retention_round(store, settings, on_swept, announced, every,
+                                               supervisor)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this round only
+            log.warning("store_retention_failed", error=str(exc) or type(exc).__name__,
+                        retry_in=every)
+            if supervisor is not None:
+                supervisor.report("retention", exc)
         await asyncio.sleep(every)
+
+
+async def _retention_round(store: Store, settings: Callable[[], tuple[float, float]],
+                           on_swept: Callable[[float], object] | None, announced: float,
+                           every: float, supervisor: Supervisor | None) -> float:
+    """One round of :func:`retention_loop`; returns the period now announced."""
+    days, max_call_seconds = settings()
+    if days != announced:
+        log.info("store_retention_changed", retention_days=days, was=announced)
+        announced = days
+    if days <= 0:
+        return announced
+    keep = float(days) * DAY
+    stale = max(STALE_AFTER, 2.0 * float(max_call_seconds))
+    try:
+        async with store.exclusive("retention") as mine:   # one replica sweeps
+            if mine and not await sweep_once(store, keep, stale, every):
+                if supervisor is not None:
+                    supervisor.report("retention", "sweep failed (see store_retention_failed)")
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the store is down: next round
+        log.warning("store_retention_failed", error=str(exc) or type(exc).__name__,
+                    retry_in=every)
+        if supervisor is not None:
+            supervisor.report("retention", exc)
+    if on_swept is not None:   # another replica's sweep deleted them as well
+        on_swept(time.time() - keep)
+    return announced

@@ -229,7 +229,8 @@ async def test_a_recording_directory_replaced_by_a_file_leaves_the_call_alone(
     await asyncio.sleep(0.2)
     rec = gateway_of(client).registry.get(result.call_id)
     assert rec.outcome == "completed"
-    assert not [e for e in rec.events if e["type"] == "recording"]    # no file, no event
+    [event] = [e for e in rec.events if e["type"] == "recording"]     # no file: the event
+    assert event["duration"] == 0.0 and "Error" in event["error"]      # says why
     events = [json.loads(ln)["event"] for ln in capsys.readouterr().err.splitlines()
               if ln.startswith("{")]
     assert events.count("recording_failed") == 1

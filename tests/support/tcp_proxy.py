@@ -2,7 +2,9 @@
 
 ``cut()`` closes every proxied connection and refuses new ones (the listening socket is
 closed), as a network failure between a replica and its database would; ``resume()`` listens
-again on the same port.
+again on the same port. ``hang()`` is the nastier partition: connections stay open (and new
+ones are accepted) but no byte goes through, so every request waits for its own timeout;
+``resume()`` passes traffic again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ class TcpProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.accepted = 0
 
     async def start(self) -> int:
@@ -38,9 +42,15 @@ class TcpProxy:
         if server is not None:
             await server.wait_closed()
 
+    async def hang(self) -> None:
+        """Hold every byte in both directions (a black hole) until ``resume``."""
+        self._flowing.clear()
+
     async def resume(self) -> None:
-        """Accept connections again, on the same port."""
-        await self.start()
+        """Accept connections again, on the same port, and pass traffic again."""
+        self._flowing.set()
+        if self._server is None:
+            await self.start()
 
     stop = cut
 
@@ -62,6 +72,7 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):
                 while data := await src.read(65536):
+                    await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
             dst.transport.abort()

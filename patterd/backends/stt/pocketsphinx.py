@@ -10,6 +10,12 @@ pads and decodes it. Processes, not threads: pocketsphinx holds the GIL while it
 second pass alone would stall the event loop for ~25 ms per second of speech), and processes use
 every core. They are plain subprocesses talking over pipes, so no ``multiprocessing`` main-module
 guard is needed. Only final transcripts are produced.
+
+The pool is supervised (component ``pocketsphinx``): a decoder process that exits (killed,
+crashed), answers garbage or is interrupted midway is replaced at once — the utterance it held
+is tried once more on another process when the process died, else it fails (the call
+apologises); a replacement that cannot start is retried with back-off, and while no decoder
+process is alive the provider is reported down (``/readyz`` 503).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...ops.supervise import Supervisor
 from .base import STT, UtteranceStream
 from .sphinx_vocab import build_model, model_paths, sound_alike
 
@@ -34,6 +41,14 @@ log = logging.getLogger(__name__)
 
 MAX_UTTERANCE_SECONDS = 30.0      # older audio of a longer utterance is dropped
 WORKER_START_TIMEOUT = 60.0
+MAX_ANSWER_BYTES = 64 * 1024      # 30 s of speech is a few hundred bytes of text
+COMPONENT = "pocketsphinx"        # the supervisor's name for the decoder pool
+RESPAWN_FIRST = 0.5               # seconds before retrying a replacement that failed to start
+RESPAWN_MAX = 30.0
+
+
+class DecoderGarbage(RuntimeError):
+    """A decoder process answered something that is not a transcript (it is replaced)."""
 
 
 class _Worker:
@@ -76,7 +91,13 @@ class _Worker:
         self.proc.stdin.write(len(pcm).to_bytes(4, "little") + pcm)
         await self.proc.stdin.drain()
         n = int.from_bytes(await self.proc.stdout.readexactly(4), "little")
-        return (await self.proc.stdout.readexactly(n)).decode("utf-8")
+        if n > MAX_ANSWER_BYTES:
+            raise DecoderGarbage(f"pocketsphinx: the decoder announced a {n}-byte answer")
+        try:
+            return (await self.proc.stdout.readexactly(n)).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecoderGarbage(f"pocketsphinx: the decoder answered non-UTF-8 ({exc})") \
+                from None
 
     def kill(self) -> None:
         """Kill the process now (reaped by whoever awaits ``proc.wait()``)."""
@@ -119,8 +140,10 @@ class PocketsphinxSTT(STT):
             else (os.cpu_count() or 1)   # a daemon pinned to one core decodes on that core
         self._workers = workers or min(4, usable)
         self._idle: asyncio.Queue[_Worker] | None = None
-        self._all: set[_Worker] = set()
-        self._tasks: set[asyncio.Future[None]] = set()
+        self._all: set[_Worker] = set()                 # live decoder processes of the pool
+        self._tasks: set[asyncio.Future[None]] = set()  # replacements and exit watchers
+        self.supervisor = Supervisor()                  # the daemon's, once supervise() ran
+        self.replaced = 0                               # decoder processes replaced
         self._closed = False
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.decoder_args: dict[str, Any] = {}
@@ -147,6 +170,12 @@ class PocketsphinxSTT(STT):
             self._idle = asyncio.Queue()
             for w in started:
                 self._idle.put_nowait(w)
+                self._watch(self._idle, w)
+            self.supervisor.mark_up(COMPONENT)
+
+    def supervise(self, supervisor: Supervisor) -> None:
+        """Report the pool's failures to ``supervisor`` (the daemon's)."""
+        self.supervisor = supervisor
 
     def _prepare(self) -> None:
         hmm, cmudict, general_lm = model_paths()
@@ -169,8 +198,9 @@ class PocketsphinxSTT(STT):
     async def decode(self, pcm_s16le_8khz: bytes) -> str:
         """Recognise one whole utterance in an idle decoder process.
 
-        A worker that dies is replaced and the utterance tried once more on another; one whose
-        request is cancelled midway is replaced too (its answer would be out of step).
+        A worker that dies is replaced and the utterance tried once more on another; one that
+        answers garbage is replaced and the utterance fails; one whose request is cancelled
+        midway is replaced too (its answer would be out of step).
         """
         for attempt in (1, 2):
             if self._closed:
@@ -179,16 +209,14 @@ class PocketsphinxSTT(STT):
                 await self.start()
             idle = self._idle
             assert idle is not None
-            worker = await idle.get()
+            worker = await self._take(idle)
             try:
                 text = await worker.decode(pcm_s16le_8khz)
             except BaseException as exc:
-                worker.kill()
-                self._all.discard(worker)
-                task = asyncio.ensure_future(self._replace(idle, worker))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-                if isinstance(exc, (OSError, asyncio.IncompleteReadError)) and attempt == 1:
+                died = isinstance(exc, (OSError, asyncio.IncompleteReadError))
+                cancelled = isinstance(exc, asyncio.CancelledError)
+                self._retire(idle, worker, None if cancelled else exc)
+                if died and attempt == 1:
                     log.error("pocketsphinx: decoder process failed (%r); retrying", exc)
                     continue
                 raise
@@ -196,16 +224,64 @@ class PocketsphinxSTT(STT):
             return text
         raise AssertionError("unreachable")
 
+    async def _take(self, idle: "asyncio.Queue[_Worker]") -> _Worker:
+        """An idle worker that is still alive (one that exited while idle is skipped: its
+        watcher replaces it)."""
+        while True:
+            worker = await idle.get()
+            if worker in self._all and worker.proc.returncode is None:
+                return worker
+
+    def _watch(self, idle: "asyncio.Queue[_Worker]", worker: _Worker) -> None:
+        """Replace ``worker`` as soon as its process exits, busy or idle."""
+        async def watch() -> None:
+            code = await worker.proc.wait()
+            self._retire(idle, worker, f"decoder process exited (code {code})")
+        self._track(asyncio.ensure_future(watch()))
+
+    def _track(self, task: "asyncio.Future[None]") -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _retire(self, idle: "asyncio.Queue[_Worker]", worker: _Worker,
+                why: BaseException | str | None) -> None:
+        """Take ``worker`` out of the pool (once), kill it and start its replacement.
+        ``why`` is reported (None: a cancelled request, which is no failure)."""
+        if worker not in self._all:
+            return                              # already retired, or the pool closed
+        self._all.discard(worker)
+        worker.kill()
+        if why is not None:
+            self.supervisor.report(COMPONENT, why, live=len(self._all))
+        if not self._all:
+            self.supervisor.mark_down(COMPONENT, "no decoder process")
+        if not self._closed and idle is self._idle:
+            self._track(asyncio.ensure_future(self._replace(idle, worker)))
+
     async def _replace(self, idle: "asyncio.Queue[_Worker]", dead: _Worker) -> None:
+        """Start a decoder in place of ``dead``; retried with back-off until it starts or
+        the provider closes (the pool never shrinks for good)."""
         await dead.proc.wait()
-        try:
-            worker = await _Worker.spawn(self.decoder_args)
-        except Exception:               # noqa: BLE001 - logged; the pool shrinks by one
-            log.exception("pocketsphinx: could not restart a decoder process")
-            return
-        if idle is self._idle:
+        delay = RESPAWN_FIRST
+        while True:
+            try:
+                worker = await _Worker.spawn(self.decoder_args)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:        # noqa: BLE001 - reported; tried again
+                self.supervisor.report(COMPONENT, exc, detail="replacement failed to start",
+                                       retry_in=delay, live=len(self._all))
+            await asyncio.sleep(delay)
+            delay = min(RESPAWN_MAX, delay * 2)
+            if self._closed or idle is not self._idle:
+                return
+        if idle is self._idle and not self._closed:
             self._all.add(worker)
+            self.replaced += 1
             idle.put_nowait(worker)
+            self._watch(idle, worker)
+            self.supervisor.mark_up(COMPONENT)
         else:                           # closed meanwhile
             await worker.stop()
 
@@ -218,8 +294,11 @@ class PocketsphinxSTT(STT):
         generated model files. Later decodes fail; :meth:`start` may open the provider again."""
         self._closed = True
         workers, self._all, self._idle = self._all, set(), None
-        await asyncio.gather(*self._tasks, return_exceptions=True)   # replacements stop too
+        for task in list(self._tasks):   # replacements (a starting one is reaped) and watchers
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(w.stop() for w in workers))
+        self.supervisor.mark_up(COMPONENT)    # a closed provider is not a worker down
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -11,7 +11,11 @@ callback return 1, which aborts synthesis inside the library.
 
 espeak runs about a thousand times faster than real time, so texts queue behind each other only
 briefly. Up to 60 s of audio per text is buffered for a reader that plays it out in real time;
-beyond that the engine waits for the reader (and gives up on one that stalls for 2 minutes).
+beyond that the engine waits for the reader (and gives up on one that stalls for 2 minutes) —
+but only while no other text waits for the engine: one call's long text never holds up another
+call's speech. Then the text is buffered whole (up to 10 minutes of audio; a longer one is cut
+there). The engine is one process-wide worker: what goes wrong with one text (an error, a reader
+abandoned) is reported to the daemon's supervisor (component ``espeak``) and ends that text only.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ...audio.resample import Resampler
+from ...ops.supervise import Supervisor
 from .base import SAMPLE_RATE, TTS, SpeechStream
 
 if TYPE_CHECKING:
@@ -40,7 +45,9 @@ ESPEAK_RATE = 1
 INITIALIZE_DONT_EXIT = 0x8000
 BUFFER_MS = 40          # size of the buffers espeak hands the callback
 MAX_BUFFERED = SAMPLE_RATE * 2 * 60   # bytes of 8 kHz audio held for a slow reader before waiting
+HARD_MAX_BUFFERED = SAMPLE_RATE * 2 * 600   # held while other texts wait; a longer text is cut
 STALL_SECONDS = 120.0  # a reader that takes nothing for this long (buffer full) is abandoned
+COMPONENT = "espeak"   # the supervisor's name for the engine
 DEFAULT_VOICE = "en-us"
 DEFAULT_RATE = 175
 
@@ -65,17 +72,20 @@ def _load_library() -> tuple[ctypes.CDLL, str | None]:
 class _Job:
     """One synthesis: bridges the espeak thread to the asyncio consumer."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, text: str, voice: str, rate: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, text: str, voice: str, rate: int,
+                 supervisor: Supervisor | None = None) -> None:
         self.loop = loop
         self.text = text
         self.voice = voice
         self.rate = rate
+        self.supervisor = supervisor
         self.queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
         self.cancelled = threading.Event()
         self.room = threading.Condition()
         self.buffered = 0
         self.produced = 0
         self.resampler: Resampler | None = None
+        self.others_waiting: Any = lambda: False   # set by the engine: texts queued behind
 
     def deliver(self, item: bytes | BaseException | None) -> None:
         """From the espeak thread: queue an item for the consumer (dropped if the loop is gone)."""
@@ -83,17 +93,36 @@ class _Job:
             with self.room:
                 deadline = time.monotonic() + STALL_SECONDS
                 while self.buffered >= MAX_BUFFERED and not self.cancelled.is_set():
-                    if time.monotonic() > deadline:     # abandoned: free the engine for others
-                        log.warning("espeak TTS: reader stalled for %ss; synthesis aborted",
-                                    STALL_SECONDS)
-                        self.cancelled.set()
-                    self.room.wait(0.1)
+                    if self.others_waiting():   # never hold other calls' texts for this reader
+                        if self.buffered < HARD_MAX_BUFFERED:
+                            break
+                        self.abort(f"text longer than {HARD_MAX_BUFFERED // 16000} s of audio "
+                                   "for a slow reader while other texts waited; cut there")
+                    elif time.monotonic() > deadline:   # abandoned: free the engine
+                        self.abort(f"reader stalled for {STALL_SECONDS:g} s; synthesis aborted")
+                    else:
+                        self.room.wait(0.1)
                 self.buffered += len(item)
                 self.produced += len(item)
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:        # event loop closed: nobody is listening any more
             self.cancelled.set()
+
+    def abort(self, why: str) -> None:
+        """From the espeak thread: give up on this text (the engine moves on) and report it."""
+        log.warning("espeak TTS: %s", why)
+        self.cancelled.set()
+        self.report(why)
+
+    def report(self, why: BaseException | str) -> None:
+        """Tell the daemon's supervisor, on the loop's thread (never raises)."""
+        if self.supervisor is None:
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.supervisor.report, COMPONENT, why)
+        except RuntimeError:        # the loop is closed
+            pass
 
     def consumed(self, n: int) -> None:
         """From the loop: ``n`` bytes were handed to the reader."""
@@ -119,6 +148,8 @@ class _Engine:
     def __init__(self) -> None:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espeak")
         self.lock = threading.Lock()
+        self.queued = 0                  # texts handed to the executor, not started yet
+        self._queued_lock = threading.Lock()
         self.lib: ctypes.CDLL | None = None
         self.rate_hz = 0
         self.voice = ""
@@ -174,8 +205,17 @@ class _Engine:
                 out.append(" ".join(parts))
         return out
 
+    def submit(self, job: _Job) -> asyncio.Future[None]:
+        """Queue ``job`` on the engine's thread (from the loop)."""
+        with self._queued_lock:
+            self.queued += 1
+        job.others_waiting = lambda: self.queued > 0
+        return job.loop.run_in_executor(self.executor, self.run, job)
+
     def run(self, job: _Job) -> None:
         """Synthesise one job (in the worker thread); always ends the job's stream."""
+        with self._queued_lock:
+            self.queued -= 1
         error: BaseException | None = None
         try:
             with self.lock:
@@ -203,6 +243,7 @@ class _Engine:
                         job.deliver(tail[: len(tail) & ~1])
         except BaseException as exc:     # handed to the reader, never lost in the thread
             error = exc
+            job.report(exc)
         finally:
             job.deliver(error)
 
@@ -224,7 +265,7 @@ class _EspeakStream(SpeechStream):
     def __init__(self, engine: _Engine, job: _Job) -> None:
         self._job = job
         self._done = False
-        self._future = job.loop.run_in_executor(engine.executor, engine.run, job)
+        self._future = engine.submit(job)
 
     async def __anext__(self) -> bytes:
         while not self._done:
@@ -277,6 +318,11 @@ class EspeakTTS(TTS):
         self.voice = cfg.voice or str(cfg.options.get("voice") or DEFAULT_VOICE)
         self.rate = int(cfg.options.get("rate") or DEFAULT_RATE)
         self._engine = _Engine.get()
+        self._supervisor: Supervisor | None = None
+
+    def supervise(self, supervisor: Supervisor) -> None:
+        """Report the engine's failures with this provider's texts to ``supervisor``."""
+        self._supervisor = supervisor
 
     async def start(self) -> None:
         """Load libespeak-ng and check the voice, so a bad setup fails at start-up."""
@@ -285,7 +331,7 @@ class EspeakTTS(TTS):
 
     def synthesize(self, text: str, encoding: str = "PCM16") -> SpeechStream:
         """Speak ``text``: s16le 8 kHz PCM chunks of ~40 ms, streamed as espeak produces them."""
-        job = _Job(asyncio.get_running_loop(), text, self.voice, self.rate)
+        job = _Job(asyncio.get_running_loop(), text, self.voice, self.rate, self._supervisor)
         return _EspeakStream(self._engine, job)
 
 

@@ -51,7 +51,7 @@ class Carrier:
         """Start the price sweep; point ``phone_number`` at this daemon when
         ``configure_number`` is set."""
         from .price import sweep_loop
-        gw.spawn(sweep_loop(gw, self.settings), name="twilio-price-sweep")
+        gw.supervise("twilio_price_sweep", lambda: sweep_loop(gw, self.settings))
         if not self.settings.configure_number or not gw.config.phone_number:
             return
         from .rest import TwilioRest

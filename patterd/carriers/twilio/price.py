@@ -123,7 +123,9 @@ async def fetch_price(gw: Gateway, rest: TwilioRest, rec: CallRecord,
 
 async def sweep_loop(gw: Gateway, settings: TwilioSettings) -> None:
     """Run :func:`sweep_prices` every ``SWEEP_EVERY`` seconds until cancelled; a failed
-    round (store or API down) is logged and the next one tries again."""
+    round (store or API down) is logged, counted (``patterd_internal_errors_total
+    {component="twilio_price_sweep"}``) and the next one tries again. The daemon runs it
+    under its supervisor, which restarts it should it end anyway."""
     await asyncio.sleep(SWEEP_FIRST)
     given_up: set[str] = set()
     while True:
@@ -134,6 +136,7 @@ async def sweep_loop(gw: Gateway, settings: TwilioSettings) -> None:
         except Exception as exc:  # noqa: BLE001 - the loop outlives any outage
             log.warning("twilio_price_sweep_failed", error=str(exc) or type(exc).__name__,
                         retry_in=SWEEP_EVERY)
+            gw.supervisor.report("twilio_price_sweep", exc)
         await asyncio.sleep(SWEEP_EVERY)
 
 

@@ -20,6 +20,10 @@ from patterd.audio.batch_vad import (
 from patterd.audio.vad import (
     EnergyGate, SileroVad, SpeechEnd, SpeechEvent, SpeechSegmenter, SpeechStart,
 )  # fmt: skip
+from patterd.gateway import Gateway
+from patterd.ops.supervise import Supervisor
+from prometheus_client import generate_latest
+from tests.conftest import config, twilio_raw
 
 pytest.importorskip("onnxruntime")  # the model runs on it (batch_vad imports it lazily)
 
@@ -250,15 +254,14 @@ async def test_gated_windows_score_zero_in_order_without_the_model() -> None:
 
 
 async def test_a_failing_callback_is_reported_and_resets_only_its_stream() -> None:
-    errors: list[BaseException] = []
-    asyncio.get_running_loop().set_exception_handler(lambda _, ctx: errors.append(ctx["exception"]))
-    batcher = VadBatcher(model=FakeModel())  # type: ignore[arg-type]
+    supervisor = Supervisor()
+    batcher = VadBatcher(model=FakeModel(), supervisor=supervisor)  # type: ignore[arg-type]
     good: list[float] = []
 
     def boom(p: float) -> None:
         raise ZeroDivisionError
 
-    bad = BatchedVadStream(batcher=batcher, on_probability=boom)
+    bad = BatchedVadStream(batcher=batcher, on_probability=boom, label="CA-bad")
     ok = BatchedVadStream(batcher=batcher, on_probability=good.append)
     try:
         for stream in (bad, bad, ok, ok):
@@ -267,7 +270,131 @@ async def test_a_failing_callback_is_reported_and_resets_only_its_stream() -> No
     finally:
         await batcher.aclose()
     assert good == [pytest.approx(0.9)] * 2 and bad.evaluated == 1 and len(bad._queue) == 0
-    assert len(errors) == 1 and isinstance(errors[0], ZeroDivisionError)
+    assert supervisor.errors == {"vad": 1}
+
+
+def loud_stream(batcher: VadBatcher, label: str = "") -> tuple[BatchedVadStream, list[float]]:
+    got: list[float] = []
+    return BatchedVadStream(batcher=batcher, on_probability=got.append, label=label), got
+
+
+async def test_a_stream_reset_while_the_batcher_waits_for_its_tick_stops_nothing() -> None:
+    """A call ending (its stream reset) between its window being queued and the next tick
+    left the batcher with nothing to score: the loop died, and no later window of any call was
+    ever scored (issue 11). Now that tick is skipped."""
+    supervisor = Supervisor()
+    batcher = VadBatcher(model=FakeModel(), interval=0.2,  # type: ignore[arg-type]
+                         supervisor=supervisor)
+    ending, _ = loud_stream(batcher)
+    try:
+        ending.submit(LOUD)
+        await asyncio.wait_for(ending.drain(), 5)  # a batch ran: the next tick is ~0.2 s away
+        ending.submit(LOUD)
+        ending.reset()  # the call hangs up while its window waits for that tick
+        await asyncio.sleep(0.3)
+        assert batcher._task is not None and not batcher._task.done()
+        later, got = loud_stream(batcher)
+        later.submit(LOUD)
+        await asyncio.wait_for(later.drain(), 2)
+    finally:
+        await batcher.aclose()
+    assert got == [pytest.approx(0.9)]
+    assert supervisor.errors == {} and supervisor.restarts == {}
+
+
+class FlakyModel(FakeModel):
+    """Raises (or answers the wrong shape) for its first ``bad`` runs."""
+
+    def __init__(self, bad: int = 1, wrong_shape: bool = False) -> None:
+        super().__init__()
+        self.bad, self.wrong_shape = bad, wrong_shape
+
+    def run(self, windows: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs, new = super().run(windows, states)
+        if self.bad > 0:
+            self.bad -= 1
+            if self.wrong_shape:
+                return probs[:1], new
+            raise RuntimeError("onnxruntime: bad allocation")
+        return probs, new
+
+
+@pytest.mark.parametrize("wrong_shape", [False, True])
+async def test_a_failed_model_run_is_counted_and_the_next_windows_are_scored(
+        wrong_shape: bool) -> None:
+    gw = Gateway(config=config(twilio_raw()))
+    model = FlakyModel(wrong_shape=wrong_shape)
+    batcher = VadBatcher(model=model, supervisor=gw.supervisor)  # type: ignore[arg-type]
+    (a, got_a), (b, got_b) = loud_stream(batcher, "CA-a"), loud_stream(batcher, "CA-b")
+    try:
+        a.submit(LOUD)
+        b.submit(LOUD)
+        await asyncio.wait_for(asyncio.gather(a.drain(), b.drain()), 5)
+        assert got_a == got_b == [] and model.sizes == [2]  # that batch failed: both reset
+        assert gw.supervisor.down == {}  # contained: the loop did not die
+        c, got_c = loud_stream(batcher, "CA-c")
+        for stream in (a, b, c):
+            stream.submit(LOUD)
+        await asyncio.wait_for(asyncio.gather(a.drain(), b.drain(), c.drain()), 5)
+    finally:
+        await batcher.aclose()
+    assert got_a == got_b == got_c == [pytest.approx(0.9)]
+    exposition = generate_latest(gw.metrics.registry).decode()
+    assert 'patterd_internal_errors_total{component="vad"} 1.0' in exposition
+    assert batcher.failed_batches == 1 and gw.supervisor.restarts == {}
+
+
+async def test_a_stream_with_a_broken_state_fails_alone() -> None:
+    supervisor = Supervisor()
+    fake = FakeModel()
+    batcher = VadBatcher(model=fake, supervisor=supervisor)  # type: ignore[arg-type]
+    (broken, got_broken), (ok, got_ok) = loud_stream(batcher, "CA-x"), loud_stream(batcher)
+    broken._state = np.zeros((2, 3, 128), np.float32)  # a bug elsewhere
+    try:
+        broken.submit(LOUD)
+        ok.submit(LOUD)
+        await asyncio.wait_for(asyncio.gather(broken.drain(), ok.drain()), 5)
+        assert got_broken == [] and got_ok == [pytest.approx(0.9)] and fake.sizes == [1]
+        broken.submit(LOUD)  # the reset gave it a sound state: it scores again
+        await asyncio.wait_for(broken.drain(), 5)
+    finally:
+        await batcher.aclose()
+    assert got_broken == [pytest.approx(0.9)] and supervisor.errors == {"vad": 1}
+
+
+async def test_a_loop_that_dies_is_restarted_and_reported_down_meanwhile(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    supervisor = Supervisor()
+    batcher = VadBatcher(model=FakeModel(), supervisor=supervisor,  # type: ignore[arg-type]
+                         restart_delay=0.3)
+    real_batch = batcher._batch
+    crashed = asyncio.Event()
+
+    async def crash_once(loop: asyncio.AbstractEventLoop) -> int:
+        monkeypatch.setattr(batcher, "_batch", real_batch)
+        batcher._in_flight = [(s, s._gen) for s in batcher._ready]  # died mid-batch
+        batcher._ready.clear()
+        crashed.set()
+        raise MemoryError("a bug outside any one item")
+
+    monkeypatch.setattr(batcher, "_batch", crash_once)
+    (stranded, got_stranded), (later, got_later) = loud_stream(batcher), loud_stream(batcher)
+    try:
+        stranded.submit(LOUD)
+        stranded.submit(LOUD)
+        await asyncio.wait_for(crashed.wait(), 5)
+        await asyncio.sleep(0.05)
+        assert supervisor.down == {"vad": "restarting"}  # /readyz answers 503 meanwhile
+        later.submit(LOUD)  # queued while the loop is down: scored once it is back
+        await asyncio.wait_for(later.drain(), 5)
+        assert supervisor.down == {}
+        assert len(stranded._queue) == 0  # its windows were reset, not left waiting forever
+        stranded.submit(LOUD)
+        await asyncio.wait_for(stranded.drain(), 5)
+    finally:
+        await batcher.aclose()
+    assert got_later == got_stranded == [pytest.approx(0.9)]
+    assert supervisor.restarts == {"vad": 1} and supervisor.errors == {"vad": 1}
 
 
 async def test_batches_wait_for_the_interval_or_wake_at() -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import numpy as np
 import pytest
 
 from patterd.backends import TTS, UnknownProviderError, create_tts
+from patterd.backends.tts import espeak
 from patterd.backends.tts.espeak import MAX_BUFFERED, EspeakTTS
 from patterd.config.model import BackendConfig
+from patterd.ops.supervise import Supervisor
 
 SENTENCE = "Thanks for calling. How can I help you today? Say billing, sales, or goodbye."
 LONG = " ".join(["This is a rather long sentence that keeps the engine busy."] * 60)  # ~4 min
@@ -117,3 +120,36 @@ async def test_unknown_voice_fails_at_start() -> None:
 def test_unknown_provider() -> None:
     with pytest.raises(UnknownProviderError, match="festival"):
         create_tts(BackendConfig("festival"))
+
+
+async def test_a_slow_reader_of_a_long_text_never_holds_up_another_call(
+        tts: TTS, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine is shared by every call: once a reader's buffer is full it only waits for
+    that reader while nobody else waits for the engine."""
+    monkeypatch.setattr(espeak, "MAX_BUFFERED", 16000)      # 1 s of audio
+    slow = tts.synthesize(LONG)                            # read in real time, say
+    first = await slow.__anext__()
+    await asyncio.sleep(0.3)                               # its 1 s buffer is full now
+    assert not slow.finished
+    t0 = time.perf_counter()
+    pcm = await asyncio.wait_for(_collect(tts, "goodbye"), 10)
+    assert time.perf_counter() - t0 < 2.0 and rms(pcm) > 500
+    rest = b"".join([c async for c in slow])               # the long text is still whole
+    assert len(first + rest) / 16000 > 120
+
+
+async def test_a_failing_text_is_reported_and_the_engine_goes_on(
+        tts: TTS, monkeypatch: pytest.MonkeyPatch) -> None:
+    supervisor = Supervisor()
+    tts.supervise(supervisor)                              # type: ignore[attr-defined]
+
+    def broken(rate_from: int, rate_to: int) -> Any:
+        raise MemoryError("no room for a resampler")
+
+    monkeypatch.setattr(espeak, "Resampler", broken)
+    with pytest.raises(MemoryError):
+        await _collect(tts, "billing")
+    monkeypatch.undo()
+    await asyncio.sleep(0)                                 # the report hops to the loop
+    assert supervisor.errors == {"espeak": 1}
+    assert rms(await _collect(tts, "billing")) > 500

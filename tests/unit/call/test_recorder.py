@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import resource
+import threading
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,8 @@ import numpy as np
 import pytest
 
 from patterd.audio.codecs import get_codec, ulaw_encode
-from patterd.call.recorder import CallRecorder, WavFile, wav_name
+from patterd.call.recorder import CallRecorder, WavFile, _WriterThread, wav_name
+from patterd.ops.supervise import Supervisor
 
 PCMU = get_codec("PCMU")
 FRAME = 160                      # 20 ms at 8 kHz
@@ -181,7 +183,9 @@ async def test_an_unusable_directory_stops_the_recording_only(
     (tmp_path / "file" / "rec").mkdir(parents=True)      # a file missing its start would lie
     for _ in range(100):
         rec.rx(SILENT)
-    assert await rec.close() is None                     # nothing written: no event
+    event = await rec.close()                            # nothing written: the event says why
+    assert event is not None and event["duration"] == 0.0
+    assert "NotADirectoryError" in event["error"] or "FileExistsError" in event["error"]
     assert not list(tmp_path.rglob("*.wav"))
     assert len(rec._rx) < 8000 and not rec._tx           # noqa: SLF001 - memory stays flat
     lines = [json.loads(ln) for ln in capsys.readouterr().err.splitlines() if ln.strip()]
@@ -211,3 +215,50 @@ def file_size_limit(limit: int) -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+async def test_a_bad_batch_stops_only_its_call_and_the_writer_thread_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One call's batch raising — even SystemExit, which used to end the shared thread — is
+    reported with its call id; that call's recording stops, every other call's is written."""
+    supervisor = Supervisor()
+    bad = CallRecorder(tmp_path / "bad.wav", "CA-bad", supervisor=supervisor)
+    good = CallRecorder(tmp_path / "good.wav", "CA-good", supervisor=supervisor)
+
+    def broken(tx: Any) -> None:
+        raise SystemExit("a bug in one call's batch")
+
+    monkeypatch.setattr(bad._writer, "_place", broken)   # noqa: SLF001
+    for _ in range(150):                                # 3 s of both calls
+        for rec in (bad, good):
+            rec.rx(SILENT)
+            rec.tx(SILENT)
+        await asyncio.sleep(0)
+    failed = await bad.close()                          # nothing written for it
+    assert failed is not None and failed["duration"] == 0.0 and "SystemExit" in failed["error"]
+    event = await good.close()
+    assert event is not None and event["duration"] == 3.0 and "error" not in event
+    assert read(tmp_path / "good.wav")[0].nframes == 3 * 8000
+    assert bad.failed and "SystemExit" in bad._writer.error   # noqa: SLF001
+    await asyncio.sleep(0)                              # reports hop to the loop's thread
+    assert supervisor.errors == {"recorder": 1}         # once, not once per batch
+
+
+def test_a_writer_thread_that_ends_is_replaced_and_serves_the_queue() -> None:
+    writer = _WriterThread()
+    served: list[int] = []
+    first = threading.Event()
+
+    def end_the_thread(exc: BaseException) -> None:   # as if the loop itself broke
+        writer._item_failed = lambda exc: None          # type: ignore[method-assign]
+        first.set()
+        raise SystemExit
+
+    writer._item_failed = end_the_thread                # type: ignore[method-assign]
+    writer.submit(lambda: 1 / 0)
+    assert first.wait(5)
+    done = threading.Event()
+    writer.submit(served.append, 1)
+    writer.submit(done.set)
+    assert done.wait(5) and served == [1]
+    assert writer.restarts == 1
