@@ -58,7 +58,7 @@ def refused_content_type(content_type: str) -> str | None:
     if mime == "text/event-stream":      # ElevenLabs' documented type for its audio stream
         return None
     if mime.startswith("text/") or mime in _TEXT_TYPES or mime.endswith(("+json", "+xml")):
-        return f"a {mime} body instead of audio"
+        return f"a body of type {mime}"
     return None
 
 
