@@ -103,6 +103,7 @@ def test_one_frame_header_in_ulaw_is_not_an_mp3() -> None:
     (b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>", "HTML"),
     (b"<html>\n<head><title>503</title></head></html>", "HTML"),
     (b'<?xml version="1.0"?><Error><Code>Denied</Code></Error>', "HTML/XML"),
+    (b'data: {"error": "overloaded"}\n\n', "event stream"),
     (wav_header("mulaw", 8000) + bytes(4000), "WAV"),
     (b"ID3\x04\x00\x00" + bytes(4000), "MP3"),
     (mpeg_frames(5), "MP3"),

@@ -94,11 +94,12 @@ WRONG_SHAPES = {
     "anthropic": ['{"index": 0, "delta": {"text": "Hi"}}', '[1, 2, 3]', '42',
                   '{"type": "content_block_delta", "index": 0, "delta": "Hi"}',
                   '{"type": "content_block_delta", "index": 0, '
-                  '"delta": {"type": "text_delta", "text": 7}}'],
+                  '"delta": {"type": "text_delta", "text": 7}}',
+                  '{"type": "content_block_stop", "index": [0]}'],
 }
 
 
-@pytest.mark.parametrize("which", range(5))
+@pytest.mark.parametrize("which", range(6))
 async def test_json_of_the_wrong_shape_is_a_failure(server: Server, which: int) -> None:
     server.fake.replies.append(Reply(ANSWER, garbage_after=server.text_events,
                                      garbage=(WRONG_SHAPES[server.name][which],)))

@@ -118,6 +118,9 @@ class AnthropicLLM(HttpStreamingLLM):
                         raise self.malformed("an event without a type", event)
                     if kind in PROGRESS:
                         stream.progress()
+                    if kind.startswith("content_block_") and not isinstance(
+                            data.get("index"), (int, NoneType)):
+                        raise self.malformed("a block index that is not a number", event)
                     if kind == "content_block_delta":
                         delta = data.get("delta")
                         if not isinstance(delta, dict):

@@ -10,7 +10,7 @@ checks run before a byte of the body is played:
   ``audio/*`` type), so only what is certainly not audio is refused by its type;
 - the first bytes: a container's signature (``RIFF…WAVE``, ``ID3``, two consecutive MPEG audio
   or ADTS frame headers, ``OggS``, ``fLaC``, an MP4 ``ftyp`` box, EBML/WebM, ``#!AMR``), or text
-  that opens like JSON, HTML or XML and stays printable;
+  that opens like JSON, HTML, XML or Server-Sent Events and stays printable;
 - a whole body shorter than the probe with an odd length when 16-bit PCM was asked for.
 
 Raw audio may begin with any bytes, so each text check is strict enough that real μ-law, A-law
@@ -36,6 +36,7 @@ _TEXT_TYPES = frozenset({"application/json", "application/xml", "application/jav
                          "application/x-ndjson", "application/problem+json"})
 _JSON_START = re.compile(rb'\s*(?:\{\s*["}]|\[\s*[{"\]])')
 _MARKUP_START = re.compile(rb"\s*<(?:[!?/]|[A-Za-z][A-Za-z0-9:-]*[\s>/])")
+_SSE_START = re.compile(rb"(?:data|event|id|retry):")
 _PRINTABLE = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
 _MPEG_BITRATES = {  # kbit/s by (version is MPEG-1, layer) and index 1..14
     (True, 1): (32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
@@ -142,6 +143,8 @@ def _text(head: bytes) -> str | None:
         return "a JSON body"
     if _MARKUP_START.match(probe):
         return "an HTML/XML body"
+    if _SSE_START.match(probe):
+        return "an event stream of text"
     return None
 
 
