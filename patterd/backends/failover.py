@@ -202,13 +202,16 @@ class FailoverLLM(LLM):
 
     def __init__(self, providers: Sequence[LLM], *, on_error: ErrorSink = _ignore,
                  max_reply_chars: Sequence[int] = ()) -> None:
+        """``max_reply_chars``: each provider's length cap, when not its own
+        :attr:`LLM.max_reply_chars` (from its config); 0 or none: the default."""
         if not providers:
             raise ValueError("at least one LLM provider is needed")
         self.providers = list(providers)
         self.name = self.providers[0].name
         self._on_error = on_error
         caps = list(max_reply_chars) + [0] * (len(self.providers) - len(max_reply_chars))
-        self._caps = [cap or DEFAULT_MAX_REPLY_CHARS for cap in caps]
+        self._caps = [cap or p.max_reply_chars or DEFAULT_MAX_REPLY_CHARS
+                      for cap, p in zip(caps, self.providers)]
 
     async def respond(self, history: Sequence[Message], user_text: str | None = None,
                       dtmf: str | None = None, *, tools: Sequence[ToolSpec] = (),

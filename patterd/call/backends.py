@@ -85,8 +85,7 @@ class Backends:
             last_resort = create_tts(BackendConfig("espeak"), config.agent)
         tts = FailoverTTS(tts_chain, last_resort=last_resort, on_error=sink)
         llm = FailoverLLM([create_llm(c, config.agent) for c in config.llm.chain],
-                          on_error=sink,
-                          max_reply_chars=[c.max_reply_chars for c in config.llm.chain])
+                          on_error=sink)
         await stt.start()
         await tts.start()   # a wrong voice fails here, at start-up, not on the first call
         segmenter, batcher = default_segmenter(config)

@@ -62,6 +62,10 @@ def test_defaults_and_config_reach_the_provider() -> None:
     tuned = create_llm(BackendConfig("anthropic", api_key="k", timeout=3, inter_token_timeout=1.5))
     assert (tuned.first_timeout, tuned.token_timeout) == (3, 1.5)
     assert TOKEN_TIMEOUT < 10 and DEFAULT_MAX_REPLY_CHARS >= 1000
+    capped = create_llm(BackendConfig("webhook", max_reply_chars=500,
+                                      options={"url": "https://agent.example/turn"}))
+    chain = FailoverLLM([plain, capped, tuned], max_reply_chars=[0, 0, 700])
+    assert chain._caps == [DEFAULT_MAX_REPLY_CHARS, 500, 700]
 
 
 # ------------------------------------------------------------------------------ garbage

@@ -119,6 +119,8 @@ class LLM(abc.ABC):
 
     name: str = ""
     """The provider's name (``llm.provider``), for metrics and pricing."""
+    max_reply_chars: int = 0
+    """The longest answer spoken (``max_reply_chars``; 0: the failover chain's default)."""
 
     @abc.abstractmethod
     def respond(self, history: Sequence[Message], user_text: str | None = None,

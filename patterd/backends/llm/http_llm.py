@@ -32,6 +32,7 @@ class HttpStreamingLLM(LLM):
         self.url = f"{self.base_url}{path}"
         self.first_timeout = cfg.timeout or FIRST_TIMEOUT
         self.token_timeout = cfg.inter_token_timeout or TOKEN_TIMEOUT
+        self.max_reply_chars = cfg.max_reply_chars
         self.temperature: float | None = cfg.options.get("temperature")
         self._headers: dict[str, str] = {"Content-Type": "application/json",
                                          "Accept": "text/event-stream"}

@@ -55,6 +55,7 @@ class WebhookLLM(LLM):
         self.url: str = str(cfg.options.get("url", ""))
         self._secret: str = str(cfg.options.get("secret", ""))
         self.timeout: float = cfg.timeout or DEFAULT_TIMEOUT
+        self.max_reply_chars = cfg.max_reply_chars
         self._session: aiohttp.ClientSession | None = None
 
     def _error(self, message: str, *, status: int | None = None,
