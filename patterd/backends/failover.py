@@ -8,7 +8,10 @@ daemon counts it in ``patterd_backend_errors_total``) before the next provider i
 - **STT**: a call stays on the provider that works. The wrapper keeps the audio of the current
   utterance (at most :data:`MAX_UTTERANCE_SECONDS`), so when a provider fails at ``finalize``
   the next one hears the whole utterance again and the caller need not repeat it.
-- **LLM**: a failure before or during the answer moves the same request to the next provider.
+- **LLM**: a failure before or during the answer (an error, a timeout, a malformed stream)
+  moves the same request to the next provider. An answer longer than the provider's
+  ``max_reply_chars`` is cut there (counted as that provider's failure, not failed over): what
+  is complete is spoken, the rest is never read.
 - **TTS**: a sentence a provider fails on is spoken by the next one; when all fail, the offline
   ``last_resort`` engine speaks it, so the caller always hears the agent. Audio is converted to
   the encoding the session asked for when a provider cannot produce it itself.
@@ -24,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from ..audio.codecs import get_codec
 from .errors import BackendError
 from .llm.base import (LLM, LLMEvent, Message, StartOver, TextChunk, TokenUsage, ToolCall,
-                       ToolSpec)
+                       ToolSpec, Truncated)
 from .stt.base import PCM16, STT, STTStream, Transcript, append_bounded
 from .tts.base import TTS, SpeechStream
 
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 ErrorSink = Callable[[str, str, BaseException], None]
 MAX_UTTERANCE_SECONDS = 30.0
 DEFAULT_FINALIZE_TIMEOUT = 5.0
+DEFAULT_MAX_REPLY_CHARS = 3000   # about three and a half minutes of speech
 G711 = ("PCMU", "PCMA")
 
 
@@ -196,12 +200,18 @@ class FailoverSTTStream(STTStream):
 class FailoverLLM(LLM):
     """An ordered list of LLM providers behind one interface."""
 
-    def __init__(self, providers: Sequence[LLM], *, on_error: ErrorSink = _ignore) -> None:
+    def __init__(self, providers: Sequence[LLM], *, on_error: ErrorSink = _ignore,
+                 max_reply_chars: Sequence[int] = ()) -> None:
+        """``max_reply_chars``: each provider's length cap, when not its own
+        :attr:`LLM.max_reply_chars` (from its config); 0 or none: the default."""
         if not providers:
             raise ValueError("at least one LLM provider is needed")
         self.providers = list(providers)
         self.name = self.providers[0].name
         self._on_error = on_error
+        caps = list(max_reply_chars) + [0] * (len(self.providers) - len(max_reply_chars))
+        self._caps = [cap or p.max_reply_chars or DEFAULT_MAX_REPLY_CHARS
+                      for cap, p in zip(caps, self.providers)]
 
     async def respond(self, history: Sequence[Message], user_text: str | None = None,
                       dtmf: str | None = None, *, tools: Sequence[ToolSpec] = (),
@@ -209,18 +219,29 @@ class FailoverLLM(LLM):
         """The first provider's answer; on its failure, the next one's to the same request.
 
         A provider that failed midway may have been partly spoken already; the next one
-        answers the whole request (the caller hears the start again rather than nothing)."""
+        answers the whole request (the caller hears the start again rather than nothing).
+        An answer that reaches its provider's length cap ends there with :class:`Truncated`."""
         last: BaseException | None = None
         answered = False
-        for provider in self.providers:
+        for index, (provider, cap) in enumerate(zip(self.providers, self._caps)):
             if answered:   # the failed provider got partway: what it said is void
                 yield StartOver()
                 answered = False
             stream = provider.respond(history, user_text, dtmf, tools=tools, context=context)
+            chars = 0
             try:
                 async for event in stream:
                     answered = answered or isinstance(event, (TextChunk, ToolCall))
-                    if isinstance(event, TokenUsage) and not event.provider:
+                    if isinstance(event, TextChunk):
+                        chars += len(event.text)
+                        if chars > cap:     # a server that ignores max_tokens talks on
+                            keep = event.text[:len(event.text) - (chars - cap)]
+                            if keep:
+                                yield TextChunk(keep)
+                            self._cut(provider.name, cap)
+                            yield Truncated(cap)
+                            return
+                    elif isinstance(event, TokenUsage) and not event.provider:
                         event = replace(event, provider=provider.name)
                     yield event
                 return
@@ -229,12 +250,20 @@ class FailoverLLM(LLM):
             except Exception as exc:  # noqa: BLE001 - counted; the next provider is tried
                 last = exc
                 self._on_error("llm", provider.name, exc)
-                log.warning("llm provider %s failed (%s); trying the next one",
-                            provider.name, exc)
+                log.warning("llm provider %s failed (%s); %s", provider.name, exc,
+                            "trying the next one" if index + 1 < len(self.providers)
+                            else "no provider left")
             finally:
                 await stream.aclose()
         assert last is not None
         raise last
+
+    def _cut(self, provider: str, cap: int) -> None:
+        exc = BackendError("llm", provider, f"answer longer than {cap} characters: cut there",
+                           retryable=False)
+        self._on_error("llm", provider, exc)
+        log.warning("llm provider %s: answer cut at %d characters (max_reply_chars)",
+                    provider, cap)
 
     async def close(self) -> None:
         """Close every provider."""

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ..backends.llm.base import (BUILTIN_TOOLS, LLM, TOOL_NAMES, TRANSFER_CALL, Message,
-                                 StartOver, TextChunk, TokenUsage, ToolCall, ToolSpec)
+                                 StartOver, TextChunk, TokenUsage, ToolCall, ToolSpec, Truncated)
 
 if TYPE_CHECKING:
     from ..backends.llm.tools import ToolRunner
@@ -50,7 +50,7 @@ async def converse(llm: LLM, history: list[Message], *, user_text: str | None,
                    dtmf: str | None, tools: Sequence[ToolSpec], runner: "ToolRunner | None",
                    context: Mapping[str, str], max_rounds: int,
                    on_usage: Callable[[TokenUsage], None]
-                   ) -> AsyncIterator[TextChunk | ToolCall | SpeakNow | StartOver]:
+                   ) -> AsyncIterator[TextChunk | ToolCall | SpeakNow | StartOver | Truncated]:
     """Stream the agent's text, and the built-in tool calls for the session to run.
 
     ``history`` is the call's history *including* this turn's user message (if any); rounds
@@ -74,6 +74,8 @@ async def converse(llm: LLM, history: list[Message], *, user_text: str | None,
                 elif isinstance(event, StartOver):
                     text.clear()
                     calls.clear()
+                    yield event
+                elif isinstance(event, Truncated):   # cut at the length cap: the text ends
                     yield event
                 elif isinstance(event, ToolCall):
                     calls.append(event)

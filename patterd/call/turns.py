@@ -3,6 +3,10 @@
 Text is spoken sentence by sentence as the LLM streams it; synthesized audio is encoded once to
 the carrier's codec. Replies that recur (greetings, rule replies) are cached as encoded audio,
 so the offline agent synthesizes each of them once per process.
+
+The transcript is built from :attr:`Speaker.spoken`: a sentence no TTS provider managed to
+speak (no audio queued) is left out of it and its text blanked, so the record never claims
+what the caller did not hear. An answer cut at its length cap drops its unfinished sentence.
 """
 
 from __future__ import annotations
@@ -16,14 +20,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..audio.codecs import Codec
-from ..backends.llm.base import LLM, Message, StartOver, TokenUsage, ToolCall, ToolSpec
+from ..backends.llm.base import LLM, Message, StartOver, TokenUsage, ToolCall, ToolSpec, Truncated
 from ..backends.tts.base import PCM16, TTS
+from ..ops.logging import get_logger
 from ..ops.metrics import Metrics
 from .conversation import SpeakNow, converse
 from .playout import Playout, Utterance
 
 if TYPE_CHECKING:
     from ..backends.llm.tools import ToolRunner
+
+log = get_logger("patterd.session")
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
 MAX_CACHED_SECONDS = 30.0
@@ -76,11 +83,15 @@ class Speaker:
         self.tts_by: dict[str, int] = {}   # the same by the provider that spoke them
 
     async def say(self, text: str) -> Utterance:
-        """Queue ``text``; returns once all its audio is queued (playback continues)."""
+        """Queue ``text``; returns once all its audio is queued (playback continues).
+
+        A TTS failure is not raised: every provider of the chain has failed on the sentence
+        (each failure counted there), so the caller hears nothing of it — it is left out of
+        :attr:`spoken` (its text blanked) and the turn goes on with the next sentence."""
         utt = self._playout.begin(text)
         self.spoken.append(utt)
         cached = self._cache.get(self._codec.name, text)
-        if cached is not None:
+        if cached:
             self._playout.feed(utt, cached)
             self._playout.finish(utt)
             return utt
@@ -100,14 +111,24 @@ class Speaker:
                 self._playout.feed(utt, encoded)
                 if utt.cleared_at is not None:
                     break
+        except Exception as exc:  # noqa: BLE001 - no provider could speak it; counted there
+            log.warning("tts_failed", chars=len(text), heard=utt.queued > 0, error=repr(exc))
+            parts.clear()                   # a part of a sentence is not worth caching
         finally:
             await stream.aclose()
             self._playout.finish(utt)
             name = getattr(stream, "provider", "") or self._tts.name
             self.tts_by[name] = self.tts_by.get(name, 0) + len(text)
-        if utt.cleared_at is None and utt.seconds <= MAX_CACHED_SECONDS:
+            if utt.queued == 0:             # not a sound of it reached the caller
+                self._unspoken(utt)
+        if parts and utt.cleared_at is None and utt.seconds <= MAX_CACHED_SECONDS:
             self._cache.put(self._codec.name, text, b"".join(parts))
         return utt
+
+    def _unspoken(self, utt: Utterance) -> None:
+        """Keep ``utt`` out of the transcript: nothing of it was heard."""
+        utt.text = ""
+        self.spoken[:] = [u for u in self.spoken if u is not utt]
 
 
 async def run_turn(llm: LLM, speaker: Speaker, history: list[Message], *,
@@ -124,7 +145,6 @@ async def run_turn(llm: LLM, speaker: Speaker, history: list[Message], *,
     began = time.monotonic()
     pending = ""
     first = True
-    spoken: list[str] = []
     events = converse(llm, history, user_text=user_text, dtmf=dtmf, tools=tools, runner=runner,
                       context=context or {}, max_rounds=max_rounds, on_usage=on_usage)
     try:
@@ -135,9 +155,11 @@ async def run_turn(llm: LLM, speaker: Speaker, history: list[Message], *,
             if isinstance(event, StartOver):
                 pending = ""          # the failed provider's unfinished sentence is dropped
                 continue
+            if isinstance(event, Truncated):
+                pending = ""          # cut at the length cap: only whole sentences are spoken
+                continue
             if isinstance(event, SpeakNow):
                 if pending.strip():
-                    spoken.append(pending.strip())
                     result.utterances.append(await speaker.say(pending.strip()))
                 pending = ""
                 continue
@@ -150,14 +172,12 @@ async def run_turn(llm: LLM, speaker: Speaker, history: list[Message], *,
             *sentences, pending = _SENTENCE_END.split(pending)
             for sentence in sentences:
                 if sentence.strip():
-                    spoken.append(sentence.strip())
                     result.utterances.append(await speaker.say(sentence.strip()))
     finally:
         await events.aclose()
     if pending.strip():
-        spoken.append(pending.strip())
         result.utterances.append(await speaker.say(pending.strip()))
-    result.text = " ".join(spoken)
+    result.text = " ".join(u.text for u in result.utterances if u.text)   # what was spoken
     return result
 
 

@@ -28,6 +28,7 @@ class Provider:
 
 
 _CLOUD = frozenset({"api_key", "model", "voice", "base_url", "timeout"})
+_STREAMING_LLM = _CLOUD | {"inter_token_timeout", "max_reply_chars"}
 TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 
 PROVIDERS: dict[str, dict[str, Provider]] = {
@@ -41,12 +42,13 @@ PROVIDERS: dict[str, dict[str, Provider]] = {
     },
     "llm": {
         "rules": Provider(),
-        "openai": Provider("OPENAI_API_KEY", "https://api.openai.com/v1", _CLOUD,
+        "openai": Provider("OPENAI_API_KEY", "https://api.openai.com/v1", _STREAMING_LLM,
                            {"temperature": "float", "max_tokens": "int",
                             "include_usage": "bool"}),
-        "anthropic": Provider("ANTHROPIC_API_KEY", "https://api.anthropic.com", _CLOUD,
+        "anthropic": Provider("ANTHROPIC_API_KEY", "https://api.anthropic.com", _STREAMING_LLM,
                               {"temperature": "float", "max_tokens": "int"}),
-        "webhook": Provider(common=frozenset({"timeout"}), options={"url": "str", "secret": "str"}),
+        "webhook": Provider(common=frozenset({"timeout", "max_reply_chars"}),
+                            options={"url": "str", "secret": "str"}),
     },
     "tts": {
         "espeak": Provider(common=frozenset({"voice"}), options={"rate": "int"}),
@@ -87,6 +89,11 @@ def _read_provider(sec: Section, layer: str, agent: AgentConfig, env: Mapping[st
             values[key] = sec.str(key)
     if "timeout" in spec.common:
         values["timeout"] = sec.float("timeout", 0.0, minimum=0.0, maximum=120.0)
+    if "inter_token_timeout" in spec.common:
+        values["inter_token_timeout"] = sec.float("inter_token_timeout", 0.0, minimum=0.0,
+                                                  maximum=120.0)
+    if "max_reply_chars" in spec.common:
+        values["max_reply_chars"] = sec.int("max_reply_chars", 0, minimum=0, maximum=100_000)
     if "api_key" in spec.common and not values["api_key"]:
         values["api_key"] = env.get(spec.env_key, "")
         if not values["api_key"] and not values.get("base_url"):

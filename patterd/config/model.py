@@ -109,8 +109,10 @@ class BackendConfig:
     ``api_key`` is already resolved from the provider's usual environment variable. Settings a
     provider has beyond the common ones live in ``options``. ``timeout`` (seconds; 0 = the
     layer's default) bounds connecting and waiting for the first result before the next
-    provider of ``failover`` is tried. ``tools`` and ``max_tool_rounds`` belong to the ``llm``
-    layer as a whole (not to one provider of it).
+    provider of ``failover`` is tried. A streaming LLM's ``inter_token_timeout`` (seconds; 0 =
+    the default) bounds the wait between two tokens once the answer has begun, and an LLM's
+    ``max_reply_chars`` (0 = the default) cuts an answer that goes on too long. ``tools`` and
+    ``max_tool_rounds`` belong to the ``llm`` layer as a whole (not to one provider of it).
     """
 
     provider: str
@@ -122,6 +124,8 @@ class BackendConfig:
     rules: tuple[Rule, ...] = ()
     fallback: str = ""
     timeout: float = 0.0
+    inter_token_timeout: float = 0.0
+    max_reply_chars: int = 0
     failover: tuple["BackendConfig", ...] = ()
     tools: tuple[ToolConfig, ...] = ()
     max_tool_rounds: int = 3

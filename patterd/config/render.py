@@ -38,8 +38,9 @@ def _backend(layer: str, b: BackendConfig, *, top: bool = True) -> dict[str, Any
     for key in ("api_key", "model", "voice", "base_url"):
         if key in spec.common:
             out[key] = _plain(getattr(b, key), key)
-    if "timeout" in spec.common:
-        out["timeout"] = b.timeout
+    for key in ("timeout", "inter_token_timeout", "max_reply_chars"):
+        if key in spec.common:
+            out[key] = getattr(b, key)
     out.update({k: _plain(v, k) for k, v in b.options.items()})
     if b.provider == "rules":
         out["rules"] = [_rule(r) for r in b.rules]

@@ -97,3 +97,30 @@ def test_cloud_provider_without_a_key_is_explained() -> None:
     raw["tts"] = {"provider": "elevenlabs", "api_key": "k", "transport": "grpc"}
     assert any(p.startswith("tts.transport: expected http or websocket, got 'grpc'")
                for p in problems_of(raw))
+
+
+def test_inter_token_timeout_and_reply_cap_per_llm_provider() -> None:
+    raw = twilio_raw()
+    raw["llm"] = {"provider": "openai", "inter_token_timeout": 2.5, "max_reply_chars": 1500,
+                  "failover": [{"provider": "anthropic"},
+                               {"provider": "webhook", "url": "https://agent.example/turn",
+                                "secret": "s3cret", "max_reply_chars": 800}]}
+    cfg = build_config(raw, env={"OPENAI_API_KEY": "sk-o", "ANTHROPIC_API_KEY": "sk-a"})
+    assert [(b.inter_token_timeout, b.max_reply_chars) for b in cfg.llm.chain] == [
+        (2.5, 1500), (0.0, 0), (0.0, 800)]
+    shown = render(cfg)
+    assert "inter_token_timeout: 2.5" in shown and "max_reply_chars: 1500" in shown
+    assert "max_reply_chars: 800" in shown
+
+
+def test_inter_token_timeout_and_reply_cap_are_checked() -> None:
+    raw = twilio_raw()
+    raw["llm"] = {"provider": "openai", "api_key": "k", "inter_token_timeout": -1,
+                  "max_reply_chars": 10**7}
+    problems = " ".join(problems_of(raw))
+    assert "llm.inter_token_timeout" in problems and "llm.max_reply_chars" in problems
+    raw["llm"] = {"provider": "webhook", "url": "https://agent.example/turn", "secret": "s",
+                  "inter_token_timeout": 3}
+    assert any("llm.inter_token_timeout" in p for p in problems_of(raw))  # not streamed
+    raw["llm"] = {"provider": "rules", "max_reply_chars": 100}
+    assert any("llm.max_reply_chars" in p for p in problems_of(raw))

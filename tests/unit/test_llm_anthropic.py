@@ -338,14 +338,14 @@ async def test_first_event_timeout(fake: FakeAnthropicMessages, knob: str) -> No
 
 
 async def test_idle_gap_timeout(fake: FakeAnthropicMessages, llm: AnthropicLLM) -> None:
-    llm.idle_timeout = 0.3
+    llm.token_timeout = 0.3
     fake.replies.append(Reply("first then silence", stall_after=5, stall_seconds=10))
     got: list[Any] = []
     with pytest.raises(BackendError) as err:
         async for event in llm.respond([SYSTEM], "hi"):
             got.append(event)
     assert texts(got) == ["first", " then"] and err.value.retryable
-    assert "idle" in err.value.message
+    assert "stalled" in err.value.message
 
 
 @pytest.mark.parametrize("how", ["cancel", "aclose"])

@@ -340,14 +340,14 @@ async def test_first_event_timeout(fake: FakeOpenAIChat, knob: str) -> None:
 
 
 async def test_idle_gap_timeout(fake: FakeOpenAIChat, llm: OpenAILLM) -> None:
-    llm.idle_timeout = 0.3
+    llm.token_timeout = 0.3
     fake.replies.append(Reply("first then silence", stall_after=3, stall_seconds=10))
     got: list[Any] = []
     with pytest.raises(BackendError) as err:
         async for event in llm.respond([SYSTEM], "hi"):
             got.append(event)
     assert texts(got) == ["first", " then"] and err.value.retryable
-    assert "idle" in err.value.message
+    assert "stalled" in err.value.message
 
 
 @pytest.mark.parametrize("how", ["cancel", "aclose"])

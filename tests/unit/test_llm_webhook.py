@@ -144,6 +144,7 @@ async def test_wrong_secret_rejected_by_endpoint(endpoint, make_llm) -> None:
     ('{"reply": 42}', "application/json", "'reply' must be a string"),
     ('{"actions": {"hangup": true}}', "application/json", "'actions' must be a list"),
     ("\x00\x01", "application/octet-stream", "unexpected content type"),
+    ("<html><body>502 Bad Gateway</body></html>", "text/html", "unexpected content type"),
 ])
 async def test_bad_answer_is_backend_error(endpoint, make_llm, body, ctype, why) -> None:
     endpoint.handler = lambda req: web.Response(text=body, content_type=ctype)

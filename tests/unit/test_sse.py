@@ -12,9 +12,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from patterd.backends.errors import BackendError
-from patterd.backends.llm.sse import (SSEEvent, SSEParser, SSEStream, SSETimeout, dumps,
-                                      error_detail, parse_arguments, post_stream, redact,
-                                      retryable_status)
+from patterd.backends.llm.sse import (MAX_STREAM_BYTES, SSEEvent, SSEParser, SSEStream,
+                                      SSETimeout, SSETooLong, dumps, error_detail,
+                                      parse_arguments, post_stream, redact, retryable_status)
 
 # every feature at once: comments, event names, multi-line data, ids, CRLF/CR/LF, a field
 # without a colon, no space after the colon, two spaces, multi-byte UTF-8, an event-only block
@@ -121,12 +121,13 @@ async def serve(handler) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
 
 
 async def open_stream(session: aiohttp.ClientSession, url: str, first: float,
-                      idle: float) -> tuple[aiohttp.ClientResponse, SSEStream]:
+                      idle: float, max_bytes: int = MAX_STREAM_BYTES
+                      ) -> tuple[aiohttp.ClientResponse, SSEStream]:
     deadline = asyncio.get_running_loop().time() + first
     resp = await post_stream(session, url, body=b"{}", headers={}, deadline=deadline,
                              provider="test", secret="k")
-    return resp, SSEStream(resp.content, deadline=deadline, idle=idle,
-                                    first_timeout=first)
+    return resp, SSEStream(resp.content, deadline=deadline, token_timeout=idle,
+                           first_timeout=first, max_bytes=max_bytes)
 
 
 async def test_first_event_deadline_is_not_extended_by_comments() -> None:
@@ -161,10 +162,80 @@ async def test_idle_gap_after_first_event() -> None:
     async with serve(handler) as url, aiohttp.ClientSession() as session:
         resp, stream = await open_stream(session, url, first=5, idle=0.5)
         assert await stream.read() == [SSEEvent("message", "one")]
+        stream.progress()
         assert await stream.read() == [SSEEvent("message", "two")]
+        stream.progress()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         with pytest.raises(SSETimeout) as err:
             await stream.read()
-        assert not err.value.first
+        assert not err.value.first and 0.4 < loop.time() - began < 2.0
+        assert "stalled" in str(err.value)
+        resp.close()
+
+
+async def test_events_that_are_no_token_do_not_extend_the_inter_token_timeout() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"data: token\n\n")
+        for _ in range(200):                       # pings, every 20 ms, for 4 s
+            await resp.write(b"event: ping\ndata: {}\n\n: keep-alive\n\n")
+            await asyncio.sleep(0.02)
+        return resp
+
+    async with serve(handler) as url, aiohttp.ClientSession() as session:
+        resp, stream = await open_stream(session, url, first=5, idle=0.5)
+        assert (await stream.read())[0] == SSEEvent("message", "token")
+        stream.progress()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(SSETimeout) as err:
+            while await stream.read():             # pings: the provider sees no progress
+                pass
+        assert not err.value.first and loop.time() - began < 1.5
+        resp.close()
+
+
+async def test_time_between_reads_is_not_the_servers_stall() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for word in (b"one", b"two", b"three"):
+            await resp.write(b"data: " + word + b"\n\n")
+            await asyncio.sleep(0.05)
+        return resp
+
+    async with serve(handler) as url, aiohttp.ClientSession() as session:
+        resp, stream = await open_stream(session, url, first=5, idle=0.3)
+        got = []
+        while (batch := await stream.read()) is not None:
+            got += [e.data for e in batch]
+            stream.progress()
+            await asyncio.sleep(0.5)                # speaking a sentence, longer than idle
+        assert got == ["one", "two", "three"]
+        resp.close()
+
+
+async def test_an_endless_stream_stops_at_the_byte_limit() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        try:
+            while True:
+                await resp.write(b"data: " + b"x" * 1000 + b"\n\n")
+                await asyncio.sleep(0)
+        except (ConnectionError, RuntimeError):
+            return resp
+
+    async with serve(handler) as url, aiohttp.ClientSession() as session:
+        resp, stream = await open_stream(session, url, first=5, idle=5, max_bytes=100_000)
+        read = 0
+        with pytest.raises(SSETooLong):
+            while batch := await stream.read():
+                stream.progress()
+                read += sum(len(e.data) for e in batch)
+        assert 90_000 < read <= 100_000
         resp.close()
 
 

@@ -5,7 +5,9 @@ cache usage), ``content_block_start``/``_delta``/``_stop`` per content block, ``
 (stop reason, cumulative output tokens), ``message_stop``; ``ping`` anywhere; ``error`` even
 after HTTP 200. Text deltas are yielded as they arrive; a ``tool_use`` block's
 ``input_json_delta`` pieces are joined and yielded as one :class:`ToolCall` at its
-``content_block_stop``.
+``content_block_stop``. An event that is not a JSON object, or has no type, is a malformed
+stream: a provider failure like an ``error`` event. Content blocks and the message's end are
+tokens for the inter-token timeout; ``message_start`` and ``ping`` are not.
 
 The history is converted to what the API accepts everywhere — including Anthropic-compatible
 servers and older deployments that are stricter than api.anthropic.com today: system prompts go
@@ -24,12 +26,13 @@ from __future__ import annotations
 
 import json
 import re
+from types import NoneType
 from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping, Sequence
 
 from ..errors import BackendError
 from .base import LLMEvent, Message, TextChunk, TokenUsage, ToolCall, ToolSpec, user_message
 from .http_llm import HttpStreamingLLM
-from .sse import dumps, error_detail, finish, parse_arguments, redact
+from .sse import SSEEvent, dumps, error_detail, finish, parse_arguments, redact
 
 if TYPE_CHECKING:
     from ...config.model import AgentConfig, BackendConfig
@@ -43,6 +46,10 @@ FATAL_ERROR_TYPES = frozenset({"invalid_request_error", "authentication_error",
                                "permission_error", "not_found_error", "request_too_large",
                                "billing_error"})
 _BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+# events that show the answer advancing (for the inter-token timeout); message_start, ping and
+# unknown events do not
+PROGRESS = frozenset({"content_block_start", "content_block_delta", "content_block_stop",
+                      "message_delta", "message_stop"})
 
 
 def _breakpoint() -> dict[str, str]:
@@ -92,33 +99,50 @@ class AnthropicLLM(HttpStreamingLLM):
         resp, stream = await self.open_stream(body)
         blocks: dict[int, list[Any]] = {}      # open tool_use blocks: index → [id, name, parts]
         usage: dict[str, int] = {}
-        done = released = False
+        done = finished = released = stalled = False
         try:
             while not done:
-                events = await self.read_events(stream)
+                try:
+                    events = await self.read_events(stream)
+                except BackendError:
+                    if not finished:
+                        raise
+                    stalled = True  # the answer is whole; only its message_stop never came
+                    break
                 if events is None:
                     break
                 for event in events:
-                    try:
-                        data = json.loads(event.data)
-                    except ValueError:
-                        data = {"error": {"message": event.data}}
-                    if not isinstance(data, dict):
-                        continue
-                    kind = event.event if event.event != "message" else data.get("type", "")
+                    data = self._data(event)
+                    kind = event.event if event.event != "message" else data.get("type")
+                    if not kind or not isinstance(kind, str):
+                        raise self.malformed("an event without a type", event)
+                    if kind in PROGRESS:
+                        stream.progress()
+                    if kind.startswith("content_block_") and not isinstance(
+                            data.get("index"), (int, NoneType)):
+                        raise self.malformed("a block index that is not a number", event)
                     if kind == "content_block_delta":
-                        delta = data.get("delta") or {}
+                        delta = data.get("delta")
+                        if not isinstance(delta, dict):
+                            raise self.malformed("a delta is not an object", event)
                         dtype = delta.get("type")
                         if dtype == "text_delta":
                             text = delta.get("text")
+                            if not isinstance(text, (str, NoneType)):
+                                raise self.malformed("text is not a string", event)
                             if text:
                                 yield TextChunk(text)
                         elif dtype == "input_json_delta":
+                            part = delta.get("partial_json") or ""
+                            if not isinstance(part, str):
+                                raise self.malformed("partial_json is not a string", event)
                             block = blocks.get(data.get("index"))
                             if block is not None:
-                                block[2].append(delta.get("partial_json") or "")
+                                block[2].append(part)
                     elif kind == "content_block_start":
                         cb = data.get("content_block") or {}
+                        if not isinstance(cb, dict):
+                            raise self.malformed("content_block is not an object", event)
                         if cb.get("type") == "tool_use":
                             # a compatible server may put the whole input here
                             start = cb.get("input")
@@ -130,20 +154,28 @@ class AnthropicLLM(HttpStreamingLLM):
                             yield self._tool_call(block)
                     elif kind in ("message_start", "message_delta"):
                         source = data.get("message", data) if kind == "message_start" else data
-                        for key, value in (source.get("usage") or {}).items():
+                        counts = source.get("usage") if isinstance(source, dict) else None
+                        if not isinstance(counts, (dict, NoneType)):
+                            raise self.malformed("usage is not an object", event)
+                        for key, value in (counts or {}).items():
                             if isinstance(value, int):
                                 usage[key] = value      # message_delta's counts are cumulative
+                        delta = data.get("delta")
+                        if kind == "message_delta" and isinstance(delta, dict) and delta.get(
+                                "stop_reason"):
+                            finished = True
                     elif kind == "message_stop":
                         done = True
                         break
                     elif kind == "error":
                         raise self._stream_error(data)
                     # ping, thinking blocks and unknown events: nothing to say
-            if not done:
+            if not (done or finished):
                 raise BackendError("llm", self.name, "the stream ended before message_stop",
                                    retryable=True)
-            await finish(resp, True)
-            released = True
+            if not stalled:
+                await finish(resp, True)
+                released = True
         finally:
             if not released:
                 resp.close()    # cancelled or failed: drop the connection, stop the generation
@@ -159,6 +191,22 @@ class AnthropicLLM(HttpStreamingLLM):
     def _tool_call(self, block: list[Any]) -> ToolCall:
         cid, name, parts = block
         return ToolCall(name, parse_arguments("".join(parts), name, self.name), cid)
+
+    def _data(self, event: SSEEvent) -> dict[str, Any]:
+        """The JSON object of one event; an ``error`` event raises its error, anything else
+        that is not a JSON object (garbage from a proxy, another protocol) is a malformed
+        stream."""
+        try:
+            data = json.loads(event.data)
+        except ValueError:
+            if event.event == "error":
+                raise self._stream_error({"error": {"message": event.data}}) from None
+            raise self.malformed("not JSON", event) from None
+        if not isinstance(data, dict):
+            if event.event == "error":
+                raise self._stream_error({"error": {"message": str(data)}})
+            raise self.malformed("not a JSON object", event)
+        return data
 
     def _stream_error(self, data: Mapping[str, Any]) -> BackendError:
         message, kind = error_detail(data)

@@ -89,7 +89,15 @@ class StartOver:
     request): text not yet spoken and tool calls seen so far are to be dropped."""
 
 
-LLMEvent = TextChunk | ToolCall | TokenUsage | StartOver
+@dataclass(frozen=True, slots=True)
+class Truncated:
+    """The answer was cut at its length cap (``max_reply_chars``): no more text follows, and
+    the unfinished sentence is to be dropped rather than spoken."""
+
+    chars: int
+
+
+LLMEvent = TextChunk | ToolCall | TokenUsage | StartOver | Truncated
 
 BUILTIN_TOOLS: tuple[ToolSpec, ...] = (
     ToolSpec(TRANSFER_CALL, "Transfer the caller to a person or department. Use a name from "
@@ -111,6 +119,8 @@ class LLM(abc.ABC):
 
     name: str = ""
     """The provider's name (``llm.provider``), for metrics and pricing."""
+    max_reply_chars: int = 0
+    """The longest answer spoken (``max_reply_chars``; 0: the failover chain's default)."""
 
     @abc.abstractmethod
     def respond(self, history: Sequence[Message], user_text: str | None = None,
@@ -139,4 +149,5 @@ def user_message(user_text: str | None, dtmf: str | None) -> Message | None:
 
 
 __all__ = ["BUILTIN_TOOLS", "END_CALL", "LLM", "LLMEvent", "Message", "SEND_DTMF", "TOOL_NAMES",
-           "StartOver", "TRANSFER_CALL", "TextChunk", "TokenUsage", "ToolCall", "ToolSpec", "user_message"]
+           "StartOver", "TRANSFER_CALL", "TextChunk", "TokenUsage", "ToolCall", "ToolSpec",
+           "Truncated", "user_message"]

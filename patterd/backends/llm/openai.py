@@ -6,7 +6,10 @@ arrive; tool calls come as fragments (``delta.tool_calls[]``: ``id``/``name`` on
 fragment of an ``index``, ``arguments`` as string pieces) and are yielded once the choice
 finishes. The parser is lenient where servers differ (providers.md §2): whole arguments in one
 fragment, no ``index``, no ``id``, ``finish_reason: "stop"`` on a tool turn, usage in the extra
-``choices: []`` chunk or in Groq's ``x_groq.usage``.
+``choices: []`` chunk or in Groq's ``x_groq.usage``. It is strict where a server is broken: an
+event that is not a chunk object (not JSON, no ``choices`` list, a delta of the wrong shape) is
+a malformed stream, a provider failure like an error event. Text, tool-call fragments, the
+finish and streamed reasoning are tokens for the inter-token timeout; empty chunks are not.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from types import NoneType
 from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from ..errors import BackendError
 from .base import LLMEvent, Message, TextChunk, TokenUsage, ToolCall, ToolSpec, user_message
 from .http_llm import HttpStreamingLLM
-from .sse import dumps, error_detail, finish, parse_arguments, redact
+from .sse import SSEEvent, dumps, error_detail, finish, parse_arguments, redact
 
 if TYPE_CHECKING:
     from ...config.model import AgentConfig, BackendConfig
@@ -33,6 +37,9 @@ DEFAULT_MODEL = "gpt-4o-mini"
 FATAL_ERROR_TYPES = frozenset({"invalid_request_error", "authentication_error",
                                "permission_error", "not_found_error", "insufficient_quota",
                                "invalid_api_key", "context_length_exceeded"})
+# the model's reasoning as some servers stream it (vLLM, DeepSeek, Ollama): not spoken, but a
+# sign the answer advances
+REASONING_KEYS = ("reasoning_content", "reasoning")
 
 
 class OpenAILLM(HttpStreamingLLM):
@@ -82,39 +89,51 @@ class OpenAILLM(HttpStreamingLLM):
         resp, stream = await self.open_stream(body)
         calls = ToolCallAssembler(self.name)
         usage: Mapping[str, Any] | None = None
-        done = finished = released = False
+        done = finished = released = stalled = False
         try:
             while not done:
-                events = await self.read_events(stream)
+                try:
+                    events = await self.read_events(stream)
+                except BackendError:
+                    if not finished:
+                        raise
+                    stalled = True  # the answer is whole; only its [DONE] never came
+                    break
                 if events is None:
                     break
                 for event in events:
                     if event.data == "[DONE]":
                         done = True
                         break
-                    try:
-                        chunk = json.loads(event.data)
-                    except ValueError:
-                        if event.event == "error":
-                            raise self._stream_error({"message": event.data}) from None
-                        log.warning("llm %s: skipped a non-JSON event (%d characters)",
-                                    self.name, len(event.data))
-                        continue
-                    if not isinstance(chunk, dict):
-                        continue
-                    if chunk.get("error") or event.event == "error":
-                        raise self._stream_error(chunk)
-                    found = chunk.get("usage") or (chunk.get("x_groq") or {}).get("usage")
+                    chunk = self._chunk(event)
+                    found = chunk.get("usage")
+                    groq = chunk.get("x_groq")
+                    if not found and isinstance(groq, dict):
+                        found = groq.get("usage")
                     if found:
+                        if not isinstance(found, Mapping):
+                            raise self.malformed("usage is not an object", event)
                         usage = found       # the last report wins (vLLM repeats cumulative ones)
-                    for choice in chunk.get("choices") or ():
+                    choices = chunk.get("choices")
+                    if not isinstance(choices, list) and not (choices is None and found):
+                        raise self.malformed("no choices list", event)
+                    for choice in choices or ():
+                        if not isinstance(choice, dict):
+                            raise self.malformed("a choice is not an object", event)
                         if choice.get("index", 0):
                             continue        # n > 1 is never requested
                         delta = choice.get("delta") or {}
-                        text = delta.get("content")
+                        if not isinstance(delta, dict):
+                            raise self.malformed("a delta is not an object", event)
+                        text, fragments = delta.get("content"), delta.get("tool_calls")
+                        if not isinstance(text, (str, NoneType)) or not isinstance(
+                                fragments, (list, NoneType)):
+                            raise self.malformed("a delta of the wrong shape", event)
+                        if text or fragments or choice.get("finish_reason") or any(
+                                delta.get(k) for k in REASONING_KEYS):
+                            stream.progress()
                         if text:
                             yield TextChunk(text)
-                        fragments = delta.get("tool_calls")
                         if fragments:
                             calls.add(fragments)
                         if choice.get("finish_reason"):
@@ -126,8 +145,9 @@ class OpenAILLM(HttpStreamingLLM):
             if not (done or finished):
                 raise BackendError("llm", self.name, "the stream ended before the answer did",
                                    retryable=True)
-            await finish(resp, True)
-            released = True
+            if not stalled:
+                await finish(resp, True)
+                released = True
         finally:
             if not released:
                 resp.close()    # cancelled or failed: drop the connection, stop the generation
@@ -135,6 +155,23 @@ class OpenAILLM(HttpStreamingLLM):
             yield call
         if usage is not None:
             yield openai_usage(usage)
+
+    def _chunk(self, event: SSEEvent) -> dict[str, Any]:
+        """The JSON object of one event; an error event raises its error, anything else that
+        is not a JSON object (garbage from a proxy, another protocol) is a malformed stream."""
+        try:
+            chunk = json.loads(event.data)
+        except ValueError:
+            if event.event == "error":
+                raise self._stream_error({"message": event.data}) from None
+            raise self.malformed("not JSON", event) from None
+        if not isinstance(chunk, dict):
+            if event.event == "error":
+                raise self._stream_error({"message": str(chunk)})
+            raise self.malformed("not a JSON object", event)
+        if chunk.get("error") or event.event == "error":
+            raise self._stream_error(chunk)
+        return chunk
 
     def _stream_error(self, chunk: Mapping[str, Any]) -> BackendError:
         message, kind = error_detail(chunk)

@@ -3,8 +3,11 @@
 :class:`SSEParser` is an incremental parser of the ``text/event-stream`` format (WHATWG HTML
 §9.2): ``event:``/``data:``/``id:`` fields, multi-line ``data``, ``:`` comments, LF, CRLF or CR
 line ends, and bytes split anywhere (inside a line, a UTF-8 character or a CRLF pair).
-:class:`SSEStream` reads events from a response with two deadlines: the first event by an
-absolute deadline (connect + time to first result), then at most ``idle`` seconds between reads.
+:class:`SSEStream` reads events from a response under two limits: the first token by an absolute
+deadline (connect + time to first result), then at most ``token_timeout`` seconds of waiting
+between two tokens. What counts as a token is the provider's to say (:meth:`SSEStream.progress`):
+keep-alive comments, pings and empty chunks do not, so a server that keeps a stalled answer
+open with them still times out. A body longer than ``max_bytes`` ends the stream too.
 :func:`post_stream` opens the request and turns HTTP errors into :class:`BackendError`.
 """
 
@@ -24,6 +27,9 @@ log = logging.getLogger(__name__)
 
 MAX_ERROR_BODY = 65536      # bytes of an error answer read for its message
 MAX_MESSAGE = 500           # characters of a provider message kept in a BackendError
+MAX_STREAM_BYTES = 8 * 1024 * 1024
+"""Bytes of one answer's event stream read at most: a catch-all for a stream that never ends
+(the reply's length cap, ``max_reply_chars``, normally cuts a long answer far earlier)."""
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 529})
 
 
@@ -36,12 +42,19 @@ class SSEEvent(NamedTuple):
 
 
 class SSETimeout(TimeoutError):
-    """No event before the first-event deadline, or no bytes for ``idle`` seconds."""
+    """No token before the first-token deadline, or none for ``token_timeout`` seconds."""
 
     def __init__(self, first: bool, seconds: float) -> None:
         self.first = first
-        what = "no first event" if first else "stream idle"
-        super().__init__(f"{what} for {seconds:.1f} s")
+        what = "no first token within" if first else "stream stalled: no token for"
+        super().__init__(f"{what} {seconds:.1f} s")
+
+
+class SSETooLong(ValueError):
+    """The event stream went past its byte limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"answer stream longer than {limit} bytes")
 
 
 class SSEParser:
@@ -105,39 +118,62 @@ class SSEParser:
 
 
 class SSEStream:
-    """Events of one response, read under the first-event deadline and the idle limit."""
+    """Events of one response, read under the first-token deadline, the inter-token timeout
+    and the byte limit.
 
-    __slots__ = ("_content", "_deadline", "_first", "_idle", "_parser", "first_timeout")
+    The inter-token clock runs only while :meth:`read` waits: time the caller spends between
+    reads (speaking a sentence) is not the server's stall, and the bytes that arrived meanwhile
+    are read at once. :meth:`progress` (a token arrived) gives the next one the full
+    ``token_timeout`` again; events that are not progress use up what is left of it."""
 
-    def __init__(self, content: aiohttp.StreamReader, *, deadline: float, idle: float,
-                 first_timeout: float) -> None:
+    __slots__ = ("_budget", "_bytes", "_content", "_deadline", "_first", "_max_bytes",
+                 "_parser", "first_timeout", "token_timeout")
+
+    def __init__(self, content: aiohttp.StreamReader, *, deadline: float, token_timeout: float,
+                 first_timeout: float, max_bytes: int = MAX_STREAM_BYTES) -> None:
         self._content = content
-        self._deadline = deadline      # loop time by which the first event must be in
-        self._idle = idle
+        self._deadline = deadline      # loop time by which the first token must be in
         self._first = True
+        self._budget = token_timeout   # waiting left before the next token is overdue
+        self._bytes = 0
+        self._max_bytes = max_bytes
         self._parser = SSEParser()
         self.first_timeout = first_timeout
+        self.token_timeout = token_timeout
+
+    def progress(self) -> None:
+        """A token (text, a tool-call fragment, the end of the answer) arrived: the next one
+        is due within ``token_timeout`` of waiting."""
+        self._first = False
+        self._budget = self.token_timeout
 
     async def read(self) -> list[SSEEvent] | None:
         """The next batch of events (never empty), or None at the end of the body.
 
-        Raises :class:`SSETimeout`, or :class:`aiohttp.ClientError` on a broken connection."""
+        Raises :class:`SSETimeout`, :class:`SSETooLong`, or :class:`aiohttp.ClientError` on a
+        broken connection."""
+        loop = asyncio.get_running_loop()
         while True:
+            began = loop.time()
             try:
                 if self._first:
                     async with asyncio.timeout_at(self._deadline):
                         chunk = await self._content.readany()
                 else:
-                    async with asyncio.timeout(self._idle):
+                    async with asyncio.timeout(max(self._budget, 0.0)):
                         chunk = await self._content.readany()
             except TimeoutError:
-                raise SSETimeout(self._first,
-                                 self.first_timeout if self._first else self._idle) from None
+                raise SSETimeout(self._first, self.first_timeout if self._first
+                                 else self.token_timeout) from None
+            if not self._first:
+                self._budget -= loop.time() - began
             if not chunk:
                 return None
+            self._bytes += len(chunk)
+            if self._bytes > self._max_bytes:
+                raise SSETooLong(self._max_bytes)
             events = self._parser.feed(chunk)
             if events:
-                self._first = False
                 return events
 
 
@@ -268,5 +304,6 @@ def new_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
 
 
-__all__ = ["SSEEvent", "SSEParser", "SSEStream", "SSETimeout", "dumps", "error_detail", "finish",
-           "new_session", "parse_arguments", "post_stream", "redact", "retryable_status"]
+__all__ = ["MAX_STREAM_BYTES", "SSEEvent", "SSEParser", "SSEStream", "SSETimeout", "SSETooLong",
+           "dumps", "error_detail", "finish", "new_session", "parse_arguments", "post_stream",
+           "redact", "retryable_status"]

@@ -15,8 +15,10 @@ The system prompt is not sent (the endpoint is the agent). Answer:
 - ``text/plain``: the reply itself;
 - ``204 No Content``: nothing to say.
 
-An HTTP error, a malformed answer or a timeout raises :class:`BackendError` (retryable for
-5xx, 429, timeouts and connection errors). Redirects are not followed.
+An HTTP error, a malformed answer (any other content type — an HTML error page from a proxy is
+not a reply) or a timeout raises :class:`BackendError` (retryable for 5xx, 429, timeouts and
+connection errors). Redirects are not followed. A reply longer than ``max_reply_chars`` is cut
+by the failover chain like any provider's.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class WebhookLLM(LLM):
         self.url: str = str(cfg.options.get("url", ""))
         self._secret: str = str(cfg.options.get("secret", ""))
         self.timeout: float = cfg.timeout or DEFAULT_TIMEOUT
+        self.max_reply_chars = cfg.max_reply_chars
         self._session: aiohttp.ClientSession | None = None
 
     def _error(self, message: str, *, status: int | None = None,
@@ -113,8 +116,9 @@ class WebhookLLM(LLM):
                               retryable=True) from None
         if ctype == "application/json" or ctype.endswith("+json"):
             return self._parse_json(text, status)
-        if ctype.startswith("text/"):
+        if ctype == "text/plain":
             return text.strip(), []
+        # text/html and the like are a proxy's or a framework's page, not a reply to speak
         raise self._error(f"unexpected content type {ctype!r} (expected application/json "
                           "or text/plain)", status=status)
 

@@ -9,6 +9,9 @@ ElevenLabs writes telephone audio itself (``output_format=ulaw_8000``/``alaw_800
   output_format=…`` (key in the handshake header): BOS ``{"text": " "}``, the sentence with
   ``flush: true``, EOS ``{"text": ""}``; audio comes back base64 in ``{"audio": …}`` messages
   and ends with ``{"isFinal": true}``. Cancelling closes the socket, which ends the generation.
+
+Either way, audio that is not the raw format asked for (a WAV or MP3 file, text) is a failure
+before any of it is played (:mod:`.audio_check`), and so is a socket that ends without audio.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from .audio_check import BodyCheck, NotAudio
 from .base import PCM16, SpeechStream
 from .http_stream import (READ_IDLE, CloudTTS, DeadlineStream, EmptySpeechStream,
                           HttpSpeechStream, retryable_status)
@@ -110,6 +114,7 @@ class _WebSocketStream(DeadlineStream):
         self._closing: asyncio.Task[bool] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._carry = b""
+        self._check: BodyCheck | None = BodyCheck(pcm16=self._pcm16)
         self._done = self._cancelled = self._timed_out = self._ready = False
         self._first = True
 
@@ -145,23 +150,21 @@ class _WebSocketStream(DeadlineStream):
             data = json.loads(raw)
         except ValueError:
             raise self._fail(f"unexpected message {raw[:80]!r}") from None
+        if not isinstance(data, dict):
+            raise self._fail(f"unexpected message {raw[:80]!r}")
         audio = data.get("audio")
         if audio:
             if self._first:
                 self._first = False
                 self._stop_timer()
-            chunk = base64.b64decode(audio)
-            if self._pcm16:
-                if self._carry:
-                    chunk, self._carry = self._carry + chunk, b""
-                if len(chunk) & 1:
-                    chunk, self._carry = chunk[:-1], chunk[-1:]
-            return chunk
+            return self._checked(base64.b64decode(audio), end=False)
         if data.get("isFinal"):
             self._done = True
             self._stop_timer()
             self._close()
-            return b""
+            if self._first:
+                raise self._fail("the stream ended without audio")
+            return self._checked(b"", end=True)
         if data.get("error") or data.get("message"):
             code = data.get("code")
             message = str(data.get("message") or data.get("error"))
@@ -171,6 +174,23 @@ class _WebSocketStream(DeadlineStream):
             raise self._fail(message, status=code if isinstance(code, int) else None,
                              retryable=code != 1008)
         return b""                               # alignment-only or unknown: ignore
+
+    def _checked(self, chunk: bytes, *, end: bool) -> bytes:
+        """``chunk`` once the start of the audio is known to be raw audio (see
+        :mod:`.audio_check`), cut at whole samples for PCM16."""
+        if self._check is not None:
+            try:
+                chunk = self._check.end() if end else self._check.feed(chunk)
+            except NotAudio as exc:
+                raise self._fail(f"not audio: {exc}") from None
+            if self._check.decided:
+                self._check = None
+        if self._pcm16 and chunk:
+            if self._carry:
+                chunk, self._carry = self._carry + chunk, b""
+            if len(chunk) & 1:
+                chunk, self._carry = chunk[:-1], chunk[-1:]
+        return chunk
 
     async def _open(self) -> aiohttp.ClientWebSocketResponse:
         loop = asyncio.get_running_loop()

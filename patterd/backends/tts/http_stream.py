@@ -11,11 +11,14 @@ synthesised. :class:`HttpSpeechStream` turns that body into audio chunks:
   the provider sees the disconnect and stops synthesising; a pending read wakes up and the
   iteration ends;
 - an error status becomes a :class:`BackendError` with the provider's own message;
+- a 200 answer that is not the raw audio asked for (a JSON/HTML/text body, a WAV or MP3 file,
+  an odd-length PCM16 body — see :mod:`.audio_check`) is a retryable :class:`BackendError`
+  raised before any of it is played, so the next provider speaks the sentence;
 - PCM16 chunks are cut at whole samples (an odd trailing byte is carried to the next chunk);
 - an optional per-chunk ``transform`` (e.g. a resampler) with a ``finish`` for its tail.
 
 Chunks are handed on as aiohttp received them (no re-slicing, no copy unless an odd byte had to
-be carried); the playout paces them.
+be carried, after the first few held for the check); the playout paces them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import aiohttp
 
 from ..errors import BackendError
+from .audio_check import BodyCheck, NotAudio, refused_content_type
 from .base import PCM16, TTS, SpeechStream
 
 if TYPE_CHECKING:
@@ -129,6 +133,7 @@ class HttpSpeechStream(DeadlineStream):
         self._connect: asyncio.Task[aiohttp.ClientResponse] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._carry = b""
+        self._check: BodyCheck | None = BodyCheck(pcm16=self._pcm16)
         self._done = self._cancelled = self._timed_out = False
         self._first = True
 
@@ -148,26 +153,35 @@ class HttpSpeechStream(DeadlineStream):
                 raise self._broken(exc) from None
             if self._cancelled:
                 break
-            if not data:                        # the provider finished
+            ended = not data
+            if ended:                           # the provider finished
                 self._done = True
                 self._stop_timer()
                 if self._first:
                     raise self._tts.error("the response had no audio")
-                if self._carry:
-                    log.debug("tts %s: dropped a trailing half sample", self._tts.name)
-                tail = self._finish() if self._finish is not None else b""
-                if tail:
-                    return tail[: len(tail) & ~1]
-                break
-            if self._first:
+            elif self._first:
                 self._first = False
                 self._stop_timer()
-            if self._pcm16:
+            if self._check is not None:         # the start of the body is not played unchecked
+                try:
+                    data = self._check.end() if ended else self._check.feed(data)
+                except NotAudio as exc:
+                    raise self._not_audio(str(exc)) from None
+                if self._check.decided:
+                    self._check = None
+            if data and self._pcm16:
                 data = self._whole_samples(data)
             if self._transform is not None and data:
                 data = self._transform(data)
+            if ended:
+                if self._carry:
+                    log.debug("tts %s: dropped a trailing half sample", self._tts.name)
+                tail = self._finish() if self._finish is not None else b""
+                data += tail[: len(tail) & ~1]
             if data:
                 return data
+            if ended:
+                break
         raise StopAsyncIteration
 
     def _whole_samples(self, data: bytes) -> bytes:
@@ -207,10 +221,22 @@ class HttpSpeechStream(DeadlineStream):
             raise StopAsyncIteration
         if resp.status >= 400:
             raise await self._status_error(resp)
+        refused = refused_content_type(resp.headers.get("Content-Type", ""))
+        if refused is not None:                  # e.g. a JSON error sent with 200
+            raise await self._status_error(resp, f"not audio: {refused}")
         self._resp = resp
         return resp
 
-    async def _status_error(self, resp: aiohttp.ClientResponse) -> BackendError:
+    def _not_audio(self, reason: str) -> BackendError:
+        """The body turned out not to be audio: drop the connection, nothing of it played."""
+        self._done = True
+        self._stop_timer()
+        if self._resp is not None:
+            self._resp.close()
+        return self._tts.error(f"not audio: {reason}", status=200)
+
+    async def _status_error(self, resp: aiohttp.ClientResponse,
+                            what: str = "") -> BackendError:
         body = bytearray()
         try:
             while len(body) < MAX_ERROR_BODY:
@@ -225,6 +251,8 @@ class HttpSpeechStream(DeadlineStream):
             self._stop_timer()
             self._done = True
         message = self._tts.parse_error(resp.status, bytes(body))
+        if what:                                  # a 2xx answer that is no audio
+            return self._tts.error(f"{what} ({message})", status=resp.status)
         return self._tts.error(message, status=resp.status,
                                retryable=retryable_status(resp.status))
 

@@ -33,11 +33,13 @@ import hashlib
 import itertools
 import json
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 
-from .openai_chat import TOOL_NAME, FakeLLMService, Reply, estimate_tokens, pieces, sse
+from .openai_chat import (TOOL_NAME, FakeLLMService, Reply, endless, estimate_tokens, pieces,
+                          sse)
 
 VERSIONS = ("2023-06-01", "2023-01-01")
 KNOWN_FIELDS = frozenset({"model", "messages", "max_tokens", "system", "stream", "tools",
@@ -355,7 +357,7 @@ class FakeAnthropicMessages(FakeLLMService):
         return ({"input_tokens": prompt, "cache_creation_input_tokens": written,
                  "cache_read_input_tokens": read, "output_tokens": 1}, output)
 
-    def events(self, body: dict[str, Any], reply: Reply) -> list[bytes]:
+    def events(self, body: dict[str, Any], reply: Reply) -> Iterable[bytes]:
         """The SSE events of a streamed answer."""
         start_usage, output = self._usage(body, reply)
         out = [sse({"type": "message_start", "message": {
@@ -369,9 +371,12 @@ class FakeAnthropicMessages(FakeLLMService):
                             "content_block": {"type": "text", "text": ""}},
                            "content_block_start"))
             out.append(sse({"type": "ping"}, "ping"))
-            out += [sse({"type": "content_block_delta", "index": 0,
-                         "delta": {"type": "text_delta", "text": d}}, "content_block_delta")
-                    for d in deltas]
+            text_events = [sse({"type": "content_block_delta", "index": 0,
+                                "delta": {"type": "text_delta", "text": d}},
+                               "content_block_delta") for d in deltas]
+            if reply.endless:
+                return endless(out, text_events)
+            out += text_events
             out.append(sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
             index = 1
         for call in reply.tool_calls:

@@ -15,7 +15,8 @@ the service answers mp3 (stand-in bytes starting with ``ID3`` here). On the sock
 come as ``{"message", "error", "code": 1008}`` followed by a 1008 close.
 
 Extra WebSocket knobs: ``ws_error_after`` (bytes of audio, then an error message and a 1008
-close), and ``drop_after`` aborts the socket's connection mid-stream.
+close), and ``drop_after`` aborts the socket's connection mid-stream; ``misanswer``'s body is
+sent base64 in the ``audio`` messages.
 """
 
 from __future__ import annotations
@@ -223,6 +224,12 @@ class FakeElevenLabs(FakeSpeechService):
                      error: Any) -> bool:
         """Send ``text``'s audio as ``audio`` messages; False if the socket is done."""
         audio = self.audio(text, fmt)
+        if self.misanswer is not None and self.misanswer_times != 0:
+            wrong = self.misanswer(rec, audio)      # its bytes go out as the "audio"
+            if wrong is not None:
+                if self.misanswer_times > 0:
+                    self.misanswer_times -= 1
+                audio = wrong[1]
         rec.audio += audio
         _, rate, width = FORMATS[fmt]
         bps = rate * width

@@ -26,6 +26,7 @@ import re
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,10 @@ class Reply:
     ``stall_seconds`` pause mid-stream; ``hold_after`` keeps the stream open (writing nothing)
     after that many events until the client leaves or the fake stops; ``end_after`` ends the
     body cleanly after that many events (a truncated answer without its end marker).
+    Misbehaviour: ``garbage_after`` replaces the events from that one on by ``garbage`` (each
+    sent as one ``data:`` event — not JSON, or JSON of the wrong shape — then the body ends,
+    as a broken proxy or another protocol would); ``endless`` repeats the text deltas without
+    end (a server that ignores ``max_tokens``), until the client leaves.
     """
 
     text: str | list[str] = ""
@@ -98,6 +103,10 @@ class Reply:
     stall_seconds: float = 0.0
     hold_after: int | None = None
     end_after: int | None = None
+    garbage_after: int | None = None
+    garbage: tuple[str, ...] = ("<html><body><h1>502 Bad Gateway</h1></body></html>",
+                                "upstream connect error or disconnect/reset before headers")
+    endless: bool = False
 
     def deltas(self) -> list[str]:
         """The text deltas."""
@@ -206,9 +215,10 @@ class FakeLLMService:
         return True
 
     async def stream(self, request: web.Request, rec: LLMRequest, reply: Reply,
-                     events: list[bytes], headers: dict[str, str]) -> web.StreamResponse:
+                     events: Iterable[bytes], headers: dict[str, str]) -> web.StreamResponse:
         """Write ``events`` as a ``text/event-stream`` response, applying the reply's knobs.
-        ``events`` must already contain any mid-stream error event at ``error_after``."""
+        ``events`` must already contain any mid-stream error event at ``error_after`` (and
+        be endless for an ``endless`` reply)."""
         if reply.delay_headers and not await self.wait(request, rec, reply.delay_headers):
             return web.Response(status=499)
         resp = web.StreamResponse(status=200, headers={
@@ -218,7 +228,10 @@ class FakeLLMService:
         if reply.stall_first and not await self.wait(request, rec, reply.stall_first):
             return resp
         if reply.end_after is not None:
-            events = events[:reply.end_after]
+            events = itertools.islice(events, reply.end_after)
+        if reply.garbage_after is not None:
+            events = itertools.chain(itertools.islice(events, reply.garbage_after),
+                                     (sse(g) for g in reply.garbage))
         for n, event in enumerate(events):
             if n == reply.drop_after:
                 assert request.transport is not None
@@ -246,7 +259,8 @@ class FakeLLMService:
             except (ConnectionError, RuntimeError):
                 rec.disconnected.set()
                 return resp
-            rec.events.append(event)
+            if len(rec.events) < 10_000:        # an endless stream's first ones suffice
+                rec.events.append(event)
         try:
             await resp.write_eof()
         except (ConnectionError, RuntimeError):
@@ -261,6 +275,13 @@ def sse(data: Any, event: str | None = None) -> bytes:
     text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {text}\n\n".encode()
+
+
+def endless(head: list[bytes], repeated: list[bytes]) -> Iterator[bytes]:
+    """``head``, then ``repeated`` over and over: an answer that never ends."""
+    yield from head
+    while True:
+        yield from repeated
 
 
 def pieces(text: str, size: int) -> list[str]:
@@ -510,7 +531,7 @@ class FakeOpenAIChat(FakeLLMService):
     def _finish_reason(self, reply: Reply) -> str:
         return reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
 
-    def chunks(self, body: dict[str, Any], reply: Reply) -> list[bytes]:
+    def chunks(self, body: dict[str, Any], reply: Reply) -> Iterable[bytes]:
         """The SSE events of a streamed answer."""
         base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": body["model"],
@@ -527,6 +548,8 @@ class FakeOpenAIChat(FakeLLMService):
 
         deltas = reply.deltas()
         out = [chunk({"role": "assistant", "content": "" if deltas else None, "refusal": None})]
+        if reply.endless:
+            return endless([sse(c) for c in out], [sse(chunk({"content": d})) for d in deltas])
         out += [chunk({"content": d}) for d in deltas]
         per_call: list[list[dict[str, Any]]] = []
         for index, call in enumerate(reply.tool_calls):
@@ -576,5 +599,5 @@ class FakeOpenAIChat(FakeLLMService):
                 "usage": self._usage(body, reply), "system_fingerprint": "fp_fake0001"}
 
 
-__all__ = ["FakeLLMService", "FakeOpenAIChat", "LLMRequest", "Reply", "ToolUse", "estimate_tokens",
-           "pieces", "sse"]
+__all__ = ["FakeLLMService", "FakeOpenAIChat", "LLMRequest", "Reply", "ToolUse", "endless",
+           "estimate_tokens", "pieces", "sse"]

@@ -13,6 +13,9 @@ Knobs (attributes, change them between requests):
 - ``delay_headers``: seconds before the response headers; ``stall``: seconds between the
   headers and the first audio byte.
 - ``drop_after``: abort the connection after this many audio bytes (a mid-stream drop).
+- ``misanswer``: ``(request, audio) -> (content type, body) | None`` — answer 200 with that
+  body instead of the audio (a JSON error, an HTML page, a WAV file when raw audio was asked
+  for …); None answers normally. ``misanswer_times`` how many (``-1`` = all).
 
 Every request is recorded as a :class:`SpeechRequest` (``fake.requests``): what was asked,
 the exact audio generated, how much was sent, when the first byte went out, and whether the
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +74,8 @@ class FakeSpeechService:
         self.delay_headers = 0.0
         self.stall = 0.0
         self.drop_after: int | None = None
+        self.misanswer: Callable[[SpeechRequest, bytes], tuple[str, bytes] | None] | None = None
+        self.misanswer_times = -1
         self._runner: web.AppRunner | None = None
         self.app = web.Application()
 
@@ -156,6 +162,12 @@ class FakeSpeechService:
                      bytes_per_second: int, content_type: str,
                      headers: dict[str, str] | None = None) -> web.StreamResponse:
         """Write ``audio`` as a chunked 200 response, paced by the knobs."""
+        if self.misanswer is not None and self.misanswer_times != 0:
+            wrong = self.misanswer(rec, audio)
+            if wrong is not None:
+                if self.misanswer_times > 0:
+                    self.misanswer_times -= 1
+                content_type, audio = wrong
         rec.audio = audio
         if self.delay_headers and not await self.wait(request, rec, self.delay_headers):
             return web.Response(status=499)
