@@ -177,9 +177,15 @@ class Gateway:
         rec = self.registry.ensure(call_id, carrier)
         ended = self.registry.finish(call_id, carrier, outcome)
         if ended:
-            self.metrics.calls_total.labels(rec.direction or "inbound", rec.outcome).inc()
+            self.count_call(rec)
         self._observe(rec, duration)
         return ended
+
+    def count_call(self, rec: CallRecord) -> None:
+        """Count the ended call in ``patterd_calls_total`` by its outcome, once."""
+        if not rec.counted:
+            rec.counted = True
+            self.metrics.calls_total.labels(rec.direction or "inbound", rec.outcome).inc()
 
     def expect_outcome(self, call_id: str, carrier: str, outcome: str) -> None:
         """The gateway is about to end the call through the carrier with ``outcome`` (say
@@ -213,7 +219,7 @@ class Gateway:
             return False
         if not count:
             return False
-        self.metrics.calls_total.labels(rec.direction or "inbound", rec.outcome).inc()
+        self.count_call(rec)
         self._observe(rec, seconds)
         return True
 

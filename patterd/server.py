@@ -1,9 +1,9 @@
-"""Running the daemon: listen, tell systemd, drain on SIGTERM/SIGINT, reload on SIGHUP."""
+"""Running the daemon: listen, tell systemd, drain on SIGTERM/SIGINT, reload on SIGHUP
+(:mod:`patterd.reload`)."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 import gc
 import os
 import signal
@@ -14,9 +14,10 @@ from aiohttp import web
 
 from .app import build_app
 from .carriers.base import Carrier
-from .config import Config, ConfigError, load_config
+from .config import Config
 from .gateway import GATEWAY, Gateway
 from .ops.logging import get_logger
+from .reload import Reloader
 
 log = get_logger("patterd.server")
 
@@ -65,7 +66,8 @@ async def serve(config: Config, carrier: Carrier, *, config_path: str | Path | N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if config_path is not None:
-        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(gw, Path(config_path)))
+        reloader = Reloader(gw, Path(config_path))
+        loop.add_signal_handler(signal.SIGHUP, reloader.request)
     else:   # SIGHUP's default action would kill the process and drop the live calls
         loop.add_signal_handler(signal.SIGHUP, _no_reload)
     watchdog = _start_watchdog(gw)
@@ -106,56 +108,6 @@ async def drain(gw: Gateway) -> None:
 def _no_reload() -> None:
     log.warning("reload_unavailable", detail="configured in Python, not from a file: nothing "
                                              "to re-read; restart to change the configuration")
-
-
-def _reload(gw: Gateway, path: Path) -> None:
-    """Apply the agent and backend sections of a re-read file to new calls."""
-    try:
-        new = load_config(path)
-    except ConfigError as exc:
-        log.error("reload_rejected", path=str(path), problems=exc.problems,
-                  detail="keeping the running configuration")
-        return
-    old = gw.config
-    fixed = [k for k in ("server", "carrier", "phone_number") if getattr(new, k) != getattr(old, k)]
-    if new.store.url != old.store.url:
-        fixed.append("store.url")
-    if fixed:
-        log.warning("reload_partial", detail=f"{', '.join(fixed)}: changes need a restart; "
-                                             "applying the other sections")
-        new = replace(new, server=old.server, carrier=old.carrier,
-                      phone_number=old.phone_number,
-                      store=replace(new.store, url=old.store.url))
-    if not _backends_change(old, new):
-        gw.config = new
-        log.info("reloaded", path=str(path))
-        return
-    gw.spawn(_swap_backends(gw, new, path), name="reload-backends")
-
-
-def _backends_change(old: Config, new: Config) -> bool:
-    """Whether new providers are needed (the offline recogniser's vocabulary and the rules
-    agent's variables come from the agent section too)."""
-    return any(getattr(old, k) != getattr(new, k) for k in ("stt", "llm", "tts", "vad", "agent"))
-
-
-async def _swap_backends(gw: Gateway, new: Config, path: Path) -> None:
-    """Start the new config's providers beside the running ones, then switch new calls to
-    them; calls already live finish on the old ones, which close once the last has ended."""
-    from .call.backends import Backends
-    try:
-        fresh = await Backends.from_config(new, on_error=gw.backend_failed,
-                                             supervisor=gw.supervisor)
-    except Exception as exc:  # noqa: BLE001 - a provider that cannot start: keep the old set
-        log.error("reload_rejected", path=str(path), problems=[f"backends: {exc}"],
-                  detail="keeping the running configuration")
-        return
-    old = gw.backends
-    gw.backends, gw.config = fresh, new
-    if old is not None:
-        gw.retired.append(old)
-        await gw.release_retired()
-    log.info("reloaded", path=str(path), backends="restarted")
 
 
 def _start_watchdog(gw: Gateway) -> asyncio.Task[None] | None:

@@ -60,6 +60,7 @@ class CallRecord:
     carrier_outcome: str = ""
     expected: str = ""
     timed: bool = False       # observed in patterd_call_duration_seconds
+    counted: bool = False     # counted in patterd_calls_total
 
     @property
     def live(self) -> bool:
@@ -178,6 +179,17 @@ class CallRegistry:
             return False
         self._close(rec, most_specific(outcome, rec.expected, rec.carrier_outcome)
                     or "completed", time.time())
+        return True
+
+    def refine_outcome(self, call_id: str, outcome: str) -> bool:
+        """An ended call whose outcome says no more than "completed" gets ``outcome``, a
+        cause learnt after its end (a survivor found the replica that held it dead). True
+        when it changed."""
+        rec = self._calls.get(call_id)
+        if rec is None or rec.ended_at is None or rec.outcome not in GENERIC_OUTCOMES:
+            return False
+        rec.outcome = outcome
+        self.touch(rec)
         return True
 
     def live_count(self) -> int:

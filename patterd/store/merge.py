@@ -8,10 +8,18 @@ another one recorded:
 - lists (status history, events, transcript, turns): the union, duplicates dropped, in time
   order (``at``); a writer's own order is kept among equal times;
 - identity fields: the first non-empty value; ``created_at`` the earliest, ``updated_at`` and
-  ``ended_at`` the latest; the status a terminal one when any writer saw the end;
-- the outcome: the most specific one (``transferred`` over ``completed``);
+  ``ended_at`` the latest;
+- the status: a terminal one when any writer saw the end (the latest of them), else the most
+  advanced one (``in-progress`` over ``ringing`` over ``initiated``): a writer that knows less
+  of the call never moves it back;
+- the outcome: a specific one over ``completed`` (``transferred``, ``replica_lost``…); of two
+  specific ones, that of the writer that saw the call end first (a replica that died after
+  the call ended does not turn its outcome into ``replica_lost``);
 - cost: the components summed over writers (each metered its own streams), the carrier's own
   price, when any writer got it, in place of the carrier estimate.
+
+Every rule depends on what the parts say (their times included), not on the order in which
+they reached the store, so the same parts written in any order give the same record.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 TERMINAL = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
+#: The statuses of a call before its end, least advanced first.
+PROGRESS = ("queued", "initiated", "ringing", "in-progress")
 GENERIC_OUTCOMES = ("", "completed")
 COMPONENTS = ("carrier", "stt", "llm", "tts")
 
@@ -56,7 +66,10 @@ def _cost(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     costs = [p["cost"] for p in parts if isinstance(p.get("cost"), Mapping)]
     if not costs:
         return None
-    out: dict[str, Any] = dict(costs[0])
+    out: dict[str, Any] = {}
+    for cost in costs:   # the other keys (currency, …): from whichever part has them
+        for key, value in cost.items():
+            out.setdefault(key, value)
     for name in COMPONENTS:
         out[name] = round(sum(float(c.get(name) or 0.0) for c in costs), 6)
     reported = [c for c in costs if c.get("carrier_source") == "carrier"]
@@ -68,16 +81,38 @@ def _cost(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     return out
 
 
+def _status(parts: Sequence[Mapping[str, Any]]) -> str:
+    """The latest terminal status, else the most advanced one (an unknown one ranks
+    lowest); ties go to the later ``updated_at``, then to the name."""
+    def rank(part: Mapping[str, Any]) -> tuple[int, float, str]:
+        status = str(part.get("status") or "")
+        level = (len(PROGRESS) if status in TERMINAL
+                 else PROGRESS.index(status) if status in PROGRESS else -1)
+        return level, float(part.get("updated_at") or 0.0), status
+
+    return max(rank(p) for p in parts)[2] or "initiated"
+
+
+def _outcome(parts: Sequence[Mapping[str, Any]]) -> str | None:
+    """The specific outcome of the writer that saw the end first, else ``completed`` when a
+    writer says so, else none."""
+    specific = [(float(p.get("ended_at") or float("inf")), str(p["outcome"])) for p in parts
+                if p.get("outcome") not in (None, *GENERIC_OUTCOMES)]
+    if specific:
+        return min(specific)[1]
+    return "completed" if any(p.get("outcome") == "completed" for p in parts) else None
+
+
 def merge_parts(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The call record made of several writers' snapshots (oldest writer first)."""
+    """The call record made of several writers' snapshots (in any order)."""
     if len(parts) == 1:
         return dict(parts[0])
+    # Oldest view of the call first, by what each writer recorded (not by when its part
+    # reached the store), so that the same parts always merge alike.
+    parts = sorted(parts, key=lambda p: (float(p.get("created_at") or 0.0),
+                                         float(p.get("updated_at") or 0.0)))
     latest = max(parts, key=lambda p: float(p.get("updated_at") or 0.0))
     ended = [p for p in parts if p.get("ended_at") is not None]
-    terminal = [p for p in parts if p.get("status") in TERMINAL]
-    status_from = max(terminal or parts, key=lambda p: float(p.get("updated_at") or 0.0))
-    outcomes = [p.get("outcome") or "" for p in parts]
-    specific = [o for o in outcomes if o not in GENERIC_OUTCOMES]
     merged: dict[str, Any] = dict(latest)
     merged.update({
         "carrier": _first(parts, "carrier") or "",
@@ -85,9 +120,8 @@ def merge_parts(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                             "direction") or "inbound",
         "from": _first(parts, "from", "from_number") or "",
         "to": _first(parts, "to", "to_number") or "",
-        "status": status_from.get("status") or "initiated",
-        "outcome": (specific[-1] if specific else ("completed" if "completed" in outcomes
-                                                   else None)),
+        "status": _status(parts),
+        "outcome": _outcome(parts),
         "created_at": min(float(p.get("created_at") or latest.get("created_at") or 0.0)
                           for p in parts),
         "updated_at": float(latest.get("updated_at") or 0.0),

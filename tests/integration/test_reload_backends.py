@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from patterd.server import _reload
+from patterd.reload import Reloader
 from patterd.simulate import Dtmf, Wait, WaitForAgent, simulate_call
 from tests.conftest import config, gateway_of, twilio_raw
 from tests.integration.test_live_calls import free_port, url_of
@@ -36,9 +36,8 @@ async def test_reload_swaps_backends_for_new_calls_only(daemon, tmp_path: Path) 
     async def reload_mid_call() -> None:
         while not gw.sessions:
             await asyncio.sleep(0.05)
-        _reload(gw, path)
-        while gw.backends is old:
-            await asyncio.sleep(0.05)
+        await Reloader(gw, path).request()
+        assert gw.backends is not old
         # The live call still uses the old providers, so they stay open for it.
         assert gw.retired == [old]
 
@@ -77,8 +76,5 @@ async def test_reload_with_a_provider_that_cannot_start_keeps_the_old_set(
     raw["tts"] = {"provider": "espeak", "voice": "no-such-voice-xx"}
     path = tmp_path / "patter.yaml"
     path.write_text(yaml.safe_dump(raw))
-    _reload(gw, path)
-    tasks = [t for t in gw.tasks if t.get_name() == "reload-backends"]
-    assert tasks
-    await asyncio.gather(*tasks)
+    await Reloader(gw, path).request()
     assert gw.backends is old and gw.config is old_config and gw.retired == []

@@ -98,12 +98,60 @@ async def test_a_dead_replicas_call_is_hung_up_by_the_survivor(replica_config: A
         rec = gb.registry.get(call_id)
         assert rec is not None and rec.outcome == "replica_lost"
         assert any(e.get("reason") == "replica_lost" for e in rec.events)
+        # The carrier accepted the hang-up: the survivor's own view says the call is over
+        # (the carrier's final callback went to A, the replica the call came in through).
+        assert rec.status == "completed" and rec.ended_at is not None
+        assert any(h["status"] == "completed" and h.get("via") == "hangup"
+                   for h in rec.history), rec.history
         # The shared record says so too, merged with what A wrote about the call.
         await gb.store_writer.flush(5)
         await ga.store_writer.flush(5)
         resp = await b.get(f"/v1/calls/{call_id}", headers=AUTH)
         stored = await resp.json()
-        assert stored["outcome"] in ("replica_lost",), stored["outcome"]
+        assert stored["outcome"] == "replica_lost", stored["outcome"]
+        assert stored["status"] == "completed" and stored["ended_at"], stored
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_dead_replicas_call_the_carrier_ended_first_is_recorded_replica_lost(
+        replica_config: Any) -> None:
+    """The dead replica's media socket closing ends a Twilio call, and the carrier's final
+    status callback may reach the survivor before its reaper runs: the callback ends the call
+    there as ``completed`` without counting it (another replica held the stream); the
+    take-over then records it ``replica_lost``, counted once, here."""
+    from tests.support.signing import twilio_form
+
+    cfg = replica_config
+    a, b = await start(cfg), await start(cfg)
+    try:
+        ga, gb = gw_of(a), gw_of(b)
+        call = asyncio.create_task(simulate_call(cfg, url_of(a), [WaitForAgent(), Wait(40)],
+                                                 timeout=60, status_callback=False))
+        await until(lambda: bool(ga.sessions))
+        call_id = next(iter(ga.sessions)).call_id
+        await owned_by(gb.cluster, call_id, ga.cluster.replica_id)
+        await ga.cluster.abort()          # replica A stops heartbeating, as if it had died
+        ga.cluster = None
+        path = "/webhooks/twilio/status"
+        body, headers = twilio_form(cfg.server.public_url + path, {
+            "CallSid": call_id, "CallStatus": "completed", "SequenceNumber": "3",
+            "CallDuration": "4", "Direction": "inbound"})
+        resp = await b.post(path, data=body, headers=headers)
+        assert resp.status == 204, await resp.text()
+        rec = gb.registry.get(call_id)
+        assert rec is not None and rec.ended_at is not None and rec.outcome == "completed"
+        assert calls_counted(b) == {}
+        await until(lambda: rec.outcome == "replica_lost", timeout=20)
+        assert calls_counted(b) == {("inbound", "replica_lost"): 1.0}
+        assert rec.status == "completed" and [h["status"] for h in rec.history] == ["completed"]
+        result = await call
+        assert result.outcome == "hung_up_by_agent", (result.outcome, result.errors)
+        await gb.store_writer.flush(5)
+        await ga.store_writer.flush(5)
+        stored = await (await b.get(f"/v1/calls/{call_id}", headers=AUTH)).json()
+        assert stored["outcome"] == "replica_lost" and stored["status"] == "completed", stored
     finally:
         await a.close()
         await b.close()

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from structlog.testing import capture_logs
 
-from patterd.server import _reload
+from patterd.reload import Reloader
 from patterd.store import open_store, retention
 from patterd.store.queries import Queries
 from patterd.store.records import to_row
@@ -179,11 +179,11 @@ async def test_a_reload_turns_retention_on_and_changes_its_period(
         await asyncio.sleep(0.3)
         assert sweeps(logs) == []
         path.write_text(yaml.safe_dump({**raw, "store": {"url": url, "retention_days": 7}}))
-        _reload(gw, path)
+        await Reloader(gw, path).request()
         await until(lambda: 2 in sweeps(logs))
         assert await listed(client) == {"CArecent-ended", "CAlong-live"}
         path.write_text(yaml.safe_dump({**raw, "store": {"url": url, "retention_days": 1}}))
-        _reload(gw, path)
+        await Reloader(gw, path).request()
         await until(lambda: 1 in sweeps(logs))
     assert await listed(client) == {"CAlong-live"}
     changes = [(e["was"], e["retention_days"]) for e in logs
@@ -200,7 +200,7 @@ async def test_a_reload_cannot_move_the_store(daemon, tmp_path: Path) -> None:  
     client = await daemon(config(raw))
     gw = gateway_of(client)
     with capture_logs() as logs:
-        _reload(gw, path)
+        await Reloader(gw, path).request()
     assert gw.config.store.url == f"sqlite:///{tmp_path}/a.db"
     assert gw.config.store.retention_days == 3             # the rest of the section applies
     partial = next(e for e in logs if e["event"] == "reload_partial")
