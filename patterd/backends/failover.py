@@ -5,14 +5,15 @@ The wrappers here present a whole ``stt:``/``llm:``/``tts:`` chain (the provider
 providers there are. Every failure is reported through ``on_error(layer, provider, exc)`` (the
 daemon counts it in ``patterd_backend_errors_total``) before the next provider is tried.
 
-- **STT**: a call stays on the provider that works. The wrapper keeps the audio of the current
-  utterance (at most :data:`MAX_UTTERANCE_SECONDS`), so when a provider fails at ``finalize``
-  the next one hears the whole utterance again and the caller need not repeat it.
-- **LLM**: a failure before or during the answer (an error, a timeout, a malformed stream)
+- **STT** (:mod:`.failover_stt`): the wrapper keeps the audio of the current utterance, so
+  when a provider fails the next one hears the whole utterance again and the caller need not
+  repeat it; a failed stream is reopened after a short back-off, and a call on a fallback
+  returns to the first provider once it has rested.
+- **LLM**: every turn starts at the first provider again; a failure before or during the answer (an error, a timeout, a malformed stream)
   moves the same request to the next provider. An answer longer than the provider's
   ``max_reply_chars`` is cut there (counted as that provider's failure, not failed over): what
   is complete is spoken, the rest is never read.
-- **TTS**: a sentence a provider fails on is spoken by the next one; when all fail, the offline
+- **TTS**: every sentence starts at the first provider again; a sentence a provider fails on is spoken by the next one; when all fail, the offline
   ``last_resort`` engine speaks it, so the caller always hears the agent. Audio is converted to
   the encoding the session asked for when a provider cannot produce it itself.
 """
@@ -24,18 +25,17 @@ import logging
 from dataclasses import replace
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
-from ..audio.codecs import get_codec
 from .errors import BackendError
 from .llm.base import (LLM, LLMEvent, Message, StartOver, TextChunk, TokenUsage, ToolCall,
                        ToolSpec, Truncated)
-from .stt.base import PCM16, STT, STTStream, Transcript, append_bounded
+from .failover_stt import (BACKOFF_MAX, BACKOFF_START, DEFAULT_FINALIZE_TIMEOUT,  # noqa: F401
+                           MAX_UTTERANCE_SECONDS, FailoverSTT, FailoverSTTStream, convert)
+from .stt.base import PCM16
 from .tts.base import TTS, SpeechStream
 
 log = logging.getLogger(__name__)
 
 ErrorSink = Callable[[str, str, BaseException], None]
-MAX_UTTERANCE_SECONDS = 30.0
-DEFAULT_FINALIZE_TIMEOUT = 5.0
 DEFAULT_MAX_REPLY_CHARS = 3000   # about three and a half minutes of speech
 G711 = ("PCMU", "PCMA")
 
@@ -44,156 +44,7 @@ def _ignore(layer: str, provider: str, exc: BaseException) -> None:
     """The default error sink."""
 
 
-def _convert(audio: bytes, src: str, dst: str) -> bytes:
-    """8 kHz audio from one of PCM16/PCMU/PCMA to another."""
-    if src == dst:
-        return audio
-    pcm = audio if src == PCM16 else get_codec(src).decode(audio)
-    return pcm if dst == PCM16 else get_codec(dst).encode(pcm)
-
-
-# -- STT -----------------------------------------------------------------------------------------
-class FailoverSTT(STT):
-    """An ordered list of STT providers behind one interface."""
-
-    def __init__(self, providers: Sequence[STT], *, on_error: ErrorSink = _ignore,
-                 timeouts: Sequence[float] = ()) -> None:
-        if not providers:
-            raise ValueError("at least one STT provider is needed")
-        self.providers = list(providers)
-        self.name = self.providers[0].name
-        self.input_encodings = self.providers[0].input_encodings
-        self._timeouts = list(timeouts) or [DEFAULT_FINALIZE_TIMEOUT] * len(self.providers)
-        self._on_error = on_error
-
-    async def start(self) -> None:
-        """Start every provider (cloud providers do not connect anywhere yet)."""
-        for p in self.providers:
-            await p.start()
-
-    def open_stream(self, encoding: str = PCM16) -> "FailoverSTTStream":
-        """A stream on the first provider; later ones are opened when it fails."""
-        return FailoverSTTStream(self, encoding)
-
-    async def close(self) -> None:
-        """Close every provider."""
-        for p in self.providers:
-            await p.close()
-
-
-class FailoverSTTStream(STTStream):
-    """One call's recogniser, moving down the provider list when one fails."""
-
-    def __init__(self, owner: FailoverSTT, encoding: str) -> None:
-        self._owner = owner
-        self._encoding = encoding
-        self._index = -1
-        self._stream: STTStream | None = None
-        self._stream_encoding = encoding
-        self._utterance = bytearray()
-        per_second = 8000 if encoding in G711 else 16000
-        self._max_bytes = int(MAX_UTTERANCE_SECONDS * per_second)
-        self._events: asyncio.Queue[Transcript | None] = asyncio.Queue()
-        self._pump: asyncio.Task[None] | None = None
-        self._closed = False
-        self._open_next()
-
-    @property
-    def provider(self) -> str:
-        """The name of the provider in use."""
-        return self._owner.providers[self._index].name if self._stream else ""
-
-    def _open_next(self) -> bool:
-        providers = self._owner.providers
-        while self._index + 1 < len(providers):
-            self._index += 1
-            p = providers[self._index]
-            enc = self._encoding if self._encoding in p.input_encodings else PCM16
-            try:
-                self._stream = p.open_stream(enc)
-            except Exception as exc:  # noqa: BLE001 - counted; the next provider is tried
-                self._owner._on_error("stt", p.name, exc)
-                continue
-            self._stream_encoding = enc
-            self._pump = asyncio.get_running_loop().create_task(self._forward(self._stream))
-            return True
-        self._stream = None
-        return False
-
-    async def _forward(self, stream: STTStream) -> None:
-        """Partial transcripts of the current provider, passed on."""
-        try:
-            async for t in stream.events():
-                if not t.is_final and not self._closed:
-                    self._events.put_nowait(t)
-        except Exception:  # noqa: BLE001 - the failure surfaces at finalize
-            pass
-
-    def push(self, audio: bytes) -> None:
-        """Queue caller audio and keep it until the utterance is recognised."""
-        if self._closed:
-            return
-        append_bounded(self._utterance, audio, self._max_bytes)
-        if self._stream is not None:
-            self._stream.push(audio if self._stream_encoding == self._encoding
-                              else _convert(audio, self._encoding, self._stream_encoding))
-
-    async def events(self) -> AsyncIterator[Transcript]:
-        """Partial transcripts of whichever provider is in use, and every final one."""
-        while True:
-            item = await self._events.get()
-            if item is None:
-                return
-            yield item
-
-    async def finalize(self) -> Transcript:
-        """The utterance's final transcript, from the first provider that manages it."""
-        utterance, self._utterance = bytes(self._utterance), bytearray()
-        while self._stream is not None:
-            stream, name = self._stream, self.provider
-            timeout = self._owner._timeouts[self._index]
-            try:
-                result = await asyncio.wait_for(stream.finalize(), timeout)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure moves to the next provider
-                if isinstance(exc, asyncio.TimeoutError):
-                    exc = BackendError("stt", name, f"no final transcript within {timeout} s")
-                self._owner._on_error("stt", name, exc)
-                log.warning("stt provider %s failed (%s); trying the next one", name, exc)
-                await self._drop(stream)
-                if not self._open_next():
-                    raise
-                if utterance:  # the next provider hears the whole utterance again
-                    self._stream.push(utterance if self._stream_encoding == self._encoding
-                                      else _convert(utterance, self._encoding,
-                                                    self._stream_encoding))
-                continue
-            final = Transcript(result.text, True)
-            if not self._closed:
-                self._events.put_nowait(final)
-            return final
-        raise BackendError("stt", self._owner.name, "every STT provider has failed on this call")
-
-    async def _drop(self, stream: STTStream) -> None:
-        pump, self._pump = self._pump, None
-        try:
-            await asyncio.wait_for(stream.close(), 2.0)
-        except Exception:  # noqa: BLE001 - it failed already
-            pass
-        if pump is not None:
-            pump.cancel()
-
-    async def close(self) -> None:
-        """Close the provider's stream and end :meth:`events`."""
-        if self._closed:
-            return
-        self._closed = True
-        self._utterance.clear()
-        if self._stream is not None:
-            await self._drop(self._stream)
-            self._stream = None
-        self._events.put_nowait(None)
+_convert = convert
 
 
 # -- LLM -----------------------------------------------------------------------------------------
