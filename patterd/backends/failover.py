@@ -31,7 +31,7 @@ from .llm.base import (LLM, LLMEvent, Message, StartOver, TextChunk, TokenUsage,
 from .failover_stt import (BACKOFF_MAX, BACKOFF_START, DEFAULT_FINALIZE_TIMEOUT,  # noqa: F401
                            MAX_UTTERANCE_SECONDS, FailoverSTT, FailoverSTTStream, convert)
 from .stt.base import PCM16
-from .tts.base import TTS, SpeechStream
+from .tts.base import TTS, BufferedLiveSpeech, LiveSpeech, SpeechStream
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +144,28 @@ class FailoverTTS(TTS):
         if self.last_resort is not None:
             await self.last_resort.start()
 
+    @property
+    def streams_text(self) -> bool:  # type: ignore[override]
+        """The first provider takes text as it is written (see :meth:`synthesize_live`)."""
+        return self.providers[0].streams_text
+
     def synthesize(self, text: str, encoding: str = PCM16) -> "FailoverSpeech":
         """Speech from the first provider that manages ``text``."""
         chain = self.providers + ([self.last_resort] if self.last_resort is not None else [])
         return FailoverSpeech(self, chain, text, encoding)
+
+    def synthesize_live(self, encoding: str = PCM16) -> "FailoverLiveSpeech":
+        """A sentence fed in pieces: the first provider takes them as they come (over its
+        WebSocket); when it fails, the same provider over HTTP, then the next providers and
+        the last resort, speak the whole sentence once it is complete."""
+        chain: list[tuple[TTS, bool]] = []
+        for p in self.providers:
+            if p.streams_text:
+                chain.append((p, True))
+            chain.append((p, False))
+        if self.last_resort is not None:
+            chain.append((self.last_resort, False))
+        return FailoverLiveSpeech(self, chain, encoding)
 
     async def close(self) -> None:
         """Close every provider."""
@@ -223,4 +241,82 @@ class FailoverSpeech(SpeechStream):
             await self._stream.aclose()
 
 
-__all__ = ["FailoverLLM", "FailoverSTT", "FailoverSTTStream", "FailoverSpeech", "FailoverTTS"]
+class FailoverLiveSpeech(LiveSpeech):
+    """One sentence fed in pieces, spoken by the first entry of the chain that does not fail
+    (an entry: a provider and whether it takes the text live). A provider that fails after
+    some of its audio was played is replaced by the next one from the start of the sentence,
+    as for :class:`FailoverSpeech`."""
+
+    def __init__(self, owner: FailoverTTS, chain: list[tuple[TTS, bool]], encoding: str
+                 ) -> None:
+        super().__init__()
+        self._owner, self._chain, self._encoding = owner, chain, encoding
+        self._index = -1
+        self._stream: LiveSpeech | None = None
+        self._stream_encoding = encoding
+        self._cancelled = False
+        self.provider = ""
+        """The provider that spoke (or is speaking) the sentence."""
+        self._next()
+
+    def _next(self) -> bool:
+        while self._index + 1 < len(self._chain):
+            self._index += 1
+            p, live = self._chain[self._index]
+            enc = self._encoding if self._encoding in p.output_encodings else PCM16
+            try:
+                stream = p.synthesize_live(enc) if live else BufferedLiveSpeech(p, enc)
+            except Exception as exc:  # noqa: BLE001
+                self._owner._on_error("tts", p.name, exc)
+                continue
+            stream.feed(self.text)
+            if self.ended:
+                stream.end()
+            self._stream, self._stream_encoding, self.provider = stream, enc, p.name
+            return True
+        self._stream = None
+        return False
+
+    def on_text(self, text: str) -> None:
+        if self._stream is not None:
+            self._stream.feed(text)
+
+    def on_end(self) -> None:
+        if self._stream is not None:
+            self._stream.end()
+
+    async def __anext__(self) -> bytes:
+        while self._stream is not None and not self._cancelled:
+            stream = self._stream
+            try:
+                chunk = await stream.__anext__()
+            except (StopAsyncIteration, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next entry speaks the sentence
+                name = self._chain[self._index][0].name
+                self._owner._on_error("tts", name, exc)
+                log.warning("tts provider %s failed (%s); trying the next one", name, exc)
+                await stream.aclose()
+                if self._cancelled or not self._next():
+                    raise
+                continue
+            if self._stream_encoding != self._encoding:
+                chunk = _convert(chunk, self._stream_encoding, self._encoding)
+            return chunk
+        raise StopAsyncIteration
+
+    def cancel(self) -> None:
+        """Stop the provider speaking now (a barge-in); no other entry is tried."""
+        self._cancelled = True
+        if self._stream is not None:
+            self._stream.cancel()
+
+    async def aclose(self) -> None:
+        """Cancel and release the provider's stream."""
+        self.cancel()
+        if self._stream is not None:
+            await self._stream.aclose()
+
+
+__all__ = ["FailoverLLM", "FailoverLiveSpeech", "FailoverSTT", "FailoverSTTStream",
+           "FailoverSpeech", "FailoverTTS"]

@@ -44,7 +44,7 @@ def agent_lines(client: Any, call_id: str) -> list[str]:
 def json_when(word: str) -> Any:
     """A misanswer: 200 with a JSON error body for the sentences containing ``word``."""
     def misanswer(rec: SpeechRequest, audio: bytes) -> tuple[str, bytes] | None:
-        return ("application/json", JSON_ERROR) if word in rec.body["text"] else None
+        return ("application/json", JSON_ERROR) if word in rec.text else None
     return misanswer
 
 
@@ -135,7 +135,7 @@ async def test_a_tts_json_body_is_spoken_by_the_next_provider(daemon) -> None:  
         await stop_all(dg, gpt, eleven, aura)
     assert result.ok, (result.outcome, result.detail, result.errors)
     assert agent_lines(client, result.call_id) == [GREETING, "We are open nine to five."]
-    assert [r.body["text"] for r in aura.requests] == ["We are open nine to five."]
+    assert [r.text for r in aura.requests] == ["We are open nine to five."]
     assert aura.requests[0].completed
     assert metric(client, "patterd_backend_errors_total", backend="tts",
                   provider="elevenlabs") == 1

@@ -118,7 +118,7 @@ async def test_twilio_deepgram_openai_tools_elevenlabs(daemon) -> None:  # type:
     tool_msg = llm.bodies[1]["messages"][-1]
     assert tool_msg["role"] == "tool" and '"shipped"' in tool_msg["content"]
     # Every sentence was spoken by ElevenLabs in μ-law, and the caller heard it.
-    spoken = [r.body["text"] for r in tts.requests]
+    spoken = [r.text for r in tts.requests]
     assert spoken[0] == "Hello, this is Example Company."
     assert "Let me check that." in spoken and "Your order has shipped." in spoken
     assert all(r.query.get("output_format") == "ulaw_8000" for r in tts.requests)
@@ -212,7 +212,7 @@ async def test_failover_in_mid_turn_on_every_layer(daemon) -> None:  # type: ign
     assert caller == ["what are your hours"]
     assert any("We are open nine to five." in a for a in agent), agent
     assert len(result.turns) == 1 and result.turns[0].latency is not None
-    assert [r.body["text"] for r in aura.requests][-1] == "We are open nine to five."
+    assert [r.text for r in aura.requests][-1] == "We are open nine to five."
     assert metric(client, "patterd_backend_errors_total", backend="stt",
                   provider="deepgram") == 1
     assert metric(client, "patterd_backend_errors_total", backend="llm",
@@ -224,7 +224,7 @@ async def test_failover_in_mid_turn_on_every_layer(daemon) -> None:  # type: ign
     # Each provider's work is priced at its own rate (the failover ones, not the primaries).
     assert set(rec.usage.stt_by) == {"openai"} and set(rec.usage.tts_by) == {"deepgram"}
     assert set(rec.usage.llm_by) == {"anthropic"}
-    aura_chars = sum(len(r.body["text"]) for r in aura.requests)
+    aura_chars = sum(len(r.text) for r in aura.requests)
     assert rec.usage.tts_by["deepgram"] == aura_chars
     assert rec.cost["tts"] == pytest.approx(round(aura_chars / 1000 * 0.030, 6))
 
