@@ -7,7 +7,8 @@ come and go:
   timeout at ``finalize``) is counted once through ``on_error``, closed, and replaced: by the
   next provider of the chain that is not cooling down, at once; otherwise by the same
   provider after its back-off (:data:`BACKOFF_START` seconds, doubling with each consecutive
-  failure up to :data:`BACKOFF_MAX`, reset by a success). Audio of the utterance in progress
+  failure up to :data:`BACKOFF_MAX`, reset by a success; a failure that is not retryable —
+  a wrong key, a bad parameter — rests :data:`BACKOFF_MAX` at once). Audio of the utterance in progress
   is kept (at most :data:`MAX_UTTERANCE_SECONDS`) and replayed into the new stream, so the
   caller need not repeat it.
 - **At the end of an utterance** (``finalize``) each provider of the chain is tried at most
@@ -61,10 +62,11 @@ class Backoff:
         self.failures = 0
         self.until = 0.0
 
-    def failed(self, now: float, start: float, cap: float) -> float:
-        """Note a failure at ``now``; returns the seconds of rest."""
+    def failed(self, now: float, start: float, cap: float, *, permanent: bool = False) -> float:
+        """Note a failure at ``now``; returns the seconds of rest (the longest at once for a
+        failure another attempt would meet again: a wrong key, a bad parameter)."""
         self.failures += 1
-        rest = min(cap, start * 2 ** (self.failures - 1))
+        rest = cap if permanent else min(cap, start * 2 ** (self.failures - 1))
         self.until = now + rest
         return rest
 
@@ -175,7 +177,8 @@ class FailoverSTTStream(STTStream):
         name = self._owner.providers[index].name
         self._owner._on_error("stt", name, exc)
         start, cap = self._owner.backoff
-        rest = self._health[index].failed(self._loop.time(), start, cap)
+        permanent = isinstance(exc, BackendError) and not exc.retryable
+        rest = self._health[index].failed(self._loop.time(), start, cap, permanent=permanent)
         log.warning("stt provider %s failed (%s); resting %g s", name, exc, rest)
 
     def _lost(self, stream: STTStream, index: int, exc: BaseException) -> None:

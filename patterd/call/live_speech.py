@@ -97,7 +97,7 @@ class LiveSentence:
                 playout.finish(utt)
                 if utt.queued == 0:
                     speaker.unspoken(utt)
-            if self.text:
+            if self.text and (utt is not None or self.stream.ended):   # not a void one
                 speaker.count_chars(getattr(self.stream, "provider", ""), len(self.text))
 
 

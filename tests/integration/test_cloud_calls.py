@@ -167,8 +167,11 @@ async def test_telnyx_pcma_openai_stt_anthropic_cartesia(daemon) -> None:  # typ
     assert body["system"][-1]["cache_control"] == {"type": "ephemeral"}   # prompt caching
     assert body["messages"][-1]["role"] == "user"
     # We asked Telnyx for a PCMU outbound stream, so Cartesia speaks μ-law for it.
-    assert [r.body["output_format"]["encoding"] for r in tts.requests] == ["pcm_mulaw"] * 2
-    assert tts.requests[0].body["voice"]["id"] == "a0e99841-438c-4a64-b679-ae501e7d6091"
+    assert [r.params["output_format"]["encoding"] for r in tts.requests] == ["pcm_mulaw"] * 2
+    # The greeting (a fixed message) over HTTP, the answer streamed into the WebSocket.
+    assert [r.path for r in tts.requests] == ["/tts/bytes", "/tts/websocket"]
+    assert tts.requests[0].params["voice"] == "a0e99841-438c-4a64-b679-ae501e7d6091"
+    assert tts.requests[1].text == "Transferring you to billing."
     transfers = [a for a in result.actions if a.action == "transfer"]
     assert transfers and transfers[0].fields.get("to") == "+15550001001"
     assert rms(result.agent_audio) > 1000
@@ -260,8 +263,11 @@ async def test_barge_in_cancels_llm_and_tts_at_the_provider(daemon) -> None:  # 
     assert result.ok, (result.outcome, result.detail, result.errors)
     assert story_request.disconnected.is_set()          # we closed the LLM stream
     assert not story_request.completed                  # before the model had finished
-    story_tts = [r for r in eleven.requests if "Once upon" in (r.body or {}).get("text", "")]
-    assert story_tts and story_tts[-1].disconnected.is_set()
+    # The story was streamed into ElevenLabs' socket as it was written; the barge-in closed
+    # the socket of the sentence being spoken (and of those ahead), before their end.
+    story_tts = [r for r in eleven.requests if "Once upon" in r.text]
+    assert story_tts and all(r.path.endswith("/stream-input") for r in story_tts)
+    assert story_tts[-1].disconnected.is_set()
     assert not story_tts[-1].completed                   # synthesis stopped at the provider
     assert result.barge_ins and result.barge_ins[0].clear_latency is not None
     # The model remembers only what the caller heard of the story.

@@ -55,6 +55,13 @@ class SpeechRequest:
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
+    def params(self) -> Any:
+        """The request's parameters: the JSON body (HTTP) or the first message (WebSocket)."""
+        if isinstance(self.body, list):
+            return self.body[0] if self.body else {}
+        return self.body
+
+    @property
     def text(self) -> str:
         """The text asked for, whatever the transport: the JSON body's ``text``/``transcript``/
         ``input`` (HTTP), or the text of every message joined and stripped (WebSocket)."""
