@@ -151,20 +151,24 @@ class FailoverTTS(TTS):
 
     def synthesize(self, text: str, encoding: str = PCM16) -> "FailoverSpeech":
         """Speech from the first provider that manages ``text``."""
-        chain = self.providers + ([self.last_resort] if self.last_resort is not None else [])
+        chain: list[tuple[TTS, str]] = []
+        for p in self.providers:
+            chain.append((p, "whole"))
+            if getattr(p, "sentence_over_socket", False):
+                chain.append((p, "http"))       # HTTP, the fallback transport
+        if self.last_resort is not None:
+            chain.append((self.last_resort, "whole"))
         return FailoverSpeech(self, chain, text, encoding)
 
     def synthesize_live(self, encoding: str = PCM16) -> "FailoverLiveSpeech":
         """A sentence fed in pieces: the first provider takes them as they come (over its
         WebSocket); when it fails, the same provider over HTTP, then the next providers and
         the last resort, speak the whole sentence once it is complete."""
-        chain: list[tuple[TTS, bool]] = []
+        chain: list[tuple[TTS, str]] = []
         for p in self.providers:
-            if p.streams_text:
-                chain.append((p, True))
-            chain.append((p, False))
+            chain += [(p, "live"), (p, "http")] if p.streams_text else [(p, "whole")]
         if self.last_resort is not None:
-            chain.append((self.last_resort, False))
+            chain.append((self.last_resort, "whole"))
         return FailoverLiveSpeech(self, chain, encoding)
 
     async def close(self) -> None:
@@ -175,10 +179,18 @@ class FailoverTTS(TTS):
             await self.last_resort.close()
 
 
+def _whole(p: TTS, mode: str) -> Callable[[str, str], SpeechStream]:
+    """How ``p`` speaks a whole sentence in ``mode`` (``http``: its HTTP transport)."""
+    if mode == "http":
+        return getattr(p, "synthesize_http", p.synthesize)
+    return p.synthesize
+
+
 class FailoverSpeech(SpeechStream):
     """One sentence, spoken by the first provider of the chain that does not fail."""
 
-    def __init__(self, owner: FailoverTTS, chain: list[TTS], text: str, encoding: str) -> None:
+    def __init__(self, owner: FailoverTTS, chain: list[tuple[TTS, str]], text: str,
+                 encoding: str) -> None:
         self._owner, self._chain, self._text, self._encoding = owner, chain, text, encoding
         self._index = -1
         self._stream: SpeechStream | None = None
@@ -190,10 +202,10 @@ class FailoverSpeech(SpeechStream):
     def _next(self) -> bool:
         while self._index + 1 < len(self._chain):
             self._index += 1
-            p = self._chain[self._index]
+            p, mode = self._chain[self._index]
             enc = self._encoding if self._encoding in p.output_encodings else PCM16
             try:
-                self._stream = p.synthesize(self._text, enc)
+                self._stream = _whole(p, mode)(self._text, enc)
             except Exception as exc:  # noqa: BLE001
                 self._owner._on_error("tts", p.name, exc)
                 continue
@@ -216,7 +228,7 @@ class FailoverSpeech(SpeechStream):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the next provider speaks the sentence
-                name = self._chain[self._index].name
+                name = self._chain[self._index][0].name
                 self._owner._on_error("tts", name, exc)
                 log.warning("tts provider %s failed (%s); trying the next one", name, exc)
                 await stream.aclose()
@@ -247,7 +259,7 @@ class FailoverLiveSpeech(LiveSpeech):
     some of its audio was played is replaced by the next one from the start of the sentence,
     as for :class:`FailoverSpeech`."""
 
-    def __init__(self, owner: FailoverTTS, chain: list[tuple[TTS, bool]], encoding: str
+    def __init__(self, owner: FailoverTTS, chain: list[tuple[TTS, str]], encoding: str
                  ) -> None:
         super().__init__()
         self._owner, self._chain, self._encoding = owner, chain, encoding
@@ -262,10 +274,11 @@ class FailoverLiveSpeech(LiveSpeech):
     def _next(self) -> bool:
         while self._index + 1 < len(self._chain):
             self._index += 1
-            p, live = self._chain[self._index]
+            p, mode = self._chain[self._index]
             enc = self._encoding if self._encoding in p.output_encodings else PCM16
             try:
-                stream = p.synthesize_live(enc) if live else BufferedLiveSpeech(p, enc)
+                stream = (p.synthesize_live(enc) if mode == "live"
+                          else BufferedLiveSpeech(p, enc, _whole(p, mode)))
             except Exception as exc:  # noqa: BLE001
                 self._owner._on_error("tts", p.name, exc)
                 continue

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 SAMPLE_RATE = 8000
 """Sample rate of the audio every TTS provider yields."""
@@ -89,9 +89,11 @@ class BufferedLiveSpeech(LiveSpeech):
     """The sentence path behind the live interface: the text is gathered until :meth:`end`,
     then spoken by ``tts.synthesize``."""
 
-    def __init__(self, tts: "TTS", encoding: str) -> None:
+    def __init__(self, tts: "TTS", encoding: str,
+                 synthesize: "Callable[[str, str], SpeechStream] | None" = None) -> None:
         super().__init__()
         self._tts, self._encoding = tts, encoding
+        self._synthesize = synthesize or tts.synthesize
         self._ready = asyncio.Event()
         self._stream: SpeechStream | None = None
         self._cancelled = False
@@ -104,7 +106,7 @@ class BufferedLiveSpeech(LiveSpeech):
             await self._ready.wait()
             if self._cancelled:
                 raise StopAsyncIteration
-            self._stream = self._tts.synthesize(self.text.strip(), self._encoding)
+            self._stream = self._synthesize(self.text.strip(), self._encoding)
         return await self._stream.__anext__()
 
     def cancel(self) -> None:

@@ -63,6 +63,11 @@ class ElevenLabsTTS(CloudTTS):
         """Over the WebSocket, a sentence is sent as it is written."""
         return self.transport == "websocket"
 
+    @property
+    def sentence_over_socket(self) -> bool:
+        """A whole sentence goes over the socket too (HTTP is its fallback)."""
+        return self.transport == "websocket"
+
     def synthesize(self, text: str, encoding: str = PCM16) -> SpeechStream:
         """Speak ``text`` as 8 kHz audio in ``encoding``, over the configured transport."""
         self.check_encoding(encoding)
@@ -72,6 +77,13 @@ class ElevenLabsTTS(CloudTTS):
             socket = ElevenLabsSocket(self, encoding)
             socket.feed(text)
             return socket
+        return self.synthesize_http(text, encoding)
+
+    def synthesize_http(self, text: str, encoding: str = PCM16) -> SpeechStream:
+        """Speak ``text`` over HTTP, whatever the transport (the socket's fallback)."""
+        self.check_encoding(encoding)
+        if not text.strip():
+            return EmptySpeechStream()
         body: dict[str, Any] = {"text": text, "model_id": self.model}
         if self.language:
             body["language_code"] = self.language

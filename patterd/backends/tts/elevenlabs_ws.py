@@ -59,8 +59,11 @@ class TextChunker:
         """The piece ready to send after ``text`` arrived (``""`` while a word is open)."""
         buffer = self.buffer
         if buffer.endswith(SPLITTERS):
-            self.buffer = text
-            return buffer if buffer.endswith(" ") else buffer + " "
+            if buffer.endswith(" "):
+                self.buffer = text
+                return buffer
+            self.buffer = text.lstrip(" ")      # the space is added here: not twice
+            return buffer + " "
         if text.startswith(SPLITTERS):
             out = buffer + text[0]
             self.buffer = text[1:]
