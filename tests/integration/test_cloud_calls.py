@@ -315,3 +315,43 @@ async def test_every_provider_failing_keeps_the_call_up(daemon) -> None:  # type
                   provider="anthropic") == 1
     assert metric(client, "patterd_backend_errors_total", backend="tts",
                   provider="elevenlabs") >= 3
+
+
+async def test_a_call_recovers_from_a_dropped_stream_and_a_failed_provider(daemon) -> None:  # type: ignore[no-untyped-def]
+    """Deepgram closes the live stream with 1011 in the middle of the first utterance, and
+    OpenAI fails the first turn: the utterance is still recognised (a reopened socket hears
+    it again), Anthropic answers that turn, and the next turn is OpenAI's again — the call
+    never goes deaf nor stays on the fallback."""
+    dg = FakeDeepgramListen(script=["what are your hours", "and on sundays"])   # per socket
+    dg.close_after_seconds, dg.close_times = 0.4, 1
+    gpt, claude, eleven = FakeOpenAIChat(), FakeAnthropicMessages(), FakeElevenLabs()
+    urls = await started(dg, gpt, claude, eleven)
+    eleven.ms_per_char = 25
+    gpt.replies += [Reply("We are open nine to five.", error_after=1),
+                    Reply("On Sundays we are closed.")]
+    claude.replies.append(Reply("We are open from nine to five."))
+    cfg = twilio_cloud(
+        stt={"provider": "deepgram", "api_key": dg.api_key, "base_url": urls[0]},
+        llm={"provider": "openai", "api_key": gpt.api_key, "base_url": urls[1],
+             "failover": [{"provider": "anthropic", "api_key": claude.api_key,
+                           "base_url": urls[2]}]},
+        tts={"provider": "elevenlabs", "api_key": eleven.api_key, "base_url": urls[3]})
+    client = await daemon(cfg, real=True)
+    try:
+        result = await simulate_call(cfg, url_of(client), [
+            WaitForAgent(), await say("what are your hours"), WaitForAgent(),
+            await say("and on sundays"), WaitForAgent(), Wait(0.5)], timeout=60)
+    finally:
+        await stop_all(dg, gpt, claude, eleven)
+    assert result.ok, (result.outcome, result.detail, result.errors)
+    rec = gateway_of(client).registry.get(result.call_id)
+    caller = [ln["text"] for ln in rec.transcript if ln["role"] == "caller"]
+    agent = [ln["text"] for ln in rec.transcript if ln["role"] == "agent"]
+    assert caller == ["what are your hours", "and on sundays"]
+    assert agent[1:] == ["We are open from nine to five.", "On Sundays we are closed."]
+    assert dg.sessions[0].close_code == 1011 and len(dg.sessions) == 2   # reopened once
+    assert len(gpt.requests) == 2 and len(claude.requests) == 1   # back to the first
+    assert metric(client, "patterd_backend_errors_total", backend="stt",
+                  provider="deepgram") == 1
+    assert metric(client, "patterd_backend_errors_total", backend="llm",
+                  provider="openai") == 1
