@@ -85,7 +85,16 @@ SCENARIOS: dict[str, tuple[str, str, str]] = {   # name → (stt, llm, tts)
     "tts-cartesia": ("deepgram", "openai", "cartesia"),
     "tts-openai": ("deepgram", "openai", "openai"),
     "llm-anthropic": ("deepgram", "anthropic", "elevenlabs"),
+    # LLM first token → first frame, the answer streamed into a socket vs sent per sentence
+    "ws-elevenlabs": ("deepgram", "openai", "elevenlabs"),
+    "http-elevenlabs": ("deepgram", "openai", "elevenlabs"),
+    "ws-cartesia": ("deepgram", "openai", "cartesia"),
+    "http-cartesia": ("deepgram", "openai", "cartesia"),
 }
+TRANSPORT = {"ws-elevenlabs": "websocket", "http-elevenlabs": "http",
+             "ws-cartesia": "websocket", "http-cartesia": "http",
+             "main": "http", "tts-cartesia": "http", "llm-anthropic": "http"}
+"""The TTS transport of each scenario (the older scenarios keep measuring HTTP)."""
 LAYERS = ("stt", "llm", "tts")
 log = calls.log
 
@@ -196,6 +205,9 @@ def build_fakes(stt: str, llm: str, tts: str, args: dict[str, Any]) -> dict[str,
     def answer(body: dict[str, Any]) -> str:
         m = TOKEN.search(json.dumps(body.get("messages", [])[-1:]))
         token = m.group(0) if m else "k0k"
+        if args.get("long_answer"):     # a first sentence past ElevenLabs' first 50 characters
+            return (f"Ticket {token} is noted, and someone from our team will call you back "
+                    "within the hour. We are open from nine to five.")
         return f"Ticket {token} is noted. We are open from nine to five."
 
     class Chat(FakeOpenAIChat):
@@ -228,8 +240,9 @@ def build_fakes(stt: str, llm: str, tts: str, args: dict[str, Any]) -> dict[str,
             def samples(self, text: str, rate: int) -> Any:
                 import numpy as np
                 ident = next(self._ids) % 4096
-                # HTTP fakes record the request just before synthesising it (no await between)
-                self.coded[ident] = (self.requests[-1], time.perf_counter())
+                # HTTP fakes record the request just before synthesising it (no await between);
+                # a socket's generation carries its own text (its record may not be the last)
+                self.coded[ident] = (self.requests[-1], time.perf_counter(), text)
                 return np.concatenate([code_samples(ident, rate), super().samples(text, rate)])
         return Coded
 
@@ -238,6 +251,7 @@ def build_fakes(stt: str, llm: str, tts: str, args: dict[str, Any]) -> dict[str,
     tts_fake = coded({"elevenlabs": FakeElevenLabs, "deepgram": FakeDeepgramSpeak,
                       "cartesia": FakeCartesia, "openai": FakeOpenAISpeech}[tts])()
     tts_fake.speed = args.get("tts_speed", 0.0)
+    tts_fake.stall = args.get("tts_first_audio", 0.0)   # the service's time to first audio
     return {"stt": listen, "llm": llm_fake, "tts": tts_fake}
 
 
@@ -268,9 +282,9 @@ async def fakes_main(job: dict[str, Any]) -> None:
                  "status": r.status, "token": (TOKEN.search(json.dumps(
                      (r.body or {}).get("messages", [])[-1:])) or [None])[0]}
                 for r in llm.requests],
-        "tts": {str(i): {"text": tts_text(rec.body), "first_byte_at": rec.first_byte_at,
+        "tts": {str(i): {"text": text or tts_text(rec.body), "first_byte_at": rec.first_byte_at,
                          "synth_at": at, "status": rec.status}
-                for i, (rec, at) in tts.coded.items()},
+                for i, (rec, at, text) in tts.coded.items()},
         "tts_requests": len(tts.requests),
     }
     for f in fakes.values():
@@ -350,6 +364,8 @@ def cloud_config(scenario: dict[str, Any], path: Path, port: int, api_port: int,
                 "model": "gpt-4o-mini" if llm == "openai" else "claude-haiku-4-5"},
         "tts": {"provider": tts, "api_key": keys["tts"], "base_url": urls["tts"],
                 **({"voice": "a0e99841-438c-4a64-b679-ae501e7d6091"} if tts == "cartesia"
+                   else {}),
+                **({"transport": scenario["transport"]} if tts in ("elevenlabs", "cartesia")
                    else {})},
         "vad": {"provider": scenario["vad"]},
         "store": {"url": f"sqlite:///{workdir}/{path.stem}.db"},
@@ -379,7 +395,8 @@ def run_once(name: str, n: int, index: int, args: argparse.Namespace, workdir: P
     tag = f"{name}-{n}-{index}"
     fjob = {"providers": providers, "urls": str(workdir / f"{tag}.urls.json"),
             "out": str(workdir / f"{tag}.fakes.json"), "tts_speed": args.tts_speed,
-            "llm_event_delay": args.llm_event_delay}
+            "llm_event_delay": args.llm_event_delay, "tts_first_audio": args.tts_first_audio,
+            "long_answer": args.long_answer}
     (workdir / f"{tag}.fakes.job").write_text(json.dumps(fjob))
     ferr = (workdir / f"{tag}.fakes.err").open("wb")
     fakes = subprocess.Popen([*taskset(args.load_cpu), sys.executable, str(Path(__file__)),
@@ -397,7 +414,8 @@ def run_once(name: str, n: int, index: int, args: argparse.Namespace, workdir: P
             time.sleep(0.05)
         time.sleep(0.05)
         info = json.loads(Path(fjob["urls"]).read_text())
-        scenario = {"providers": providers, "vad": args.vad, **info}
+        scenario = {"providers": providers, "vad": args.vad,
+                    "transport": TRANSPORT.get(name, "http"), **info}
         original = calls.write_config
         calls.write_config = lambda *a, **k: cloud_config(scenario, *a, **k)  # type: ignore
         try:
@@ -663,6 +681,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="TTS fakes' pace: 0 = as fast as possible (default), 1 = real time")
     p.add_argument("--llm-event-delay", type=float, default=0.0,
                    help="seconds between the LLM fake's SSE events (0)")
+    p.add_argument("--tts-first-audio", type=float, default=0.0,
+                   help="the TTS fakes' time to first audio of each generation, s (0)")
+    p.add_argument("--long-answer", action="store_true",
+                   help="answers whose first sentence is ~90 characters long")
     p.add_argument("--daemon-cpu", type=int, default=1)
     p.add_argument("--load-cpu", type=int, default=0)
     p.add_argument("--log-level", default="warning")

@@ -5,14 +5,15 @@ The wrappers here present a whole ``stt:``/``llm:``/``tts:`` chain (the provider
 providers there are. Every failure is reported through ``on_error(layer, provider, exc)`` (the
 daemon counts it in ``patterd_backend_errors_total``) before the next provider is tried.
 
-- **STT**: a call stays on the provider that works. The wrapper keeps the audio of the current
-  utterance (at most :data:`MAX_UTTERANCE_SECONDS`), so when a provider fails at ``finalize``
-  the next one hears the whole utterance again and the caller need not repeat it.
-- **LLM**: a failure before or during the answer (an error, a timeout, a malformed stream)
+- **STT** (:mod:`.failover_stt`): the wrapper keeps the audio of the current utterance, so
+  when a provider fails the next one hears the whole utterance again and the caller need not
+  repeat it; a failed stream is reopened after a short back-off, and a call on a fallback
+  returns to the first provider once it has rested.
+- **LLM**: every turn starts at the first provider again; a failure before or during the answer (an error, a timeout, a malformed stream)
   moves the same request to the next provider. An answer longer than the provider's
   ``max_reply_chars`` is cut there (counted as that provider's failure, not failed over): what
   is complete is spoken, the rest is never read.
-- **TTS**: a sentence a provider fails on is spoken by the next one; when all fail, the offline
+- **TTS**: every sentence starts at the first provider again; a sentence a provider fails on is spoken by the next one; when all fail, the offline
   ``last_resort`` engine speaks it, so the caller always hears the agent. Audio is converted to
   the encoding the session asked for when a provider cannot produce it itself.
 """
@@ -24,18 +25,17 @@ import logging
 from dataclasses import replace
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
-from ..audio.codecs import get_codec
 from .errors import BackendError
 from .llm.base import (LLM, LLMEvent, Message, StartOver, TextChunk, TokenUsage, ToolCall,
                        ToolSpec, Truncated)
-from .stt.base import PCM16, STT, STTStream, Transcript, append_bounded
-from .tts.base import TTS, SpeechStream
+from .failover_stt import (BACKOFF_MAX, BACKOFF_START, DEFAULT_FINALIZE_TIMEOUT,  # noqa: F401
+                           MAX_UTTERANCE_SECONDS, FailoverSTT, FailoverSTTStream, convert)
+from .stt.base import PCM16
+from .tts.base import TTS, BufferedLiveSpeech, LiveSpeech, SpeechStream
 
 log = logging.getLogger(__name__)
 
 ErrorSink = Callable[[str, str, BaseException], None]
-MAX_UTTERANCE_SECONDS = 30.0
-DEFAULT_FINALIZE_TIMEOUT = 5.0
 DEFAULT_MAX_REPLY_CHARS = 3000   # about three and a half minutes of speech
 G711 = ("PCMU", "PCMA")
 
@@ -44,156 +44,7 @@ def _ignore(layer: str, provider: str, exc: BaseException) -> None:
     """The default error sink."""
 
 
-def _convert(audio: bytes, src: str, dst: str) -> bytes:
-    """8 kHz audio from one of PCM16/PCMU/PCMA to another."""
-    if src == dst:
-        return audio
-    pcm = audio if src == PCM16 else get_codec(src).decode(audio)
-    return pcm if dst == PCM16 else get_codec(dst).encode(pcm)
-
-
-# -- STT -----------------------------------------------------------------------------------------
-class FailoverSTT(STT):
-    """An ordered list of STT providers behind one interface."""
-
-    def __init__(self, providers: Sequence[STT], *, on_error: ErrorSink = _ignore,
-                 timeouts: Sequence[float] = ()) -> None:
-        if not providers:
-            raise ValueError("at least one STT provider is needed")
-        self.providers = list(providers)
-        self.name = self.providers[0].name
-        self.input_encodings = self.providers[0].input_encodings
-        self._timeouts = list(timeouts) or [DEFAULT_FINALIZE_TIMEOUT] * len(self.providers)
-        self._on_error = on_error
-
-    async def start(self) -> None:
-        """Start every provider (cloud providers do not connect anywhere yet)."""
-        for p in self.providers:
-            await p.start()
-
-    def open_stream(self, encoding: str = PCM16) -> "FailoverSTTStream":
-        """A stream on the first provider; later ones are opened when it fails."""
-        return FailoverSTTStream(self, encoding)
-
-    async def close(self) -> None:
-        """Close every provider."""
-        for p in self.providers:
-            await p.close()
-
-
-class FailoverSTTStream(STTStream):
-    """One call's recogniser, moving down the provider list when one fails."""
-
-    def __init__(self, owner: FailoverSTT, encoding: str) -> None:
-        self._owner = owner
-        self._encoding = encoding
-        self._index = -1
-        self._stream: STTStream | None = None
-        self._stream_encoding = encoding
-        self._utterance = bytearray()
-        per_second = 8000 if encoding in G711 else 16000
-        self._max_bytes = int(MAX_UTTERANCE_SECONDS * per_second)
-        self._events: asyncio.Queue[Transcript | None] = asyncio.Queue()
-        self._pump: asyncio.Task[None] | None = None
-        self._closed = False
-        self._open_next()
-
-    @property
-    def provider(self) -> str:
-        """The name of the provider in use."""
-        return self._owner.providers[self._index].name if self._stream else ""
-
-    def _open_next(self) -> bool:
-        providers = self._owner.providers
-        while self._index + 1 < len(providers):
-            self._index += 1
-            p = providers[self._index]
-            enc = self._encoding if self._encoding in p.input_encodings else PCM16
-            try:
-                self._stream = p.open_stream(enc)
-            except Exception as exc:  # noqa: BLE001 - counted; the next provider is tried
-                self._owner._on_error("stt", p.name, exc)
-                continue
-            self._stream_encoding = enc
-            self._pump = asyncio.get_running_loop().create_task(self._forward(self._stream))
-            return True
-        self._stream = None
-        return False
-
-    async def _forward(self, stream: STTStream) -> None:
-        """Partial transcripts of the current provider, passed on."""
-        try:
-            async for t in stream.events():
-                if not t.is_final and not self._closed:
-                    self._events.put_nowait(t)
-        except Exception:  # noqa: BLE001 - the failure surfaces at finalize
-            pass
-
-    def push(self, audio: bytes) -> None:
-        """Queue caller audio and keep it until the utterance is recognised."""
-        if self._closed:
-            return
-        append_bounded(self._utterance, audio, self._max_bytes)
-        if self._stream is not None:
-            self._stream.push(audio if self._stream_encoding == self._encoding
-                              else _convert(audio, self._encoding, self._stream_encoding))
-
-    async def events(self) -> AsyncIterator[Transcript]:
-        """Partial transcripts of whichever provider is in use, and every final one."""
-        while True:
-            item = await self._events.get()
-            if item is None:
-                return
-            yield item
-
-    async def finalize(self) -> Transcript:
-        """The utterance's final transcript, from the first provider that manages it."""
-        utterance, self._utterance = bytes(self._utterance), bytearray()
-        while self._stream is not None:
-            stream, name = self._stream, self.provider
-            timeout = self._owner._timeouts[self._index]
-            try:
-                result = await asyncio.wait_for(stream.finalize(), timeout)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure moves to the next provider
-                if isinstance(exc, asyncio.TimeoutError):
-                    exc = BackendError("stt", name, f"no final transcript within {timeout} s")
-                self._owner._on_error("stt", name, exc)
-                log.warning("stt provider %s failed (%s); trying the next one", name, exc)
-                await self._drop(stream)
-                if not self._open_next():
-                    raise
-                if utterance:  # the next provider hears the whole utterance again
-                    self._stream.push(utterance if self._stream_encoding == self._encoding
-                                      else _convert(utterance, self._encoding,
-                                                    self._stream_encoding))
-                continue
-            final = Transcript(result.text, True)
-            if not self._closed:
-                self._events.put_nowait(final)
-            return final
-        raise BackendError("stt", self._owner.name, "every STT provider has failed on this call")
-
-    async def _drop(self, stream: STTStream) -> None:
-        pump, self._pump = self._pump, None
-        try:
-            await asyncio.wait_for(stream.close(), 2.0)
-        except Exception:  # noqa: BLE001 - it failed already
-            pass
-        if pump is not None:
-            pump.cancel()
-
-    async def close(self) -> None:
-        """Close the provider's stream and end :meth:`events`."""
-        if self._closed:
-            return
-        self._closed = True
-        self._utterance.clear()
-        if self._stream is not None:
-            await self._drop(self._stream)
-            self._stream = None
-        self._events.put_nowait(None)
+_convert = convert
 
 
 # -- LLM -----------------------------------------------------------------------------------------
@@ -293,10 +144,32 @@ class FailoverTTS(TTS):
         if self.last_resort is not None:
             await self.last_resort.start()
 
+    @property
+    def streams_text(self) -> bool:  # type: ignore[override]
+        """The first provider takes text as it is written (see :meth:`synthesize_live`)."""
+        return self.providers[0].streams_text
+
     def synthesize(self, text: str, encoding: str = PCM16) -> "FailoverSpeech":
         """Speech from the first provider that manages ``text``."""
-        chain = self.providers + ([self.last_resort] if self.last_resort is not None else [])
+        chain: list[tuple[TTS, str]] = []
+        for p in self.providers:
+            chain.append((p, "whole"))
+            if getattr(p, "sentence_over_socket", False):
+                chain.append((p, "http"))       # HTTP, the fallback transport
+        if self.last_resort is not None:
+            chain.append((self.last_resort, "whole"))
         return FailoverSpeech(self, chain, text, encoding)
+
+    def synthesize_live(self, encoding: str = PCM16) -> "FailoverLiveSpeech":
+        """A sentence fed in pieces: the first provider takes them as they come (over its
+        WebSocket); when it fails, the same provider over HTTP, then the next providers and
+        the last resort, speak the whole sentence once it is complete."""
+        chain: list[tuple[TTS, str]] = []
+        for p in self.providers:
+            chain += [(p, "live"), (p, "http")] if p.streams_text else [(p, "whole")]
+        if self.last_resort is not None:
+            chain.append((self.last_resort, "whole"))
+        return FailoverLiveSpeech(self, chain, encoding)
 
     async def close(self) -> None:
         """Close every provider."""
@@ -306,10 +179,18 @@ class FailoverTTS(TTS):
             await self.last_resort.close()
 
 
+def _whole(p: TTS, mode: str) -> Callable[[str, str], SpeechStream]:
+    """How ``p`` speaks a whole sentence in ``mode`` (``http``: its HTTP transport)."""
+    if mode == "http":
+        return getattr(p, "synthesize_http", p.synthesize)
+    return p.synthesize
+
+
 class FailoverSpeech(SpeechStream):
     """One sentence, spoken by the first provider of the chain that does not fail."""
 
-    def __init__(self, owner: FailoverTTS, chain: list[TTS], text: str, encoding: str) -> None:
+    def __init__(self, owner: FailoverTTS, chain: list[tuple[TTS, str]], text: str,
+                 encoding: str) -> None:
         self._owner, self._chain, self._text, self._encoding = owner, chain, text, encoding
         self._index = -1
         self._stream: SpeechStream | None = None
@@ -321,10 +202,10 @@ class FailoverSpeech(SpeechStream):
     def _next(self) -> bool:
         while self._index + 1 < len(self._chain):
             self._index += 1
-            p = self._chain[self._index]
+            p, mode = self._chain[self._index]
             enc = self._encoding if self._encoding in p.output_encodings else PCM16
             try:
-                self._stream = p.synthesize(self._text, enc)
+                self._stream = _whole(p, mode)(self._text, enc)
             except Exception as exc:  # noqa: BLE001
                 self._owner._on_error("tts", p.name, exc)
                 continue
@@ -347,7 +228,7 @@ class FailoverSpeech(SpeechStream):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the next provider speaks the sentence
-                name = self._chain[self._index].name
+                name = self._chain[self._index][0].name
                 self._owner._on_error("tts", name, exc)
                 log.warning("tts provider %s failed (%s); trying the next one", name, exc)
                 await stream.aclose()
@@ -372,4 +253,83 @@ class FailoverSpeech(SpeechStream):
             await self._stream.aclose()
 
 
-__all__ = ["FailoverLLM", "FailoverSTT", "FailoverSTTStream", "FailoverSpeech", "FailoverTTS"]
+class FailoverLiveSpeech(LiveSpeech):
+    """One sentence fed in pieces, spoken by the first entry of the chain that does not fail
+    (an entry: a provider and whether it takes the text live). A provider that fails after
+    some of its audio was played is replaced by the next one from the start of the sentence,
+    as for :class:`FailoverSpeech`."""
+
+    def __init__(self, owner: FailoverTTS, chain: list[tuple[TTS, str]], encoding: str
+                 ) -> None:
+        super().__init__()
+        self._owner, self._chain, self._encoding = owner, chain, encoding
+        self._index = -1
+        self._stream: LiveSpeech | None = None
+        self._stream_encoding = encoding
+        self._cancelled = False
+        self.provider = ""
+        """The provider that spoke (or is speaking) the sentence."""
+        self._next()
+
+    def _next(self) -> bool:
+        while self._index + 1 < len(self._chain):
+            self._index += 1
+            p, mode = self._chain[self._index]
+            enc = self._encoding if self._encoding in p.output_encodings else PCM16
+            try:
+                stream = (p.synthesize_live(enc) if mode == "live"
+                          else BufferedLiveSpeech(p, enc, _whole(p, mode)))
+            except Exception as exc:  # noqa: BLE001
+                self._owner._on_error("tts", p.name, exc)
+                continue
+            stream.feed(self.text)
+            if self.ended:
+                stream.end()
+            self._stream, self._stream_encoding, self.provider = stream, enc, p.name
+            return True
+        self._stream = None
+        return False
+
+    def on_text(self, text: str) -> None:
+        if self._stream is not None:
+            self._stream.feed(text)
+
+    def on_end(self) -> None:
+        if self._stream is not None:
+            self._stream.end()
+
+    async def __anext__(self) -> bytes:
+        while self._stream is not None and not self._cancelled:
+            stream = self._stream
+            try:
+                chunk = await stream.__anext__()
+            except (StopAsyncIteration, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next entry speaks the sentence
+                name = self._chain[self._index][0].name
+                self._owner._on_error("tts", name, exc)
+                log.warning("tts provider %s failed (%s); trying the next one", name, exc)
+                await stream.aclose()
+                if self._cancelled or not self._next():
+                    raise
+                continue
+            if self._stream_encoding != self._encoding:
+                chunk = _convert(chunk, self._stream_encoding, self._encoding)
+            return chunk
+        raise StopAsyncIteration
+
+    def cancel(self) -> None:
+        """Stop the provider speaking now (a barge-in); no other entry is tried."""
+        self._cancelled = True
+        if self._stream is not None:
+            self._stream.cancel()
+
+    async def aclose(self) -> None:
+        """Cancel and release the provider's stream."""
+        self.cancel()
+        if self._stream is not None:
+            await self._stream.aclose()
+
+
+__all__ = ["FailoverLLM", "FailoverLiveSpeech", "FailoverSTT", "FailoverSTTStream",
+           "FailoverSpeech", "FailoverTTS"]

@@ -7,6 +7,11 @@ so the offline agent synthesizes each of them once per process.
 The transcript is built from :attr:`Speaker.spoken`: a sentence no TTS provider managed to
 speak (no audio queued) is left out of it and its text blanked, so the record never claims
 what the caller did not hear. An answer cut at its length cap drops its unfinished sentence.
+
+With a TTS that takes text as it is written (ElevenLabs' or Cartesia's WebSocket), the LLM's
+tokens go to it as they arrive and each sentence is spoken while it is still being written
+(:mod:`.live_speech`); fixed messages (greetings, apologies) and the offline engines keep the
+sentence path.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from ..backends.tts.base import PCM16, TTS
 from ..ops.logging import get_logger
 from ..ops.metrics import Metrics
 from .conversation import SpeakNow, converse
+from .live_speech import LiveReply
 from .playout import Playout, Utterance
 
 if TYPE_CHECKING:
@@ -78,6 +84,8 @@ class Speaker:
         # A provider that speaks the carrier's G.711 itself: its bytes go out untouched.
         self._native = codec.name in tts.output_encodings and codec.sample_rate == 8000
         self._encoding = codec.name if self._native else PCM16
+        self.tts, self.codec, self.playout, self.metrics = tts, codec, playout, metrics
+        self.native, self.encoding = self._native, self._encoding
         self.spoken: list[Utterance] = []  # this turn's utterances, for the transcript
         self.tts_chars = 0                 # characters synthesised (cached replays are free)
         self.tts_by: dict[str, int] = {}   # the same by the provider that spoke them
@@ -125,10 +133,23 @@ class Speaker:
             self._cache.put(self._codec.name, text, b"".join(parts))
         return utt
 
-    def _unspoken(self, utt: Utterance) -> None:
+    @property
+    def streams_text(self) -> bool:
+        """Whether answers are spoken as they are written (see :mod:`.live_speech`)."""
+        return bool(getattr(self._tts, "streams_text", False))
+
+    def count_chars(self, provider: str, chars: int) -> None:
+        """``chars`` characters were sent to ``provider`` (the TTS cost)."""
+        self.tts_chars += chars
+        name = provider or self._tts.name
+        self.tts_by[name] = self.tts_by.get(name, 0) + chars
+
+    def unspoken(self, utt: Utterance) -> None:
         """Keep ``utt`` out of the transcript: nothing of it was heard."""
         utt.text = ""
         self.spoken[:] = [u for u in self.spoken if u is not utt]
+
+    _unspoken = unspoken
 
 
 async def run_turn(llm: LLM, speaker: Speaker, history: list[Message], *,
@@ -145,12 +166,25 @@ async def run_turn(llm: LLM, speaker: Speaker, history: list[Message], *,
     began = time.monotonic()
     pending = ""
     first = True
+    live = LiveReply(speaker) if speaker.streams_text else None
     events = converse(llm, history, user_text=user_text, dtmf=dtmf, tools=tools, runner=runner,
                       context=context or {}, max_rounds=max_rounds, on_usage=on_usage)
     try:
         async for event in events:
             if isinstance(event, ToolCall):
                 result.tools.append(event)
+                continue
+            if live is not None:
+                if isinstance(event, (StartOver, Truncated)):
+                    live.drop()
+                elif isinstance(event, SpeakNow):
+                    live.speak_now()
+                elif event.text:
+                    if first:
+                        metrics.turn_latency.labels("llm_first_token").observe(
+                            time.monotonic() - began)
+                        first = False
+                    live.feed(event.text)
                 continue
             if isinstance(event, StartOver):
                 pending = ""          # the failed provider's unfinished sentence is dropped
@@ -173,8 +207,17 @@ async def run_turn(llm: LLM, speaker: Speaker, history: list[Message], *,
             for sentence in sentences:
                 if sentence.strip():
                     result.utterances.append(await speaker.say(sentence.strip()))
+        if live is not None:
+            result.utterances = await live.finish()
+    except Exception:
+        if live is not None:     # what was said stays: the complete sentences are spoken
+            live.drop()
+            await live.finish()
+        raise
     finally:
         await events.aclose()
+        if live is not None:
+            await live.aclose()
     if pending.strip():
         result.utterances.append(await speaker.say(pending.strip()))
     result.text = " ".join(u.text for u in result.utterances if u.text)   # what was spoken

@@ -46,18 +46,21 @@ PROVIDERS: dict[str, dict[str, Provider]] = {
                            {"temperature": "float", "max_tokens": "int",
                             "include_usage": "bool"}),
         "anthropic": Provider("ANTHROPIC_API_KEY", "https://api.anthropic.com", _STREAMING_LLM,
-                              {"temperature": "float", "max_tokens": "int"}),
+                              {"temperature": "float", "max_tokens": "int",
+                               "auth_token": "str"}),
         "webhook": Provider(common=frozenset({"timeout", "max_reply_chars"}),
                             options={"url": "str", "secret": "str"}),
     },
     "tts": {
         "espeak": Provider(common=frozenset({"voice"}), options={"rate": "int"}),
         "elevenlabs": Provider("ELEVENLABS_API_KEY", "https://api.elevenlabs.io", _CLOUD,
-                               {"transport": "str", "language": "str"}),
+                               {"transport": "str", "language": "str",
+                                "chunk_length_schedule": "list"}),
         "openai": Provider("OPENAI_API_KEY", "https://api.openai.com/v1", _CLOUD),
         "deepgram": Provider("DEEPGRAM_API_KEY", "https://api.deepgram.com/v1", _CLOUD),
         "cartesia": Provider("CARTESIA_API_KEY", "https://api.cartesia.ai", _CLOUD,
-                             {"language": "str", "version": "str"}),
+                             {"language": "str", "version": "str", "transport": "str",
+                              "max_buffer_delay_ms": "int"}),
     },
     "vad": {
         "silero": Provider(options={"threshold": "float", "min_silence": "float",
@@ -68,7 +71,9 @@ PROVIDERS: dict[str, dict[str, Provider]] = {
 }
 
 DEFAULT_PROVIDER = {"stt": "pocketsphinx", "llm": "rules", "tts": "espeak", "vad": "silero"}
-SECRET_OPTIONS = frozenset({"secret"})
+SECRET_OPTIONS = frozenset({"secret", "auth_token"})
+AUTH_TOKEN_ENV = {"anthropic": "ANTHROPIC_AUTH_TOKEN"}
+"""Providers that also take a bearer token (``auth_token``) instead of an API key."""
 
 
 def read_backend(root: Section, layer: str, agent: AgentConfig,
@@ -94,9 +99,13 @@ def _read_provider(sec: Section, layer: str, agent: AgentConfig, env: Mapping[st
                                                   maximum=120.0)
     if "max_reply_chars" in spec.common:
         values["max_reply_chars"] = sec.int("max_reply_chars", 0, minimum=0, maximum=100_000)
+    token = ""
+    if name in AUTH_TOKEN_ENV:   # a bearer token may stand in for the API key
+        token = (sec.str("auth_token") if sec.has("auth_token") else "") or env.get(
+            AUTH_TOKEN_ENV[name], "")
     if "api_key" in spec.common and not values["api_key"]:
         values["api_key"] = env.get(spec.env_key, "")
-        if not values["api_key"] and not values.get("base_url"):
+        if not values["api_key"] and not values.get("base_url") and not token:
             sec.problem("api_key", f"required for {name} (or set {spec.env_key}, "
                                    "or a base_url for a server that needs no key)")
     if "base_url" in spec.common:
@@ -120,9 +129,17 @@ def _read_provider(sec: Section, layer: str, agent: AgentConfig, env: Mapping[st
             options[key] = tuple(str(v) for v in sec.list(key))
         else:
             options[key] = sec.str(key)
-    if name == "elevenlabs" and options.get("transport", "http") not in ("http", "websocket"):
+    if token and name in AUTH_TOKEN_ENV:
+        options["auth_token"] = token
+    if name in ("elevenlabs", "cartesia") and options.get("transport", "websocket") not in (
+            "http", "websocket"):
         sec.problem("transport", "expected http or websocket, got "
                                  f"{options.get('transport')!r}")
+    schedule = options.get("chunk_length_schedule")
+    if schedule is not None and (not schedule or not all(
+            s.isdigit() and 50 <= int(s) <= 500 for s in schedule)):
+        sec.problem("chunk_length_schedule", "expected a list of character counts, each "
+                                             "from 50 to 500")
     if name == "webhook" and not options.get("url"):
         sec.problem("url", "required for the webhook provider (your endpoint's https:// URL)")
     if name == "webhook" and not options.get("secret"):

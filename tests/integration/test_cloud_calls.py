@@ -118,7 +118,7 @@ async def test_twilio_deepgram_openai_tools_elevenlabs(daemon) -> None:  # type:
     tool_msg = llm.bodies[1]["messages"][-1]
     assert tool_msg["role"] == "tool" and '"shipped"' in tool_msg["content"]
     # Every sentence was spoken by ElevenLabs in μ-law, and the caller heard it.
-    spoken = [r.body["text"] for r in tts.requests]
+    spoken = [r.text for r in tts.requests]
     assert spoken[0] == "Hello, this is Example Company."
     assert "Let me check that." in spoken and "Your order has shipped." in spoken
     assert all(r.query.get("output_format") == "ulaw_8000" for r in tts.requests)
@@ -167,8 +167,11 @@ async def test_telnyx_pcma_openai_stt_anthropic_cartesia(daemon) -> None:  # typ
     assert body["system"][-1]["cache_control"] == {"type": "ephemeral"}   # prompt caching
     assert body["messages"][-1]["role"] == "user"
     # We asked Telnyx for a PCMU outbound stream, so Cartesia speaks μ-law for it.
-    assert [r.body["output_format"]["encoding"] for r in tts.requests] == ["pcm_mulaw"] * 2
-    assert tts.requests[0].body["voice"]["id"] == "a0e99841-438c-4a64-b679-ae501e7d6091"
+    assert [r.params["output_format"]["encoding"] for r in tts.requests] == ["pcm_mulaw"] * 2
+    # The greeting (a fixed message) over HTTP, the answer streamed into the WebSocket.
+    assert [r.path for r in tts.requests] == ["/tts/bytes", "/tts/websocket"]
+    assert tts.requests[0].params["voice"] == "a0e99841-438c-4a64-b679-ae501e7d6091"
+    assert tts.requests[1].text == "Transferring you to billing."
     transfers = [a for a in result.actions if a.action == "transfer"]
     assert transfers and transfers[0].fields.get("to") == "+15550001001"
     assert rms(result.agent_audio) > 1000
@@ -212,7 +215,7 @@ async def test_failover_in_mid_turn_on_every_layer(daemon) -> None:  # type: ign
     assert caller == ["what are your hours"]
     assert any("We are open nine to five." in a for a in agent), agent
     assert len(result.turns) == 1 and result.turns[0].latency is not None
-    assert [r.body["text"] for r in aura.requests][-1] == "We are open nine to five."
+    assert [r.text for r in aura.requests][-1] == "We are open nine to five."
     assert metric(client, "patterd_backend_errors_total", backend="stt",
                   provider="deepgram") == 1
     assert metric(client, "patterd_backend_errors_total", backend="llm",
@@ -224,7 +227,7 @@ async def test_failover_in_mid_turn_on_every_layer(daemon) -> None:  # type: ign
     # Each provider's work is priced at its own rate (the failover ones, not the primaries).
     assert set(rec.usage.stt_by) == {"openai"} and set(rec.usage.tts_by) == {"deepgram"}
     assert set(rec.usage.llm_by) == {"anthropic"}
-    aura_chars = sum(len(r.body["text"]) for r in aura.requests)
+    aura_chars = sum(len(r.text) for r in aura.requests)
     assert rec.usage.tts_by["deepgram"] == aura_chars
     assert rec.cost["tts"] == pytest.approx(round(aura_chars / 1000 * 0.030, 6))
 
@@ -260,8 +263,11 @@ async def test_barge_in_cancels_llm_and_tts_at_the_provider(daemon) -> None:  # 
     assert result.ok, (result.outcome, result.detail, result.errors)
     assert story_request.disconnected.is_set()          # we closed the LLM stream
     assert not story_request.completed                  # before the model had finished
-    story_tts = [r for r in eleven.requests if "Once upon" in (r.body or {}).get("text", "")]
-    assert story_tts and story_tts[-1].disconnected.is_set()
+    # The story was streamed into ElevenLabs' socket as it was written; the barge-in closed
+    # the socket of the sentence being spoken (and of those ahead), before their end.
+    story_tts = [r for r in eleven.requests if "Once upon" in r.text]
+    assert story_tts and all(r.path.endswith("/stream-input") for r in story_tts)
+    assert story_tts[-1].disconnected.is_set()
     assert not story_tts[-1].completed                   # synthesis stopped at the provider
     assert result.barge_ins and result.barge_ins[0].clear_latency is not None
     # The model remembers only what the caller heard of the story.
@@ -309,3 +315,43 @@ async def test_every_provider_failing_keeps_the_call_up(daemon) -> None:  # type
                   provider="anthropic") == 1
     assert metric(client, "patterd_backend_errors_total", backend="tts",
                   provider="elevenlabs") >= 3
+
+
+async def test_a_call_recovers_from_a_dropped_stream_and_a_failed_provider(daemon) -> None:  # type: ignore[no-untyped-def]
+    """Deepgram closes the live stream with 1011 in the middle of the first utterance, and
+    OpenAI fails the first turn: the utterance is still recognised (a reopened socket hears
+    it again), Anthropic answers that turn, and the next turn is OpenAI's again — the call
+    never goes deaf nor stays on the fallback."""
+    dg = FakeDeepgramListen(script=["what are your hours", "and on sundays"])   # per socket
+    dg.close_after_seconds, dg.close_times = 0.4, 1
+    gpt, claude, eleven = FakeOpenAIChat(), FakeAnthropicMessages(), FakeElevenLabs()
+    urls = await started(dg, gpt, claude, eleven)
+    eleven.ms_per_char = 25
+    gpt.replies += [Reply("We are open nine to five.", error_after=1),
+                    Reply("On Sundays we are closed.")]
+    claude.replies.append(Reply("We are open from nine to five."))
+    cfg = twilio_cloud(
+        stt={"provider": "deepgram", "api_key": dg.api_key, "base_url": urls[0]},
+        llm={"provider": "openai", "api_key": gpt.api_key, "base_url": urls[1],
+             "failover": [{"provider": "anthropic", "api_key": claude.api_key,
+                           "base_url": urls[2]}]},
+        tts={"provider": "elevenlabs", "api_key": eleven.api_key, "base_url": urls[3]})
+    client = await daemon(cfg, real=True)
+    try:
+        result = await simulate_call(cfg, url_of(client), [
+            WaitForAgent(), await say("what are your hours"), WaitForAgent(),
+            await say("and on sundays"), WaitForAgent(), Wait(0.5)], timeout=60)
+    finally:
+        await stop_all(dg, gpt, claude, eleven)
+    assert result.ok, (result.outcome, result.detail, result.errors)
+    rec = gateway_of(client).registry.get(result.call_id)
+    caller = [ln["text"] for ln in rec.transcript if ln["role"] == "caller"]
+    agent = [ln["text"] for ln in rec.transcript if ln["role"] == "agent"]
+    assert caller == ["what are your hours", "and on sundays"]
+    assert agent[1:] == ["We are open from nine to five.", "On Sundays we are closed."]
+    assert dg.sessions[0].close_code == 1011 and len(dg.sessions) == 2   # reopened once
+    assert len(gpt.requests) == 2 and len(claude.requests) == 1   # back to the first
+    assert metric(client, "patterd_backend_errors_total", backend="stt",
+                  provider="deepgram") == 1
+    assert metric(client, "patterd_backend_errors_total", backend="llm",
+                  provider="openai") == 1

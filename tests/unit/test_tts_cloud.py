@@ -61,14 +61,14 @@ CA_ENCODING = {"PCMU": "pcm_mulaw", "PCMA": "pcm_alaw", "PCM16": "pcm_s16le"}
 
 CASES = {
     "elevenlabs": Case("elevenlabs", "elevenlabs", FakeElevenLabs,
-                       lambda f, t, e: f.audio(t, EL_FORMAT[e]), {}),
+                       lambda f, t, e: f.audio(t, EL_FORMAT[e]), {"transport": "http"}),
     "elevenlabs-ws": Case("elevenlabs-ws", "elevenlabs", FakeElevenLabs,
                           lambda f, t, e: f.audio(t, EL_FORMAT[e]), {"transport": "websocket"}),
     "openai": Case("openai", "openai", FakeOpenAISpeech, _openai_expected, {}, g711=False),
     "deepgram": Case("deepgram", "deepgram", FakeDeepgramSpeak,
                      lambda f, t, e: f.audio(t, DG_ENCODING[e], 8000), {}),
     "cartesia": Case("cartesia", "cartesia", FakeCartesia,
-                     lambda f, t, e: f.audio(t, CA_ENCODING[e], 8000), {}),
+                     lambda f, t, e: f.audio(t, CA_ENCODING[e], 8000), {"transport": "http"}),
 }
 HTTP_CASES = ["elevenlabs", "openai", "deepgram", "cartesia"]
 
@@ -200,7 +200,9 @@ async def test_request_matches_the_service_api(svc: Service) -> None:
         assert rec.path == "/v1/text-to-speech/21m00Tcm4TlvDq8ikWAM/stream-input"
         assert rec.query == {"model_id": "eleven_flash_v2_5", "output_format": "ulaw_8000"}
         assert rec.headers["xi-api-key"] == key
-        assert rec.body == [{"text": " "}, {"text": TEXT + " ", "flush": True}, {"text": ""}]
+        assert rec.body == [{"text": " ", "generation_config": {
+            "chunk_length_schedule": [50, 160, 250, 290]}},
+            {"text": TEXT + " ", "flush": True}, {"text": ""}]
     elif name == "openai":
         assert rec.path == "/v1/audio/speech"
         assert rec.headers["Authorization"] == f"Bearer {key}"
@@ -215,12 +217,16 @@ async def test_request_matches_the_service_api(svc: Service) -> None:
     else:
         assert rec.path == "/tts/bytes"
         assert rec.headers["Authorization"] == f"Bearer {key}"
-        assert rec.headers["Cartesia-Version"] == "2025-04-16"
+        assert rec.headers["Cartesia-Version"] == "2026-08-14"   # the current SDK's
         assert rec.body == {"model_id": "sonic-2", "transcript": TEXT,
-                            "voice": {"mode": "id", "id": "694f9389-aac1-45b6-b726-9d9369183238"},
+                            "voice": "694f9389-aac1-45b6-b726-9d9369183238",
                             "language": "en",
                             "output_format": {"container": "raw", "encoding": "pcm_mulaw",
                                               "sample_rate": 8000}}
+        older = svc.make(options={**svc.case.options, "version": "2025-04-16"})
+        await collect(older.synthesize(TEXT, encoding))
+        assert svc.fake.last.status == 200 and svc.fake.last.body["voice"] == {
+            "mode": "id", "id": "694f9389-aac1-45b6-b726-9d9369183238"}   # the older form
 
 
 async def test_configured_voice_model_and_options_are_used(svc: Service) -> None:

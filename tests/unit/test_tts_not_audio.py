@@ -73,7 +73,7 @@ async def test_the_next_provider_speaks_the_sentence_and_the_failure_is_counted(
     eleven_url, aura_url = await eleven.start(), await aura.start()
 
     def json_for_the_answer(rec: SpeechRequest, audio: bytes) -> tuple[str, bytes] | None:
-        return ("application/json", JSON_ERROR) if "hours" in rec.body["text"] else None
+        return ("application/json", JSON_ERROR) if "hours" in rec.text else None
 
     eleven.misanswer = json_for_the_answer
     errors: list[tuple[str, str, BaseException]] = []

@@ -67,8 +67,11 @@ class AnthropicLLM(HttpStreamingLLM):
                          path="/v1/messages")
         self.max_tokens = int(cfg.options.get("max_tokens") or DEFAULT_MAX_TOKENS)
         self._headers["anthropic-version"] = API_VERSION
-        if self.api_key:
+        token = str(cfg.options.get("auth_token") or "")
+        if self.api_key:        # an API key goes in x-api-key, as the API documents
             self._headers["x-api-key"] = self.api_key
+        elif token:             # a bearer token (ANTHROPIC_AUTH_TOKEN), as the SDK sends one
+            self._headers["Authorization"] = f"Bearer {token}"
 
     def request_body(self, history: Sequence[Message], user_text: str | None = None,
                      dtmf: str | None = None, tools: Sequence[ToolSpec] = ()) -> dict[str, Any]:

@@ -5,12 +5,19 @@ Audio format: by default a provider yields **signed 16-bit little-endian mono PC
 the call session converts it once to the carrier's format. A provider that can produce the
 carrier's G.711 itself lists ``"PCMU"``/``"PCMA"`` in :attr:`TTS.output_encodings`; the
 session then asks for that encoding and sends the bytes on untouched.
+
+Text input streaming: a provider with :attr:`TTS.streams_text` takes a sentence while it is
+still being written (:meth:`TTS.synthesize_live`: :meth:`LiveSpeech.feed` the LLM's tokens as
+they come, :meth:`LiveSpeech.end` at the end of the sentence) and may start speaking before
+the end. Every other provider gets the same interface from :class:`BufferedLiveSpeech`, which
+waits for the whole sentence and calls :meth:`TTS.synthesize`.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import AsyncIterator
+import asyncio
+from typing import AsyncIterator, Callable
 
 SAMPLE_RATE = 8000
 """Sample rate of the audio every TTS provider yields."""
@@ -49,6 +56,73 @@ class SpeechStream(abc.ABC):
         await self.aclose()
 
 
+class LiveSpeech(SpeechStream):
+    """One sentence whose text arrives in pieces (an LLM's tokens) while its audio streams
+    out. :meth:`feed` and :meth:`end` never block; iterate for the audio, as for any
+    :class:`SpeechStream`."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        """Everything fed so far."""
+        self.ended = False
+
+    def feed(self, text: str) -> None:
+        """More of the sentence (any piece: a token, a word, several words)."""
+        if text and not self.ended:
+            self.text += text
+            self.on_text(text)
+
+    def end(self) -> None:
+        """The sentence is complete: speak the rest."""
+        if not self.ended:
+            self.ended = True
+            self.on_end()
+
+    def on_text(self, text: str) -> None:
+        """A piece was fed (subclasses pass it on)."""
+
+    def on_end(self) -> None:
+        """:meth:`end` was called (subclasses flush)."""
+
+
+class BufferedLiveSpeech(LiveSpeech):
+    """The sentence path behind the live interface: the text is gathered until :meth:`end`,
+    then spoken by ``tts.synthesize``."""
+
+    def __init__(self, tts: "TTS", encoding: str,
+                 synthesize: "Callable[[str, str], SpeechStream] | None" = None) -> None:
+        super().__init__()
+        self._tts, self._encoding = tts, encoding
+        self._synthesize = synthesize or tts.synthesize
+        self._ready = asyncio.Event()
+        self._stream: SpeechStream | None = None
+        self._cancelled = False
+
+    def on_end(self) -> None:
+        self._ready.set()
+
+    async def __anext__(self) -> bytes:
+        if self._stream is None:
+            await self._ready.wait()
+            if self._cancelled:
+                raise StopAsyncIteration
+            self._stream = self._synthesize(self.text.strip(), self._encoding)
+        return await self._stream.__anext__()
+
+    def cancel(self) -> None:
+        """Stop (before or during the synthesis)."""
+        self._cancelled = True
+        self._ready.set()
+        if self._stream is not None:
+            self._stream.cancel()
+
+    async def aclose(self) -> None:
+        """Cancel and release the provider's stream."""
+        self.cancel()
+        if self._stream is not None:
+            await self._stream.aclose()
+
+
 class TTS(abc.ABC):
     """A text-to-speech provider, shared by every call of the daemon."""
 
@@ -59,6 +133,10 @@ class TTS(abc.ABC):
     """Encodings :meth:`synthesize` can produce: ``"PCM16"`` always, ``"PCMU"``/``"PCMA"`` for
     providers that synthesise telephone audio directly."""
 
+    streams_text: bool = False
+    """Whether :meth:`synthesize_live` streams the text in as it is written (a WebSocket
+    transport), rather than waiting for the whole sentence."""
+
     async def start(self) -> None:
         """Load the engine (may be slow) so a bad setup fails at start-up. Idempotent."""
 
@@ -68,8 +146,12 @@ class TTS(abc.ABC):
         :attr:`output_encodings`) as it is produced. Connecting happens lazily, on the first
         ``__anext__``."""
 
+    def synthesize_live(self, encoding: str = PCM16) -> LiveSpeech:
+        """A sentence to be fed in pieces; by default spoken once it is complete."""
+        return BufferedLiveSpeech(self, encoding)
+
     async def close(self) -> None:
         """Release the provider's resources (threads, connections). Idempotent."""
 
 
-__all__ = ["PCM16", "SAMPLE_RATE", "SpeechStream", "TTS"]
+__all__ = ["BufferedLiveSpeech", "LiveSpeech", "PCM16", "SAMPLE_RATE", "SpeechStream", "TTS"]

@@ -108,6 +108,7 @@ class FakeAnthropicMessages(FakeLLMService):
 
     def __init__(self, api_key: str = "sk-ant-test-fake-key-0123456789") -> None:
         super().__init__(api_key)
+        self.auth_token = "sk-ant-oat-test-fake-token-0123456789"
         self.strict_roles = True
         self.cache_min_tokens: int | None = None       # None: min_cacheable_tokens(model)
         self.cache_lookback = 20                       # boundaries checked before a breakpoint
@@ -121,10 +122,16 @@ class FakeAnthropicMessages(FakeLLMService):
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         rec = self.record(request)
         try:
+            # An API key in x-api-key (as the API documents and the SDK sends it); a bearer
+            # token (the SDK's auth_token) in Authorization.
             key = request.headers.get("x-api-key", "")
-            if not key:
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            if not key and scheme.lower() == "bearer" and token:
+                if token != self.auth_token:
+                    raise Invalid("Invalid bearer token", 401, "authentication_error")
+            elif not key:
                 raise Invalid("x-api-key header is required", 401, "authentication_error")
-            if key != self.api_key:
+            elif key != self.api_key:
                 raise Invalid("invalid x-api-key", 401, "authentication_error")
             version = request.headers.get("anthropic-version")
             if not version:

@@ -204,8 +204,9 @@ class FakeDeepgramListen:
 
     ``script``: the text of each utterance, in order (per connection); ``recogniser`` may
     replace it: ``(session, index) -> text``. Knobs: ``refuse`` = (status, err_code, err_msg)
-    refuses handshakes; ``close_after_seconds`` = audio seconds after which the connection is
-    closed with ``close_code``/``close_reason``; ``stall`` = accept and read but never answer
+    refuses handshakes (``refuse_times`` of them, ``-1`` = all); ``close_after_seconds`` = audio
+    seconds after which the connection is closed with ``close_code``/``close_reason``
+    (``close_times`` connections, ``-1`` = all); ``stall`` = accept and read but never answer
     (and never time out); ``handshake_delay`` = seconds before answering the handshake.
     """
 
@@ -223,7 +224,9 @@ class FakeDeepgramListen:
         self.final_every_ms = final_every_ms
         # -- knobs --
         self.refuse: tuple[int, str, str] | None = None
+        self.refuse_times = -1
         self.close_after_seconds: float | None = None
+        self.close_times = -1
         self.close_code = 1011
         self.close_reason = ("NET-0000: The service has not transmitted a Text frame to the "
                              "client within the timeout window.")
@@ -275,7 +278,9 @@ class FakeDeepgramListen:
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "token" or key != self.api_key:
             return self._refusal(request, 401, "INVALID_AUTH", "Invalid credentials.")
-        if self.refuse is not None:
+        if self.refuse is not None and self.refuse_times != 0:
+            if self.refuse_times > 0:
+                self.refuse_times -= 1
             return self._refusal(request, *self.refuse)
         q = dict(request.query)
         problem = self._check(q)
@@ -332,6 +337,9 @@ class FakeDeepgramListen:
 
     async def _serve(self, ws: web.WebSocketResponse, s: ListenSession) -> None:
         rec = _Recogniser(self, s)
+        close_after = self.close_after_seconds if self.close_times != 0 else None
+        if close_after is not None and self.close_times > 0:
+            self.close_times -= 1
         while True:
             timeout = None if self.stall else self.inactivity_timeout
             try:
@@ -344,8 +352,7 @@ class FakeDeepgramListen:
                 s.audio += msg.data
                 s.binary_frames += 1
                 await self._send(ws, s, rec.feed(msg.data))
-                if (self.close_after_seconds is not None
-                        and s.audio_seconds >= self.close_after_seconds):
+                if close_after is not None and s.audio_seconds >= close_after:
                     s.closed_by, s.close_code = "server", self.close_code
                     await ws.close(code=self.close_code, message=self.close_reason.encode())
                     return

@@ -3,10 +3,15 @@
 - ``POST /v1/text-to-speech/{voice_id}/stream?output_format=…`` with ``xi-api-key`` and JSON
   ``{text, model_id, language_code?, …}``: the audio as a chunked body.
 - ``GET /v1/text-to-speech/{voice_id}/stream-input?model_id=…&output_format=…`` (WebSocket):
-  BOS ``{"text": " "}`` (the key in the ``xi-api-key`` handshake header, or ``xi_api_key`` /
-  ``authorization`` in the BOS), text messages (``flush: true`` synthesises the buffer), EOS
-  ``{"text": ""}``; answers ``{"audio": <base64>, "isFinal": null, "alignment": …}`` messages,
-  then ``{"isFinal": true}`` and closes.
+  BOS ``{"text": " ", "generation_config": {"chunk_length_schedule": […]}}`` (the key in the
+  ``xi-api-key`` handshake header, or in the BOS as ``xi-api-key`` — the current SDK's
+  ``InitializeConnection`` — ``xi_api_key`` as older docs wrote it, or ``authorization:
+  Bearer …``), text messages, EOS ``{"text": ""}``; answers ``{"audio": <base64>, "isFinal":
+  null, "alignment": …}`` messages, then ``{"isFinal": true}`` and closes. Like the service,
+  a generation starts when the buffered text reaches the next step of the chunk length
+  schedule (default ``[120, 160, 250, 290]``; each step 50–500), on ``flush: true`` and at
+  EOS; ``stall`` seconds pass before each generation's first audio (the service's time to
+  first audio).
 
 Validates like the service: 401 ``{"detail": {"status", "message"}}`` for a missing/wrong key,
 404 for an unknown voice, 400 for an unknown model, 422 (the validation list under
@@ -45,6 +50,7 @@ FORMATS: dict[str, tuple[str, int, int]] = {
 }
 DEFAULT_FORMAT = "mp3_44100_128"
 INACTIVITY = 20.0
+DEFAULT_SCHEDULE = (120, 160, 250, 290)
 
 
 def detail(status: str, message: str) -> dict[str, Any]:
@@ -178,6 +184,7 @@ class FakeElevenLabs(FakeSpeechService):
         try:
             fmt = request.query.get("output_format", DEFAULT_FORMAT)
             buffer, first = "", True
+            schedule, step = list(DEFAULT_SCHEDULE), 0
             while True:
                 try:
                     data = await asyncio.wait_for(inbox.get(), INACTIVITY)
@@ -197,10 +204,19 @@ class FakeElevenLabs(FakeSpeechService):
                                     "The first message must have text set to a single space.")
                         return ws
                     if header_key is None:
-                        key = data.get("xi_api_key") or str(
+                        key = data.get("xi-api-key") or data.get("xi_api_key") or str(
                             data.get("authorization", "")).removeprefix("Bearer ")
                         if key != self.api_key:
                             await error("invalid_api_key", "Invalid API key")
+                            return ws
+                    config = data.get("generation_config") or {}
+                    if "chunk_length_schedule" in config:
+                        schedule = config["chunk_length_schedule"]
+                        if (not isinstance(schedule, list) or not schedule or not all(
+                                isinstance(n, (int, float)) and 50 <= n <= 500
+                                for n in schedule)):
+                            await error("invalid_message", "chunk_length_schedule: each "
+                                        "item must be between 50 and 500.")
                             return ws
                     continue
                 if text == "":                   # EOS: speak the rest, then end
@@ -212,10 +228,12 @@ class FakeElevenLabs(FakeSpeechService):
                     await ws.close()
                     return ws
                 buffer += text
-                if data.get("flush"):
+                due = len(buffer) >= schedule[min(step, len(schedule) - 1)]
+                if (data.get("flush") or due) and buffer.strip():
                     if not await self._speak(ws, rec, buffer, fmt, error):
                         return ws
                     buffer = ""
+                    step += 1
         finally:
             closing = True
             reader.cancel()

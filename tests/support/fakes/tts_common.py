@@ -54,6 +54,27 @@ class SpeechRequest:
     completed: bool = False                # all audio written and the response ended
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
 
+    @property
+    def params(self) -> Any:
+        """The request's parameters: the JSON body (HTTP) or the first message (WebSocket)."""
+        if isinstance(self.body, list):
+            return self.body[0] if self.body else {}
+        return self.body
+
+    @property
+    def text(self) -> str:
+        """The text asked for, whatever the transport: the JSON body's ``text``/``transcript``/
+        ``input`` (HTTP), or the text of every message joined and stripped (WebSocket)."""
+        if isinstance(self.body, dict):
+            for key in ("text", "transcript", "input"):
+                if isinstance(self.body.get(key), str):
+                    return self.body[key]
+            return ""
+        if isinstance(self.body, list):
+            return "".join(str(m.get("text") or m.get("transcript") or "")
+                           for m in self.body if isinstance(m, dict)).strip()
+        return ""
+
 
 class FakeSpeechService:
     """Base of the fakes: server lifecycle, knobs, tone generation and paced streaming."""
