@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from .hints import unquoted_number_hint
 from .masking import mask_url
 from .model import AgentConfig, BackendConfig, Rule, RuleAction, ToolConfig
 from .reader import Section
@@ -246,7 +247,8 @@ def _read_action(r: Section, agent: AgentConfig) -> RuleAction | None:
         if target not in agent.transfer_targets and not is_dial_target(target):
             a.problem("transfer", "expected a name from agent.transfer_targets "
                                   f"({', '.join(agent.transfer_targets) or 'none defined'}), "
-                                  f"an E.164 number or a sip: URI, got {target!r}")
+                                  f"an E.164 number or a sip: URI, got {target!r}"
+                                  + unquoted_number_hint(a.raw.get("transfer")))
         action = RuleAction("transfer", target)
     elif chosen[0] == "hangup":
         if a.bool("hangup", True):

@@ -13,6 +13,7 @@ import yaml
 
 from ..ops.pricing import merge_pricing
 from .backends import E164, is_dial_target, read_backend
+from .hints import cause_first, unquoted_number_hint, yaml_syntax_problem
 from .masking import mask_url
 from .model import (DEFAULT_SYSTEM_PROMPT, AdminConfig, AgentConfig, CarrierSettings, Config, LoggingConfig,
                     RecordingConfig, ServerConfig, StoreConfig, TelnyxSettings, TwilioSettings)
@@ -47,10 +48,7 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, *,
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError([f"{source}: not valid YAML{where}: {problem}"]) from None
+        raise ConfigError([yaml_syntax_problem(exc, source)]) from None
     return build_config(raw, env)
 
 
@@ -65,7 +63,8 @@ def build_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     server = _read_server(root.section("server"))
     phone = root.str("phone_number", pattern=E164, expected="an E.164 number like +15550001234")
     carrier = read_carrier(root.section("carrier"), env)
-    if isinstance(carrier, TwilioSettings) and carrier.configure_number and not phone:
+    if (isinstance(carrier, TwilioSettings) and carrier.configure_number and not phone
+            and not root.has("phone_number")):   # an invalid one is reported already
         problems.append("phone_number: required when carrier.configure_number is true "
                         "(an E.164 number like +15550001234)")
     agent = _read_agent(root.section("agent"))
@@ -104,7 +103,7 @@ def build_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
                             "pricing", problems)
     root.done()
     if problems:
-        raise ConfigError(_one_per_env_path(problems))
+        raise ConfigError(cause_first(_one_per_env_path(problems)))
     return Config(server=server, phone_number=phone, carrier=carrier, agent=agent, stt=stt,
                   llm=llm, tts=tts, vad=vad, recording=recording, store=store, admin=admin,
                   logging=logging_cfg, pricing=MappingProxyType(pricing))
@@ -260,8 +259,10 @@ def _read_agent(a: Section) -> AgentConfig:
     targets = a.str_map("transfer_targets", expected="an E.164 number or a sip: URI")
     for name, target in targets.items():
         if not is_dial_target(target):
+            given = (a.raw.get("transfer_targets") or {}).get(name)
             a.problems.append(f"{a.key_path('transfer_targets')}.{name}: expected an E.164 "
-                              f"number or a sip: URI, got {target!r}")
+                              f"number or a sip: URI, got {target!r}"
+                              + unquoted_number_hint(given))
     cfg = AgentConfig(
         first_message=a.str("first_message", "Thanks for calling."),
         system_prompt=a.str("system_prompt", DEFAULT_SYSTEM_PROMPT),
