@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import json
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -40,11 +42,13 @@ class RestResponse:
 class RestError(Exception):
     """A request that failed for good (after retries, or a non-retryable 4xx)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *,
+                 unreachable: bool = False) -> None:
         super().__init__(f"HTTP {status} {code}: {message}".strip())
         self.status = status
         self.code = code
         self.message = message
+        self.unreachable = unreachable   # no connection could be made (refused, no route…)
         self.reported = False   # already handed to a client's ``on_error`` hook
 
 
@@ -91,7 +95,8 @@ class RestClient:
                     return RestResponse(resp.status, body)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 last_exc = exc
-        raise RestError(0, "network", f"{method} {path} failed: {last_exc!r}")
+        raise RestError(0, "network", f"{method} {path} failed: {_why(last_exc, self._timeout)}",
+                        unreachable=isinstance(last_exc, aiohttp.ClientConnectorError))
 
     def report(self, exc: RestError) -> None:
         """Hand a failed action to ``on_error`` (e.g. a metric), once per error."""
@@ -114,6 +119,28 @@ def reported(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             args[0]._client.report(exc)  # type: ignore[attr-defined]
             raise
     return run
+
+
+def is_loopback(url: str) -> bool:
+    """True when ``url``'s host is this machine (``localhost``, 127.0.0.0/8, ``::1``): a local
+    stand-in for a carrier's API (the simulator, a test), never the carrier itself."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _why(exc: Exception | None, timeout: aiohttp.ClientTimeout) -> str:
+    """A network failure in words (not aiohttp's repr of its connection key)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
+        return f"cannot connect to {exc.host}:{exc.port} ({reason.lower()})"
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"no answer within {timeout.total:g} s"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _form(fields: Sequence[tuple[str, str]]) -> aiohttp.FormData:
