@@ -8,6 +8,7 @@ import gc
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -40,9 +41,11 @@ def sd_notify(message: str) -> bool:
         return False
 
 
-async def serve(config: Config, carrier: Carrier, *, config_path: str | Path | None = None
-                ) -> None:
-    """Serve until SIGTERM/SIGINT, then drain and return (exit 0)."""
+async def serve(config: Config, carrier: Carrier, *, config_path: str | Path | None = None,
+                stop: asyncio.Event | None = None,
+                on_ready: Callable[[Gateway], None] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain and return (exit 0).
+    ``on_ready(gateway)`` is called once the daemon listens."""
     gw = Gateway(config=config)
     app = build_app(config, carrier, gateway=gw)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
@@ -61,7 +64,7 @@ async def serve(config: Config, carrier: Carrier, *, config_path: str | Path | N
     sd_notify("READY=1\nSTATUS=accepting calls")
 
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if config_path is not None:
@@ -69,6 +72,8 @@ async def serve(config: Config, carrier: Carrier, *, config_path: str | Path | N
     else:   # SIGHUP's default action would kill the process and drop the live calls
         loop.add_signal_handler(signal.SIGHUP, _no_reload)
     watchdog = _start_watchdog(gw)
+    if on_ready is not None:
+        on_ready(gw)
     try:
         await stop.wait()
         await drain(gw)

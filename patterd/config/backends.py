@@ -9,7 +9,8 @@ from typing import Any, Mapping
 
 from .hints import unquoted_number_hint
 from .masking import mask_url
-from .model import AgentConfig, BackendConfig, Rule, RuleAction, ToolConfig
+from .model import (DEFAULT_RULES, NO_RULES_FALLBACK, SECRET_OPTION_NAMES, AgentConfig,
+                    BackendConfig, Rule, RuleAction, ToolConfig)
 from .reader import Section
 
 DTMF_DIGITS = re.compile(r"[0-9A-D*#]+")
@@ -67,7 +68,7 @@ PROVIDERS: dict[str, dict[str, Provider]] = {
 }
 
 DEFAULT_PROVIDER = {"stt": "pocketsphinx", "llm": "rules", "tts": "espeak", "vad": "silero"}
-SECRET_OPTIONS = frozenset({"secret"})
+SECRET_OPTIONS = SECRET_OPTION_NAMES
 
 
 def read_backend(root: Section, layer: str, agent: AgentConfig,
@@ -125,8 +126,13 @@ def _read_provider(sec: Section, layer: str, agent: AgentConfig, env: Mapping[st
     rules: tuple[Rule, ...] = ()
     fallback = ""
     if name == "rules":
-        rules = tuple(_read_rules(sec, agent))
-        fallback = sec.str("fallback", "Sorry, I didn't catch that.")
+        if sec.has("rules"):
+            rules = tuple(_read_rules(sec, agent))
+            fallback = sec.str("fallback", "Sorry, I didn't catch that.")
+        else:   # no rules given (not even []): a goodbye, and a fallback that says so
+            sec.known.add("rules")
+            rules = DEFAULT_RULES
+            fallback = sec.str("fallback", NO_RULES_FALLBACK)
     if top and layer != "vad":
         failover = []
         for i, raw in enumerate(sec.list("failover")):

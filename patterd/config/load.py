@@ -203,20 +203,23 @@ def read_carrier(c: Section, env: Mapping[str, str]) -> CarrierSettings:
 def twilio_settings(*, account_sid: str = "", auth_token: str = "",
                     configure_number: bool = True, api_base_url: str = "https://api.twilio.com",
                     env: Mapping[str, str] | None = None, problems: list[str] | None = None,
-                    path: str = "carrier") -> TwilioSettings:
-    """Twilio settings with the environment fallback; problems are appended to ``problems``."""
+                    path: str = "carrier", check_format: bool = True) -> TwilioSettings:
+    """Twilio settings with the environment fallback; problems are appended to ``problems``
+    (raised as :class:`ConfigError` without it). ``check_format=False`` checks only that the
+    credentials are there (a ``Twilio(...)`` object; :func:`carrier_problems` at serve)."""
     env = environ() if env is None else env
     out: list[str] = [] if problems is None else problems
     sid = account_sid or env.get("TWILIO_ACCOUNT_SID", "")
     token = auth_token or env.get("TWILIO_AUTH_TOKEN", "")
     if not sid:
         out.append(f"{path}.account_sid: required (or set TWILIO_ACCOUNT_SID)")
-    elif not TWILIO_SID.fullmatch(sid):
+    elif check_format and not TWILIO_SID.fullmatch(sid):
         out.append(f"{path}.account_sid: expected AC followed by 32 hex digits, "
                    f"got {sid[:6]!r}… ({len(sid)} characters)")
     if not token:
         out.append(f"{path}.auth_token: required (or set TWILIO_AUTH_TOKEN)")
-    _check_api_url(api_base_url, f"{path}.api_base_url", out)
+    if check_format:
+        _check_api_url(api_base_url, f"{path}.api_base_url", out)
     if problems is None and out:
         raise ConfigError(out)
     return TwilioSettings(sid, token, configure_number, api_base_url.rstrip("/"))
@@ -225,8 +228,10 @@ def twilio_settings(*, account_sid: str = "", auth_token: str = "",
 def telnyx_settings(*, api_key: str = "", connection_id: str = "", public_key: str = "",
                     api_base_url: str = "https://api.telnyx.com/v2",
                     require_signature: bool = True, env: Mapping[str, str] | None = None,
-                    problems: list[str] | None = None, path: str = "carrier") -> TelnyxSettings:
-    """Telnyx settings with the environment fallback; the public key is checked by decoding it."""
+                    problems: list[str] | None = None, path: str = "carrier",
+                    check_format: bool = True) -> TelnyxSettings:
+    """Telnyx settings with the environment fallback; the public key is checked by decoding it
+    (with ``check_format``; see :func:`twilio_settings`)."""
     from ..carriers.telnyx.signature import KeyFormatError, load_public_key
 
     env = environ() if env is None else env
@@ -239,15 +244,32 @@ def telnyx_settings(*, api_key: str = "", connection_id: str = "", public_key: s
     if require_signature and not pub:
         out.append(f"{path}.public_key: required (or set TELNYX_PUBLIC_KEY): the base64 "
                    "Ed25519 key from the Telnyx portal, used to verify webhooks")
-    elif pub:
+    elif pub and check_format:
         try:
             load_public_key(pub)
         except KeyFormatError as exc:
             out.append(f"{path}.public_key: {exc}")
-    _check_api_url(api_base_url, f"{path}.api_base_url", out)
+    if check_format:
+        _check_api_url(api_base_url, f"{path}.api_base_url", out)
     if problems is None and out:
         raise ConfigError(out)
     return TelnyxSettings(key, conn, pub, api_base_url.rstrip("/"), require_signature)
+
+
+def carrier_problems(settings: CarrierSettings, path: str = "carrier") -> list[str]:
+    """What is wrong with carrier settings built without the format checks (a malformed
+    account SID or public key, a bad API URL), as ``key.path: problem`` lines."""
+    out: list[str] = []
+    if isinstance(settings, TwilioSettings):
+        twilio_settings(account_sid=settings.account_sid, auth_token=settings.auth_token,
+                        configure_number=settings.configure_number,
+                        api_base_url=settings.api_base_url, env={}, problems=out, path=path)
+    else:
+        telnyx_settings(api_key=settings.api_key, connection_id=settings.connection_id,
+                        public_key=settings.public_key, api_base_url=settings.api_base_url,
+                        require_signature=settings.require_signature, env={}, problems=out,
+                        path=path)
+    return out
 
 
 def _check_api_url(url: str, path: str, out: list[str]) -> None:
