@@ -96,6 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
     from .ops.logging import configure_logging, get_logger
     from .patter import Patter, carrier_for
+    from .startup import StartupError, describe, path_of
 
     path = _config_path(args)
     cfg = _load(path)
@@ -106,8 +107,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         run_async(phone.serve())
     except KeyboardInterrupt:
         return EXIT_OK
+    except StartupError as exc:     # which part could not start, and the file or address
+        fields = {"path": exc.path} if exc.path else {}
+        get_logger("patterd").error("startup_failed", component=exc.component,
+                                    error=exc.detail, **fields)
+        return EXIT_RUNTIME
     except Exception as exc:  # noqa: BLE001 - a runtime failure: one clear line, exit 1
-        get_logger("patterd").error("startup_failed", error=f"{type(exc).__name__}: {exc}")
+        fields = {"path": path_of(exc)} if path_of(exc) else {}
+        get_logger("patterd").error("startup_failed", error=describe(exc), **fields)
         return EXIT_RUNTIME
     return EXIT_OK
 

@@ -18,6 +18,7 @@ from .carriers.base import Carrier
 from .config import Config, ConfigError, load_config
 from .gateway import GATEWAY, Gateway
 from .ops.logging import get_logger
+from .startup import StartupError
 
 log = get_logger("patterd.server")
 
@@ -57,7 +58,14 @@ async def serve(config: Config, carrier: Carrier, *, config_path: str | Path | N
     gc.collect()
     gc.freeze()
     site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise StartupError("server", f"cannot listen on {config.server.host}:"
+                                     f"{config.server.port}: {why.lower()}",
+                           path=f"{config.server.host}:{config.server.port}") from exc
     log.info("listening", host=config.server.host, port=config.server.port,
              public_url=config.server.public_url, carrier=carrier.name,
              phone_number=config.phone_number)
