@@ -150,12 +150,17 @@ def cmd_call(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(req, timeout=30) as resp:
             answer = json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
-        detail = exc.read().decode("utf-8", "replace")[:500]
-        print(f"patterd: the daemon refused the call (HTTP {exc.code}): {detail}",
-              file=sys.stderr)
+        detail = exc.read().decode("utf-8", "replace")[:1000]
+        try:    # the admin API answers {"error": "…"}: show the sentence, not the JSON
+            detail = str(json.loads(detail)["error"])
+        except (ValueError, KeyError, TypeError):
+            pass
+        print(f"patterd: the call was not placed (HTTP {exc.code}): {detail}", file=sys.stderr)
         return EXIT_CONFIG if exc.code == 400 else EXIT_RUNTIME
     except OSError as exc:
-        print(f"patterd: cannot reach the daemon at {url}: {exc}", file=sys.stderr)
+        reason = getattr(exc, "reason", None) or exc
+        print(f"patterd: cannot reach the daemon at {url} ({reason}): is it running with this "
+              "config? (--url for another address)", file=sys.stderr)
         return EXIT_RUNTIME
     print(answer.get("call_id", ""))
     return EXIT_OK
