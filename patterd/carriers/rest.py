@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Marks every answer of ``patterd simulate``'s stand-in for a carrier's REST API.
+SIMULATOR_HEADER = "X-Patterd-Simulator"
 
 SessionSource = aiohttp.ClientSession | Callable[[], aiohttp.ClientSession]
 P = ParamSpec("P")
@@ -32,6 +34,7 @@ class RestResponse:
 
     status: int
     body: Any
+    simulator: bool = False    # answered by patterd's simulator, not the carrier
 
     @property
     def ok(self) -> bool:
@@ -43,12 +46,13 @@ class RestError(Exception):
     """A request that failed for good (after retries, or a non-retryable 4xx)."""
 
     def __init__(self, status: int, code: str, message: str, *,
-                 unreachable: bool = False) -> None:
+                 unreachable: bool = False, simulator: bool = False) -> None:
         super().__init__(f"HTTP {status} {code}: {message}".strip())
         self.status = status
         self.code = code
         self.message = message
         self.unreachable = unreachable   # no connection could be made (refused, no route…)
+        self.simulator = simulator       # the answer came from patterd's simulator
         self.reported = False   # already handed to a client's ``on_error`` hook
 
 
@@ -92,7 +96,8 @@ class RestClient:
                     body = _decode(raw)
                     if resp.status in RETRY_STATUSES and attempt + 1 < self._attempts:
                         continue
-                    return RestResponse(resp.status, body)
+                    return RestResponse(resp.status, body,
+                                        simulator=SIMULATOR_HEADER in resp.headers)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 last_exc = exc
         raise RestError(0, "network", f"{method} {path} failed: {_why(last_exc, self._timeout)}",

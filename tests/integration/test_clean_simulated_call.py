@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from patterd.carriers.twilio import price
 from patterd.carriers.twilio.rest import TwilioRest
 from patterd.config import load_config
-from patterd.simulate import WaitForAgent, say, simulate_call
+from patterd.simulate import Dtmf, WaitForAgent, make_api, say, simulate_call
 from tests.conftest import config, gateway_of, twilio_raw
 from tests.support.net import free_port
 
@@ -56,6 +56,30 @@ async def test_a_healthy_simulated_call_leaves_no_warning_and_no_error_metric(
     assert any(e["event"] == "twilio_price_stand_in_gone" for e in logs)   # it was tried
     assert samples(gw.metrics.backend_errors) == 0
     assert samples(gw.metrics.internal_errors) == 0
+
+
+async def test_a_later_simulation_run_that_does_not_know_the_call_is_no_failure(
+        daemon, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """`patterd simulate` run after run: the price is asked of the next run's stand-in, which
+    answers 404 (marked as the simulator's) for a call of the previous one."""
+    monkeypatch.setattr(price, "SCHEDULE", (1.0,))
+    raw = twilio_raw(llm={"provider": "rules", "rules": [
+        {"dtmf": "9", "reply": "Goodbye!", "action": {"hangup": True}}]})
+    raw["carrier"]["api_base_url"] = f"http://127.0.0.1:{free_port()}"
+    cfg = config(raw)
+    client = await daemon(cfg)
+    gw = gateway_of(client)
+    url = str(client.make_url("")).rstrip("/")
+    with capture_logs() as logs:
+        first = await simulate_call(cfg, url, [WaitForAgent(), Dtmf("9"),
+                                               WaitForAgent(required=False)], timeout=30)
+        assert first.outcome == "hung_up_by_agent", (first.outcome, first.errors)
+        async with make_api(cfg):                  # the next run's stand-in, knowing nothing
+            await until(lambda: not [t for t in gw.tasks if t.get_name() == "twilio-price"],
+                        10)
+    assert [e for e in logs if e["log_level"] in ("warning", "error")] == []
+    assert any(e["event"] == "twilio_price_unknown_to_simulator" for e in logs)
+    assert samples(gw.metrics.backend_errors) == 0
 
 
 async def test_twilio_itself_unreachable_still_counts(daemon) -> None:  # type: ignore[no-untyped-def]

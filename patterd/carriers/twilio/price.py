@@ -11,8 +11,9 @@ the task is cancelled with the gateway's other tasks at shutdown.
 
 ``carrier.api_base_url`` on this machine (loopback) is a stand-in for Twilio: ``patterd
 simulate`` serves the REST API while its calls run and is gone by the time the price is asked
-for. Nothing listening there is no carrier failure (the estimate stays, logged at debug level,
-nothing counted); Twilio itself, or a stand-in that answers with an error, still counts.
+for, or another simulation run serves it that does not know the call (404, from an answer
+marked as the simulator's). Neither is a carrier failure: the estimate stays, logged at debug
+level, nothing counted. Twilio itself, or a stand-in that fails otherwise, still counts.
 
 That fetch lives in the process that served the call, and only while it runs. So every
 ``SWEEP_EVERY`` seconds one replica (``Store.exclusive``) also asks Twilio for the price of
@@ -102,6 +103,10 @@ async def fetch_price(gw: Gateway, rest: TwilioRest, rec: CallRecord,
                     log.debug("twilio_price_stand_in_gone", call_id=call_id, attempt=attempt,
                               reason=exc.message)
                     continue
+                if _unknown_to_simulator(exc):
+                    log.debug("twilio_price_unknown_to_simulator", call_id=call_id,
+                              detail="another simulation run serves the carrier API")
+                    return None
                 gw.metrics.backend_errors.labels("carrier", "twilio").inc()
                 log.warning("twilio_price_fetch_failed", call_id=call_id, attempt=attempt,
                             status=exc.status, code=exc.code, reason=exc.message)
@@ -139,6 +144,11 @@ async def fetch_price(gw: Gateway, rest: TwilioRest, rec: CallRecord,
 def _stand_in_gone(gw: Gateway, exc: RestError) -> bool:
     """A local stand-in for Twilio's API that nothing serves any more (see the module doc)."""
     return exc.unreachable and is_loopback(gw.config.carrier.api_base_url)
+
+
+def _unknown_to_simulator(exc: RestError) -> bool:
+    """The simulator does not know the call: another run of it placed or answered it."""
+    return exc.simulator and exc.status == 404
 
 
 async def sweep_loop(gw: Gateway, settings: TwilioSettings) -> None:
@@ -182,6 +192,9 @@ async def sweep_prices(gw: Gateway, rest: TwilioRest, given_up: set[str]) -> int
                     log.debug("twilio_price_stand_in_gone", call_id=call_id, attempt="sweep",
                               reason=exc.message)
                     break
+                if _unknown_to_simulator(exc):
+                    given_up.add(call_id)
+                    continue
                 gw.metrics.backend_errors.labels("carrier", "twilio").inc()
                 log.warning("twilio_price_fetch_failed", call_id=call_id, attempt="sweep",
                             status=exc.status, code=exc.code, reason=exc.message)
