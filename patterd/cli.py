@@ -1,4 +1,4 @@
-"""The ``patterd`` command line (contract §1)."""
+"""The ``patterd`` command line (README.md, "Command line")."""
 
 from __future__ import annotations
 

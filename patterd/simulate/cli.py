@@ -1,4 +1,4 @@
-"""``patterd simulate``: place simulated calls against a running daemon (contract §1).
+"""``patterd simulate``: place simulated calls against a running daemon (README.md, "Command line").
 
 Steps run in the order given on the command line. The caller first listens to the greeting
 (unless the first step is a barge-in), and after each ``--say``/``--wav``/``--dtmf`` listens to

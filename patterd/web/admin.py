@@ -1,4 +1,5 @@
-"""The admin API under ``/v1`` (contract §4): place calls, read call records, steer live calls.
+"""The admin API under ``/v1`` (README.md, "Outbound calls and the admin API"): place calls,
+read call records, steer live calls.
 
 Every request needs ``Authorization: Bearer <admin.token>`` (compared in constant time); with
 no token configured the API is not served at all.
