@@ -79,7 +79,6 @@ class Patter:
         self._raw: dict[str, Any] = {
             k: section(k, v) if k in LAYERS and v is not None else v
             for k, v in settings.items() if k in SECTIONS}   # the rest were harmless
-        self._agent: Agent | None = None
         self._gateway: Any = None                     # the running daemon's, while serve() runs
         self._stop: asyncio.Event | None = None
         self._served: asyncio.Event | None = None     # set when serve() has returned
@@ -220,8 +219,6 @@ class Patter:
                 "system_prompt_unused", detail="the offline rules agent answers from its rules; "
                 "a language model follows the system prompt (llm='openai' or 'anthropic')")
         self.config = config
-        if agent is not None:
-            self._agent = agent
         loop = asyncio.get_running_loop()
         if self._ready is None or self._ready.done() or self._ready.get_loop() is not loop:
             self._ready = loop.create_future()
@@ -242,6 +239,9 @@ class Patter:
         finally:
             self._gateway = None
             self._stop = None
+            if self._ready.done() and not self._ready.cancelled() \
+                    and self._ready.exception() is None:
+                self._ready = None       # the next serve() gets a fresh one
             self._served.set()
 
     def _listening(self, gateway: Any) -> None:
