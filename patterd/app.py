@@ -14,8 +14,10 @@ from .call.records import detail
 from .carriers.base import Carrier
 from .store import StoreWriter, open_store, retention_loop
 from .config import Config
+from .config.masking import mask_url
 from .gateway import GATEWAY, Gateway
 from .ops.logging import get_logger
+from .startup import starting
 from .web import health
 
 log = get_logger("patterd.app")
@@ -68,11 +70,18 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
         owned = gw.backends is None
         if owned:  # load models first: a failure here stops start-up cleanly
             from .call.backends import Backends
-            gw.backends = await Backends.from_config(gw.config, on_error=gw.backend_failed,
-                                                     supervisor=gw.supervisor)
+            async with starting("backends"):
+                gw.backends = await Backends.from_config(gw.config, on_error=gw.backend_failed,
+                                                         supervisor=gw.supervisor)
         elif hasattr(gw.backends, "supervise"):   # given ones: their workers report here too
             gw.backends.supervise(gw.supervisor)
-        store = await open_store(gw.config.store.url)
+        try:
+            async with starting("store", path=mask_url(gw.config.store.url)):
+                store = await open_store(gw.config.store.url)
+        except BaseException:
+            if owned and gw.backends is not None:   # do not leave decoder processes behind
+                await gw.backends.close()
+            raise
         writer = gw.store_writer = StoreWriter(store)
         writer.start()
         # Always running (cancelled with the other tasks at shutdown): a reload may turn

@@ -1,4 +1,4 @@
-"""The ``patterd`` command line (contract §1)."""
+"""The ``patterd`` command line (README.md, "Command line")."""
 
 from __future__ import annotations
 
@@ -96,6 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
     from .ops.logging import configure_logging, get_logger
     from .patter import Patter, carrier_for
+    from .startup import StartupError, describe, path_of
 
     path = _config_path(args)
     cfg = _load(path)
@@ -106,8 +107,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         run_async(phone.serve())
     except KeyboardInterrupt:
         return EXIT_OK
+    except StartupError as exc:     # which part could not start, and the file or address
+        fields = {"path": exc.path} if exc.path else {}
+        get_logger("patterd").error("startup_failed", component=exc.component,
+                                    error=exc.detail, **fields)
+        return EXIT_RUNTIME
     except Exception as exc:  # noqa: BLE001 - a runtime failure: one clear line, exit 1
-        get_logger("patterd").error("startup_failed", error=f"{type(exc).__name__}: {exc}")
+        fields = {"path": path_of(exc)} if path_of(exc) else {}
+        get_logger("patterd").error("startup_failed", error=describe(exc), **fields)
         return EXIT_RUNTIME
     return EXIT_OK
 
@@ -143,12 +150,17 @@ def cmd_call(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(req, timeout=30) as resp:
             answer = json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
-        detail = exc.read().decode("utf-8", "replace")[:500]
-        print(f"patterd: the daemon refused the call (HTTP {exc.code}): {detail}",
-              file=sys.stderr)
+        detail = exc.read().decode("utf-8", "replace")[:1000]
+        try:    # the admin API answers {"error": "…"}: show the sentence, not the JSON
+            detail = str(json.loads(detail)["error"])
+        except (ValueError, KeyError, TypeError):
+            pass
+        print(f"patterd: the call was not placed (HTTP {exc.code}): {detail}", file=sys.stderr)
         return EXIT_CONFIG if exc.code == 400 else EXIT_RUNTIME
     except OSError as exc:
-        print(f"patterd: cannot reach the daemon at {url}: {exc}", file=sys.stderr)
+        reason = getattr(exc, "reason", None) or exc
+        print(f"patterd: cannot reach the daemon at {url} ({reason}): is it running with this "
+              "config? (--url for another address)", file=sys.stderr)
         return EXIT_RUNTIME
     print(answer.get("call_id", ""))
     return EXIT_OK

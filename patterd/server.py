@@ -8,6 +8,7 @@ import gc
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from .config import Config
 from .gateway import GATEWAY, Gateway
 from .ops.logging import get_logger
 from .reload import Reloader
+from .startup import StartupError
 
 log = get_logger("patterd.server")
 
@@ -41,9 +43,11 @@ def sd_notify(message: str) -> bool:
         return False
 
 
-async def serve(config: Config, carrier: Carrier, *, config_path: str | Path | None = None
-                ) -> None:
-    """Serve until SIGTERM/SIGINT, then drain and return (exit 0)."""
+async def serve(config: Config, carrier: Carrier, *, config_path: str | Path | None = None,
+                stop: asyncio.Event | None = None,
+                on_ready: Callable[[Gateway], None] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain and return (exit 0).
+    ``on_ready(gateway)`` is called once the daemon listens."""
     gw = Gateway(config=config)
     app = build_app(config, carrier, gateway=gw)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
@@ -55,14 +59,21 @@ async def serve(config: Config, carrier: Carrier, *, config_path: str | Path | N
     gc.collect()
     gc.freeze()
     site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise StartupError("server", f"cannot listen on {config.server.host}:"
+                                     f"{config.server.port}: {why.lower()}",
+                           path=f"{config.server.host}:{config.server.port}") from exc
     log.info("listening", host=config.server.host, port=config.server.port,
              public_url=config.server.public_url, carrier=carrier.name,
              phone_number=config.phone_number)
     sd_notify("READY=1\nSTATUS=accepting calls")
 
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if config_path is not None:
@@ -71,6 +82,8 @@ async def serve(config: Config, carrier: Carrier, *, config_path: str | Path | N
     else:   # SIGHUP's default action would kill the process and drop the live calls
         loop.add_signal_handler(signal.SIGHUP, _no_reload)
     watchdog = _start_watchdog(gw)
+    if on_ready is not None:
+        on_ready(gw)
     try:
         await stop.wait()
         await drain(gw)

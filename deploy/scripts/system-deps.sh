@@ -18,6 +18,11 @@ if [ "${1:-runtime}" = "test" ]; then
 fi
 [ ${#want[@]} -eq 0 ] && exit 0
 echo "patterd: installing system packages: ${want[*]}" >&2
+case " ${want[*]} " in
+  *" postgresql "*|*" haproxy "*)
+    echo "patterd: (on Debian/Ubuntu apt enables and starts the PostgreSQL and HAProxy services;" \
+         "the tests use them on 127.0.0.1)" >&2 ;;
+esac
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "patterd: please install these packages with your system's package manager: ${want[*]}" >&2
   exit 1

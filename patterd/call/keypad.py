@@ -1,5 +1,6 @@
-"""Gathering the caller's key presses into one answer (contract §2: a rule wins when "its
-digits the caller pressed" — ``dtmf: "*9"`` as well as ``dtmf: "1"``).
+"""Gathering the caller's key presses into one answer (docs/configuration.md,
+``llm.rules[]``: a rule wins when "its digits the caller pressed" — ``dtmf: "*9"`` as well
+as ``dtmf: "1"``).
 
 Carriers report one key at a time. :class:`Keypad` collects them and says when the agent should
 answer, and with which digits:

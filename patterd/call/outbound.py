@@ -5,16 +5,25 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backends.llm.rules import fill
+from ..carriers.rest import RestError, is_loopback
 from ..config.backends import E164
+from ..config.masking import mask_url
+from ..ops.logging import get_logger
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+
+log = get_logger("patterd.outbound")
 
 MAX_VOICEMAIL_CHARS = 1000
 MAX_VARIABLES = 20
 MAX_VARIABLE_CHARS = 200
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 RING_TIMEOUT = 30  # seconds the callee's phone rings before the call counts as no-answer
+MIN_RING, MAX_RING = 5, 600   # what both carriers accept (Twilio Timeout, Telnyx timeout_secs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +34,7 @@ class OutboundCall:
     machine_detection: bool = False
     voicemail_message: str = ""
     variables: dict[str, str] = field(default_factory=dict)
+    ring_timeout: int = RING_TIMEOUT
 
 
 def parse_outbound(doc: Any, *, default_amd: bool, default_voicemail: str,
@@ -36,7 +46,8 @@ def parse_outbound(doc: Any, *, default_amd: bool, default_voicemail: str,
     ``<Say>``, Telnyx ``speak``) and only gets the text."""
     if not isinstance(doc, dict):
         raise ValueError("body: expected a JSON object")
-    unknown = set(doc) - {"to", "machine_detection", "voicemail_message", "variables"}
+    unknown = set(doc) - {"to", "machine_detection", "voicemail_message", "variables",
+                          "ring_timeout"}
     if unknown:
         raise ValueError(f"{sorted(unknown)[0]}: unknown field")
     to = doc.get("to")
@@ -51,6 +62,12 @@ def parse_outbound(doc: Any, *, default_amd: bool, default_voicemail: str,
     if not isinstance(vm, str) or len(vm) > MAX_VOICEMAIL_CHARS:
         raise ValueError(f"voicemail_message: expected text of at most {MAX_VOICEMAIL_CHARS} "
                          "characters")
+    ring = doc.get("ring_timeout")
+    if ring is None:
+        ring = RING_TIMEOUT
+    if isinstance(ring, bool) or not isinstance(ring, int) \
+            or not MIN_RING <= ring <= MAX_RING:
+        raise ValueError(f"ring_timeout: expected whole seconds from {MIN_RING} to {MAX_RING}")
     variables = doc.get("variables") or {}
     if not isinstance(variables, dict) or len(variables) > MAX_VARIABLES:
         raise ValueError(f"variables: expected an object of at most {MAX_VARIABLES} entries")
@@ -63,7 +80,7 @@ def parse_outbound(doc: Any, *, default_amd: bool, default_voicemail: str,
             raise ValueError(f"variables.{name}: expected text of at most "
                              f"{MAX_VARIABLE_CHARS} characters")
         clean[name] = str(value)
-    return OutboundCall(to, amd, fill(vm, {**(agent_variables or {}), **clean}), clean)
+    return OutboundCall(to, amd, fill(vm, {**(agent_variables or {}), **clean}), clean, ring)
 
 
 def stream_parameters(call: OutboundCall, from_number: str) -> dict[str, str]:
@@ -76,3 +93,39 @@ def stream_parameters(call: OutboundCall, from_number: str) -> dict[str, str]:
     for name, value in call.variables.items():
         params[f"var_{name}"] = value
     return params
+
+
+class CallError(RuntimeError):
+    """A call that could not be placed: the carrier refused it or could not be reached."""
+
+
+def dial_failure(exc: RestError, api_base_url: str) -> str:
+    """Why the carrier did not take a call, for whoever asked (the admin API, ``phone.call``):
+    a local stand-in for the carrier that is not running says what that address is for."""
+    if exc.status != 0:
+        return f"the carrier refused the call: {exc.message}"
+    text = f"could not reach the carrier API at {mask_url(api_base_url)}: {exc.message}"
+    if exc.unreachable and is_loopback(api_base_url):
+        text += ("; nothing listens there. With the offline config that address is the "
+                 "simulator's stand-in for the carrier, which runs only during a simulation: "
+                 "place a simulated outbound call with `patterd simulate --config PATH "
+                 "--outbound +15557654321`")
+    return text
+
+
+async def place_call(gw: Gateway, call: OutboundCall) -> str:
+    """Dial ``call`` through the carrier and open its record; returns the call id. Raises
+    :class:`CallError` (its message from :func:`dial_failure`) when the carrier did not take it."""
+    try:
+        call_id = await gw.control.dial(call)
+    except RestError as exc:
+        log.warning("dial_failed", to=call.to, status=exc.status, reason=exc.message)
+        raise CallError(dial_failure(exc, gw.config.carrier.api_base_url)) from exc
+    rec = gw.registry.ensure(call_id, gw.carrier_name, direction="outbound",
+                             from_number=gw.config.phone_number, to_number=call.to)
+    gw.registry.apply_status(call_id, gw.carrier_name, "queued")
+    gw.registry.add_event(call_id, gw.carrier_name, "dial",
+                          machine_detection=call.machine_detection,
+                          voicemail=bool(call.voicemail_message))
+    log.info("call_placed", call_id=call_id, to=call.to, amd=call.machine_detection)
+    return rec.call_id

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import json
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Marks every answer of ``patterd simulate``'s stand-in for a carrier's REST API.
+SIMULATOR_HEADER = "X-Patterd-Simulator"
 
 SessionSource = aiohttp.ClientSession | Callable[[], aiohttp.ClientSession]
 P = ParamSpec("P")
@@ -30,6 +34,7 @@ class RestResponse:
 
     status: int
     body: Any
+    simulator: bool = False    # answered by patterd's simulator, not the carrier
 
     @property
     def ok(self) -> bool:
@@ -40,11 +45,14 @@ class RestResponse:
 class RestError(Exception):
     """A request that failed for good (after retries, or a non-retryable 4xx)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *,
+                 unreachable: bool = False, simulator: bool = False) -> None:
         super().__init__(f"HTTP {status} {code}: {message}".strip())
         self.status = status
         self.code = code
         self.message = message
+        self.unreachable = unreachable   # no connection could be made (refused, no route…)
+        self.simulator = simulator       # the answer came from patterd's simulator
         self.reported = False   # already handed to a client's ``on_error`` hook
 
 
@@ -88,10 +96,12 @@ class RestClient:
                     body = _decode(raw)
                     if resp.status in RETRY_STATUSES and attempt + 1 < self._attempts:
                         continue
-                    return RestResponse(resp.status, body)
+                    return RestResponse(resp.status, body,
+                                        simulator=SIMULATOR_HEADER in resp.headers)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 last_exc = exc
-        raise RestError(0, "network", f"{method} {path} failed: {last_exc!r}")
+        raise RestError(0, "network", f"{method} {path} failed: {_why(last_exc, self._timeout)}",
+                        unreachable=isinstance(last_exc, aiohttp.ClientConnectorError))
 
     def report(self, exc: RestError) -> None:
         """Hand a failed action to ``on_error`` (e.g. a metric), once per error."""
@@ -114,6 +124,28 @@ def reported(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             args[0]._client.report(exc)  # type: ignore[attr-defined]
             raise
     return run
+
+
+def is_loopback(url: str) -> bool:
+    """True when ``url``'s host is this machine (``localhost``, 127.0.0.0/8, ``::1``): a local
+    stand-in for a carrier's API (the simulator, a test), never the carrier itself."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _why(exc: Exception | None, timeout: aiohttp.ClientTimeout) -> str:
+    """A network failure in words (not aiohttp's repr of its connection key)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
+        return f"cannot connect to {exc.host}:{exc.port} ({reason.lower()})"
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"no answer within {timeout.total:g} s"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _form(fields: Sequence[tuple[str, str]]) -> aiohttp.FormData:

@@ -1,4 +1,4 @@
-"""Configuration: YAML → typed, frozen objects (contract §2)."""
+"""Configuration: YAML → typed, frozen objects (every key: docs/configuration.md)."""
 
 from .load import ConfigError, build_config, load_config, parse_config
 from .model import (AdminConfig, AgentConfig, BackendConfig, CarrierSettings, Config,

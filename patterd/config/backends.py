@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from .hints import unquoted_number_hint
 from .masking import mask_url
-from .model import AgentConfig, BackendConfig, Rule, RuleAction, ToolConfig
+from .model import (DEFAULT_RULES, NO_RULES_FALLBACK, SECRET_OPTION_NAMES, AgentConfig,
+                    BackendConfig, Rule, RuleAction, ToolConfig)
 from .reader import Section
 
 DTMF_DIGITS = re.compile(r"[0-9A-D*#]+")
@@ -71,7 +73,7 @@ PROVIDERS: dict[str, dict[str, Provider]] = {
 }
 
 DEFAULT_PROVIDER = {"stt": "pocketsphinx", "llm": "rules", "tts": "espeak", "vad": "silero"}
-SECRET_OPTIONS = frozenset({"secret", "auth_token"})
+SECRET_OPTIONS = SECRET_OPTION_NAMES
 AUTH_TOKEN_ENV = {"anthropic": "ANTHROPIC_AUTH_TOKEN"}
 """Providers that also take a bearer token (``auth_token``) instead of an API key."""
 
@@ -148,8 +150,13 @@ def _read_provider(sec: Section, layer: str, agent: AgentConfig, env: Mapping[st
     rules: tuple[Rule, ...] = ()
     fallback = ""
     if name == "rules":
-        rules = tuple(_read_rules(sec, agent))
-        fallback = sec.str("fallback", "Sorry, I didn't catch that.")
+        if sec.has("rules"):
+            rules = tuple(_read_rules(sec, agent))
+            fallback = sec.str("fallback", "Sorry, I didn't catch that.")
+        else:   # no rules given (not even []): a goodbye, and a fallback that says so
+            sec.known.add("rules")
+            rules = DEFAULT_RULES
+            fallback = sec.str("fallback", NO_RULES_FALLBACK)
     if top and layer != "vad":
         failover = []
         for i, raw in enumerate(sec.list("failover")):
@@ -270,7 +277,8 @@ def _read_action(r: Section, agent: AgentConfig) -> RuleAction | None:
         if target not in agent.transfer_targets and not is_dial_target(target):
             a.problem("transfer", "expected a name from agent.transfer_targets "
                                   f"({', '.join(agent.transfer_targets) or 'none defined'}), "
-                                  f"an E.164 number or a sip: URI, got {target!r}")
+                                  f"an E.164 number or a sip: URI, got {target!r}"
+                                  + unquoted_number_hint(a.raw.get("transfer")))
         action = RuleAction("transfer", target)
     elif chosen[0] == "hangup":
         if a.bool("hangup", True):

@@ -17,6 +17,7 @@ import yaml
 from ..ops.pricing import merge_pricing
 from .backends import E164, is_dial_target, read_backend
 from .bounded_yaml import MAX_FILE_BYTES, YamlLimitError, load_yaml
+from .hints import cause_first, unquoted_number_hint, yaml_syntax_problem
 from .masking import mask_url
 from .model import (DEFAULT_SYSTEM_PROMPT, AdminConfig, AgentConfig, CarrierSettings, Config, LoggingConfig,
                     RecordingConfig, ServerConfig, StoreConfig, TelnyxSettings, TwilioSettings)
@@ -71,10 +72,7 @@ def _parse_yaml(text: str, source: str) -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError([f"{source}: refused{where}: {exc.problem}"]) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError([f"{source}: not valid YAML{where}: {problem}"]) from None
+        raise ConfigError([yaml_syntax_problem(exc, source, text)]) from None
     except ValueError as exc:   # e.g. an integer of more digits than Python converts
         raise ConfigError([f"{source}: a value cannot be read: "
                            f"{str(exc).split(';')[0]}"]) from None
@@ -113,7 +111,8 @@ def build_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     server = _read_server(root.section("server"))
     phone = root.str("phone_number", pattern=E164, expected="an E.164 number like +15550001234")
     carrier = read_carrier(root.section("carrier"), env)
-    if isinstance(carrier, TwilioSettings) and carrier.configure_number and not phone:
+    if (isinstance(carrier, TwilioSettings) and carrier.configure_number and not phone
+            and not root.has("phone_number")):   # an invalid one is reported already
         problems.append("phone_number: required when carrier.configure_number is true "
                         "(an E.164 number like +15550001234)")
     agent = _read_agent(root.section("agent"))
@@ -152,7 +151,7 @@ def build_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
                             "pricing", problems)
     root.done()
     if problems:
-        raise ConfigError(_one_per_env_path(problems))
+        raise ConfigError(cause_first(_one_per_env_path(problems)))
     return Config(server=server, phone_number=phone, carrier=carrier, agent=agent, stt=stt,
                   llm=llm, tts=tts, vad=vad, recording=recording, store=store, admin=admin,
                   logging=logging_cfg, pricing=MappingProxyType(pricing))
@@ -252,20 +251,23 @@ def read_carrier(c: Section, env: Mapping[str, str]) -> CarrierSettings:
 def twilio_settings(*, account_sid: str = "", auth_token: str = "",
                     configure_number: bool = True, api_base_url: str = "https://api.twilio.com",
                     env: Mapping[str, str] | None = None, problems: list[str] | None = None,
-                    path: str = "carrier") -> TwilioSettings:
-    """Twilio settings with the environment fallback; problems are appended to ``problems``."""
+                    path: str = "carrier", check_format: bool = True) -> TwilioSettings:
+    """Twilio settings with the environment fallback; problems are appended to ``problems``
+    (raised as :class:`ConfigError` without it). ``check_format=False`` checks only that the
+    credentials are there (a ``Twilio(...)`` object; :func:`carrier_problems` at serve)."""
     env = environ() if env is None else env
     out: list[str] = [] if problems is None else problems
     sid = account_sid or env.get("TWILIO_ACCOUNT_SID", "")
     token = auth_token or env.get("TWILIO_AUTH_TOKEN", "")
     if not sid:
         out.append(f"{path}.account_sid: required (or set TWILIO_ACCOUNT_SID)")
-    elif not TWILIO_SID.fullmatch(sid):
+    elif check_format and not TWILIO_SID.fullmatch(sid):
         out.append(f"{path}.account_sid: expected AC followed by 32 hex digits, "
                    f"got {sid[:6]!r}… ({len(sid)} characters)")
     if not token:
         out.append(f"{path}.auth_token: required (or set TWILIO_AUTH_TOKEN)")
-    _check_api_url(api_base_url, f"{path}.api_base_url", out)
+    if check_format:
+        _check_api_url(api_base_url, f"{path}.api_base_url", out)
     if problems is None and out:
         raise ConfigError(out)
     return TwilioSettings(sid, token, configure_number, api_base_url.rstrip("/"))
@@ -274,8 +276,10 @@ def twilio_settings(*, account_sid: str = "", auth_token: str = "",
 def telnyx_settings(*, api_key: str = "", connection_id: str = "", public_key: str = "",
                     api_base_url: str = "https://api.telnyx.com/v2",
                     require_signature: bool = True, env: Mapping[str, str] | None = None,
-                    problems: list[str] | None = None, path: str = "carrier") -> TelnyxSettings:
-    """Telnyx settings with the environment fallback; the public key is checked by decoding it."""
+                    problems: list[str] | None = None, path: str = "carrier",
+                    check_format: bool = True) -> TelnyxSettings:
+    """Telnyx settings with the environment fallback; the public key is checked by decoding it
+    (with ``check_format``; see :func:`twilio_settings`)."""
     from ..carriers.telnyx.signature import KeyFormatError, load_public_key
 
     env = environ() if env is None else env
@@ -288,15 +292,32 @@ def telnyx_settings(*, api_key: str = "", connection_id: str = "", public_key: s
     if require_signature and not pub:
         out.append(f"{path}.public_key: required (or set TELNYX_PUBLIC_KEY): the base64 "
                    "Ed25519 key from the Telnyx portal, used to verify webhooks")
-    elif pub:
+    elif pub and check_format:
         try:
             load_public_key(pub)
         except KeyFormatError as exc:
             out.append(f"{path}.public_key: {exc}")
-    _check_api_url(api_base_url, f"{path}.api_base_url", out)
+    if check_format:
+        _check_api_url(api_base_url, f"{path}.api_base_url", out)
     if problems is None and out:
         raise ConfigError(out)
     return TelnyxSettings(key, conn, pub, api_base_url.rstrip("/"), require_signature)
+
+
+def carrier_problems(settings: CarrierSettings, path: str = "carrier") -> list[str]:
+    """What is wrong with carrier settings built without the format checks (a malformed
+    account SID or public key, a bad API URL), as ``key.path: problem`` lines."""
+    out: list[str] = []
+    if isinstance(settings, TwilioSettings):
+        twilio_settings(account_sid=settings.account_sid, auth_token=settings.auth_token,
+                        configure_number=settings.configure_number,
+                        api_base_url=settings.api_base_url, env={}, problems=out, path=path)
+    else:
+        telnyx_settings(api_key=settings.api_key, connection_id=settings.connection_id,
+                        public_key=settings.public_key, api_base_url=settings.api_base_url,
+                        require_signature=settings.require_signature, env={}, problems=out,
+                        path=path)
+    return out
 
 
 def _check_api_url(url: str, path: str, out: list[str]) -> None:
@@ -308,8 +329,10 @@ def _read_agent(a: Section) -> AgentConfig:
     targets = a.str_map("transfer_targets", expected="an E.164 number or a sip: URI")
     for name, target in targets.items():
         if not is_dial_target(target):
+            given = (a.raw.get("transfer_targets") or {}).get(name)
             a.problems.append(f"{a.key_path('transfer_targets')}.{name}: expected an E.164 "
-                              f"number or a sip: URI, got {target!r}")
+                              f"number or a sip: URI, got {target!r}"
+                              + unquoted_number_hint(given))
     cfg = AgentConfig(
         first_message=a.str("first_message", "Thanks for calling."),
         system_prompt=a.str("system_prompt", DEFAULT_SYSTEM_PROMPT),

@@ -7,6 +7,7 @@ from types import MappingProxyType
 from typing import Any, Literal, Mapping
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
+SECRET_OPTION_NAMES = frozenset({"secret", "auth_token"})   # provider options that are secrets
 DEFAULT_SYSTEM_PROMPT = "You are a helpful phone assistant. Keep answers short."
 
 
@@ -27,7 +28,7 @@ class TwilioSettings:
     """``carrier:`` with ``provider: twilio``; credentials already resolved from the environment."""
 
     account_sid: str
-    auth_token: str
+    auth_token: str = field(repr=False)   # a secret: never in a repr (logs, tracebacks)
     configure_number: bool = True
     api_base_url: str = "https://api.twilio.com"
     provider: Literal["twilio"] = "twilio"
@@ -37,7 +38,7 @@ class TwilioSettings:
 class TelnyxSettings:
     """``carrier:`` with ``provider: telnyx``; credentials already resolved from the environment."""
 
-    api_key: str
+    api_key: str = field(repr=False)
     connection_id: str = ""
     public_key: str = ""
     api_base_url: str = "https://api.telnyx.com/v2"
@@ -82,6 +83,13 @@ class Rule:
     action: RuleAction | None = None
 
 
+# The rules agent when the file (or phone.agent()) gives it no rules: a caller can still say
+# goodbye, and anything else is told why nothing happens.
+DEFAULT_RULES: tuple[Rule, ...] = (
+    Rule(("goodbye", "bye"), "", "Goodbye!", RuleAction("hangup")),)
+NO_RULES_FALLBACK = "This agent has no rules yet, so it can only say goodbye. Say goodbye to hang up."
+
+
 @dataclass(frozen=True, slots=True)
 class ToolConfig:
     """One of ``llm.tools``: a function the model may call, served by the user's HTTPS endpoint.
@@ -99,10 +107,10 @@ class ToolConfig:
     retries: int = 1
     max_response_bytes: int = 65536
     allow_private: bool = False
-    secret: str = ""
+    secret: str = field(default="", repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class BackendConfig:
     """``stt:``, ``llm:``, ``tts:`` or ``vad:`` — one provider and its settings.
 
@@ -135,6 +143,16 @@ class BackendConfig:
         """This provider, then its failover providers, in order."""
         return (self, *self.failover)
 
+    def __repr__(self) -> str:
+        # api_key and secret options (the webhook agent's) never show
+        shown = {k: ("********" if k in SECRET_OPTION_NAMES and v else v)
+                 for k, v in self.options.items()}
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in (
+            "provider", "model", "voice", "base_url") if getattr(self, k))
+        extra = "".join(f", {k}={getattr(self, k)!r}" for k in (
+            "rules", "fallback", "failover", "tools") if getattr(self, k))
+        return f"BackendConfig({fields}, options={shown!r}{extra})"
+
 
 @dataclass(frozen=True, slots=True)
 class RecordingConfig:
@@ -161,7 +179,7 @@ class StoreConfig:
 class AdminConfig:
     """``admin:`` — the bearer token of the /v1 API; empty means the admin API is off."""
 
-    token: str = ""
+    token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +199,8 @@ class Config:
     carrier: CarrierSettings
     agent: AgentConfig = field(default_factory=AgentConfig)
     stt: BackendConfig = field(default_factory=lambda: BackendConfig("pocketsphinx"))
-    llm: BackendConfig = field(default_factory=lambda: BackendConfig("rules"))
+    llm: BackendConfig = field(default_factory=lambda: BackendConfig(
+        "rules", rules=DEFAULT_RULES, fallback=NO_RULES_FALLBACK))
     tts: BackendConfig = field(default_factory=lambda: BackendConfig("espeak"))
     vad: BackendConfig = field(default_factory=lambda: BackendConfig("silero"))
     recording: RecordingConfig = field(default_factory=RecordingConfig)

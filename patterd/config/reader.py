@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .hints import unquoted_number_hint
+
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
@@ -113,7 +115,8 @@ class Section:
                              + _hint(text, options))
                 return default
         if pattern is not None and text and not pattern.fullmatch(text):
-            self.problem(key, f"expected {expected or pattern.pattern}, got {text!r}")
+            self.problem(key, f"expected {expected or pattern.pattern}, got {text!r}"
+                         + unquoted_number_hint(value))
             return default
         return text
 

@@ -1,4 +1,4 @@
-"""Every Prometheus family of contract §6, registered from the start on one registry."""
+"""Every Prometheus family (README.md, "Metrics"), registered from the start on one registry."""
 
 from __future__ import annotations
 

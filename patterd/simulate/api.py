@@ -18,6 +18,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
 
+from ..carriers.rest import SIMULATOR_HEADER
+
 
 def is_loopback(url: str) -> bool:
     """True when ``url``'s host is this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
@@ -28,6 +30,12 @@ def is_loopback(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+async def _mark(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer says it is the simulator's: the daemon then knows that a call this stand-in
+    does not know (one of another simulation run) is no carrier failure."""
+    response.headers[SIMULATOR_HEADER] = "1"
 
 
 class ApiCall(Protocol):
@@ -87,6 +95,7 @@ class CarrierApi:
         self.port = parts.port or 80
         self.prefix = parts.path.rstrip("/")
         self.app = web.Application(middlewares=[self._watch])
+        self.app.on_response_prepare.append(_mark)
         self.calls: dict[str, ApiCall] = {}
         self.ended: set[str] = set()        # calls that are over (the carrier says so)
         self.requests: list[ApiRequest] = []

@@ -1,8 +1,10 @@
-"""``patterd simulate``: place simulated calls against a running daemon (contract §1).
+"""``patterd simulate``: place simulated calls against a running daemon (README.md, "Command line").
 
 Steps run in the order given on the command line. The caller first listens to the greeting
 (unless the first step is a barge-in), and after each ``--say``/``--wav``/``--dtmf`` listens to
-the agent's reply; then it hangs up. With no steps: listen to the greeting, then hang up.
+the agent's reply; then it hangs up. With no steps: listen to the greeting, then hang up — or,
+with ``--calls N`` (N > 1), say one phrase the agent answers (:func:`default_phrase`), so the
+summary has response-latency percentiles.
 
 ``--outbound TO``: ask the daemon's admin API to call TO instead, and be the carrier and the
 callee (``--callee human|machine|busy|no-answer|failed|canceled``; a human runs the steps).
@@ -189,9 +191,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def default_phrase(config: Config) -> str:
+    """What each caller says when ``--calls N`` is given no script, so that every call has a
+    turn to time: the first phrase of the rules agent that gets a reply and keeps the call up
+    (else its first phrase), or "hello" for other agents."""
+    phrased = [r for r in config.llm.rules if r.phrases] if config.llm.provider == "rules" \
+        else []
+    for rule in phrased:
+        if rule.action is None and rule.reply:
+            return rule.phrases[0]
+    return phrased[0].phrases[0] if phrased else "hello"
+
+
 async def _main(config: Config, url: str, args: argparse.Namespace,
                 signer: TelnyxSigner | None) -> int:
-    steps = await build_steps(args.steps or [], args.reply_timeout)
+    actions = args.steps or []
+    if not actions and args.calls > 1 and not args.outbound:
+        phrase = default_phrase(config)
+        actions = [("say", phrase)]
+        print(f"patterd simulate: no --say given: each caller says {phrase!r} once, so every "
+              "call has a turn to time (give --say/--dtmf to choose)", file=sys.stderr)
+    steps = await build_steps(actions, args.reply_timeout)
     if args.outbound:
         return await _outbound(config, url, args, signer, steps)
     report = await simulate(config, url, steps, calls=args.calls, out=args.out,

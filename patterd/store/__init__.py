@@ -1,4 +1,5 @@
-"""Persistent call records (contract §2 ``store.url``): SQLite or PostgreSQL, same schema.
+"""Persistent call records (``store.url``, docs/configuration.md): SQLite or PostgreSQL, same
+schema.
 
 ``await open_store(url)`` opens the database named by ``store.url`` and runs the missing
 schema migrations:

@@ -1,4 +1,5 @@
-"""The admin API under ``/v1`` (contract §4): place calls, read call records, steer live calls.
+"""The admin API under ``/v1`` (README.md, "Outbound calls and the admin API"): place calls,
+read call records, steer live calls.
 
 Every request needs ``Authorization: Bearer <admin.token>`` (compared in constant time); with
 no token configured the API is not served at all.
@@ -14,11 +15,10 @@ from typing import Any
 from aiohttp import web
 
 from ..call.actions import ActionError, resolve_target
-from ..call.outbound import parse_outbound
+from ..call.outbound import CallError, parse_outbound, place_call
 from ..call.records import detail, summary  # noqa: F401 - summary re-exported
 from ..call.remote import steer
 from ..call.registry import CallRecord
-from ..carriers.rest import RestError
 from ..config.backends import DTMF_SEND
 from ..gateway import Gateway
 from ..ops.logging import get_logger
@@ -77,18 +77,10 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
         if gw.draining:
             return _error(503, "draining: not placing new calls")
         try:
-            call_id = await gw.control.dial(call)
-        except RestError as exc:
-            log.warning("dial_failed", to=call.to, status=exc.status, reason=exc.message)
-            return _error(502, f"the carrier refused the call: {exc.message}")
-        rec = gw.registry.ensure(call_id, gw.carrier_name, direction="outbound",
-                                 from_number=gw.config.phone_number, to_number=call.to)
-        gw.registry.apply_status(call_id, gw.carrier_name, "queued")
-        gw.registry.add_event(call_id, gw.carrier_name, "dial",
-                              machine_detection=call.machine_detection,
-                              voicemail=bool(call.voicemail_message))
-        log.info("call_placed", call_id=call_id, to=call.to, amd=call.machine_detection)
-        return web.json_response({"call_id": rec.call_id}, status=201)
+            call_id = await place_call(gw, call)
+        except CallError as exc:
+            return _error(502, str(exc))
+        return web.json_response({"call_id": call_id}, status=201)
 
     async def list_calls(request: web.Request) -> web.StreamResponse:
         q = request.query

@@ -72,6 +72,9 @@ async def test_place_call_input_errors_are_400(daemon, fake_twilio) -> None:  # 
         ({"to": "+15551234567", "machine_detection": "yes"}, "machine_detection"),
         ({"to": "+15551234567", "variables": {"bad name": "x"}}, "variables"),
         ({"to": "+15551234567", "voicemail_message": "x" * 1001}, "voicemail_message"),
+        ({"to": "+15551234567", "ring_timeout": 4}, "ring_timeout"),
+        ({"to": "+15551234567", "ring_timeout": 601}, "ring_timeout"),
+        ({"to": "+15551234567", "ring_timeout": 20.5}, "ring_timeout"),
     ]
     for body, field in bad:
         resp = await client.post("/v1/calls", headers=AUTH, json=body)
@@ -87,12 +90,13 @@ async def test_place_telnyx_call(daemon, fake_telnyx, telnyx_signer) -> None:  #
     raw["carrier"]["api_base_url"] = base
     client = await daemon(config(raw))
     resp = await client.post("/v1/calls", headers=AUTH, json={
-        "to": "+15557654321", "machine_detection": True, "voicemail_message": "Call back."})
+        "to": "+15557654321", "machine_detection": True, "voicemail_message": "Call back.",
+        "ring_timeout": 45})
     assert resp.status == 201
     assert (await resp.json())["call_id"] == "v3:dialled-1"
     body = fake.requests[0].json
     assert body["connection_id"] == "2811212257810187875" and body["to"] == "+15557654321"
-    assert body["stream_bidirectional_mode"] == "rtp" and body["timeout_secs"] == 30
+    assert body["stream_bidirectional_mode"] == "rtp" and body["timeout_secs"] == 45
     assert body["answering_machine_detection"] == "greeting_end"
     assert body["stream_url"].startswith("wss://voice.example.com/media/telnyx/")
     state = json.loads(base64.b64decode(body["client_state"]))

@@ -174,7 +174,31 @@ def test_port_in_use_is_a_runtime_failure(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         path = write_config(tmp_path, twilio_raw(server={"host": "127.0.0.1", "port": port}))
         out = patterd("--config", str(path))
-    assert out.returncode == 1 and "startup_failed" in out.stderr
+    assert out.returncode == 1
+    failed = [json.loads(line) for line in out.stderr.splitlines()
+              if '"startup_failed"' in line]
+    assert len(failed) == 1, out.stderr
+    assert failed[0]["component"] == "server" and failed[0]["path"] == f"127.0.0.1:{port}"
+    assert failed[0]["error"] == f"cannot listen on 127.0.0.1:{port}: address already in use"
+
+
+def test_startup_failed_names_the_component(tmp_path: Path) -> None:
+    """A provider that cannot start, a store that cannot open: which part, and what file."""
+    path = write_config(tmp_path, twilio_raw(tts={"provider": "espeak", "voice": "alloy"}))
+    out = patterd("--config", str(path))
+    (failed,) = [json.loads(line) for line in out.stderr.splitlines()
+                 if '"startup_failed"' in line]
+    assert out.returncode == 1
+    assert failed["component"] == "backends"
+    assert failed["error"] == "ValueError: espeak TTS: unknown voice 'alloy'"
+    (tmp_path / "taken").write_text("a file, not a folder")
+    path = write_config(tmp_path, twilio_raw(
+        store={"url": f"sqlite:///{tmp_path / 'taken' / 'calls.db'}"}))
+    out = patterd("--config", str(path))
+    (failed,) = [json.loads(line) for line in out.stderr.splitlines()
+                 if '"startup_failed"' in line]
+    assert failed["component"] == "store" and str(tmp_path / "taken") in failed["error"]
+    assert failed["path"] == f"sqlite:///{tmp_path / 'taken' / 'calls.db'}"
 
 
 @pytest.mark.parametrize("cmd", [["serve", "--config"], ["--config"]])

@@ -171,3 +171,20 @@ async def test_call_errors_without_a_daemon(tmp_path: Path) -> None:
     assert rc == 2 and "--var 'oops': expected NAME=VALUE" in err
     rc, _, err = await patterd("call", "--config", str(path))
     assert rc == 2 and "--to" in err and "Traceback" not in err
+
+
+async def test_on_a_config_whose_carrier_is_the_simulator_call_points_at_simulate(
+        tmp_path: Path) -> None:
+    """The shipped offline config's carrier API is the simulator's stand-in (127.0.0.1): with
+    no simulation running, `patterd call` cannot work, and says what does."""
+    api = f"http://127.0.0.1:{free_port()}"      # nothing listens there
+    d = Daemon(tmp_path, api, {})
+    await d.start()
+    try:
+        rc, out, err = await patterd("call", "--config", str(d.path), "--to", CALLEE)
+    finally:
+        await d.stop()
+    assert rc == 1 and out == ""
+    assert f"could not reach the carrier API at {api}" in err
+    assert "patterd simulate --config PATH --outbound" in err
+    assert "ClientConnectorError" not in err and '{"error"' not in err

@@ -61,11 +61,6 @@ def test_patter_from_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     assert phone.config.carrier.auth_token == "t"
     assert phone.config.phone_number == "+15550001234"
     assert phone.build_app() is not None
-    monkeypatch.delenv("PATTERD_PUBLIC_URL")
-    with pytest.raises(ConfigError) as info:
-        Patter(carrier=Twilio(account_sid=TWILIO_SID, auth_token="t"),
-               phone_number="+15550001234")
-    assert info.value.problems[0].startswith("server.public_url: required")
 
 
 def test_patter_from_config(tmp_path: Path) -> None:
@@ -119,7 +114,8 @@ async def test_serve_sets_up_logging_unless_the_application_did(
     set_up: list[tuple[str, str]] = []
     served: list[object] = []
 
-    async def fake_serve(config: object, carrier: object, *, config_path: object) -> None:
+    async def fake_serve(config: object, carrier: object, *, config_path: object,
+                         **hooks: object) -> None:
         served.append(config_path)
 
     monkeypatch.setattr(patterd.ops.logging, "configure_logging",

@@ -1,4 +1,4 @@
-"""The offline ``rules`` agent (contract §2).
+"""The offline ``rules`` agent (docs/configuration.md, ``llm`` provider ``rules``).
 
 Rules are tried in order; the first whose phrase occurs in the caller's utterance
 (case-insensitive, as whole words: ``bye`` matches "ok bye!" but not "maybe") or whose ``dtmf``

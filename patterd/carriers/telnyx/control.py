@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from ...call.outbound import RING_TIMEOUT, OutboundCall
+from ...call.outbound import OutboundCall
 from ...config import Config, TelnyxSettings
 from ..rest import ErrorHook, RestError, SessionSource
 from .rest import TelnyxRest, client_state
@@ -67,7 +67,7 @@ class TelnyxControl:
             state["vars"] = call.variables
         body: dict[str, Any] = {
             "connection_id": self._settings.connection_id, "to": call.to, "from": self._from,
-            "timeout_secs": RING_TIMEOUT,
+            "timeout_secs": call.ring_timeout,
             "stream_url": self._stream_url(self._tokens.mint(ref)),
             "stream_track": "inbound_track", "stream_bidirectional_mode": "rtp",
             "stream_bidirectional_codec": "PCMU", "stream_bidirectional_target_legs": "self",

@@ -18,8 +18,14 @@ log = get_logger("patterd.twilio")
 
 
 class Carrier:
-    """The Twilio carrier. Arguments default to ``""`` and fall back to ``TWILIO_ACCOUNT_SID``
-    and ``TWILIO_AUTH_TOKEN``; missing credentials raise :class:`patterd.config.ConfigError`."""
+    """The Twilio carrier (``patterd.Twilio``). Arguments default to ``""`` and fall back to
+    ``TWILIO_ACCOUNT_SID`` and ``TWILIO_AUTH_TOKEN``; a missing one raises
+    :class:`patterd.config.ConfigError` naming the variable. A malformed account SID or API
+    URL is reported when the daemon starts (``Patter.serve()``; ``patterd check`` for a file).
+
+    What it was given (or read) is readable under the same names: ``account_sid``,
+    ``auth_token``, ``configure_number``, ``api_base_url``. Equal settings make equal
+    carriers; the repr never shows the auth token."""
 
     name: ClassVar[str] = "twilio"
 
@@ -28,7 +34,33 @@ class Carrier:
                  api_base_url: str = "https://api.twilio.com") -> None:
         self.settings: TwilioSettings = twilio_settings(
             account_sid=account_sid, auth_token=auth_token, configure_number=configure_number,
-            api_base_url=api_base_url)
+            api_base_url=api_base_url, check_format=False)
+
+    @property
+    def account_sid(self) -> str:
+        """The account SID (``AC…``), as given or read from ``TWILIO_ACCOUNT_SID``."""
+        return self.settings.account_sid
+
+    @property
+    def auth_token(self) -> str:
+        """The auth token, as given or read from ``TWILIO_AUTH_TOKEN``."""
+        return self.settings.auth_token
+
+    @property
+    def configure_number(self) -> bool:
+        """Whether the daemon points the number's voice URL at itself on start."""
+        return self.settings.configure_number
+
+    @property
+    def api_base_url(self) -> str:
+        """Twilio's REST API (or a local stand-in, such as the simulator's)."""
+        return self.settings.api_base_url
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.settings == self.settings  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self.settings)
 
     @classmethod
     def from_settings(cls, settings: TwilioSettings) -> Carrier:
@@ -70,5 +102,6 @@ class Carrier:
         log.info("number_configured", phone_number=gw.config.phone_number, number_sid=sid)
 
     def __repr__(self) -> str:
-        return f"Twilio(account_sid={self.settings.account_sid[:6]}…)"
+        return (f"Twilio(account_sid={self.settings.account_sid[:6] + '…'!r}, "
+                f"auth_token='********')")
 

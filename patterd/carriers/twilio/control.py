@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
-from ...call.outbound import RING_TIMEOUT, OutboundCall, stream_parameters
+from ...call.outbound import OutboundCall, stream_parameters
 from ...config import Config, TwilioSettings
 from ..rest import ErrorHook, SessionSource
 from .rest import TwilioRest
@@ -76,7 +76,7 @@ class TwilioControl:
                 ("StatusCallbackMethod", "POST")]
         form += [("StatusCallbackEvent", e)
                  for e in ("initiated", "ringing", "answered", "completed")]
-        form.append(("Timeout", str(RING_TIMEOUT)))
+        form.append(("Timeout", str(call.ring_timeout)))
         if call.machine_detection:
             amd_url = f"{self._base}/webhooks/twilio/amd"
             if call.voicemail_message:

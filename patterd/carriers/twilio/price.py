@@ -9,6 +9,12 @@ store gets the update. The webhook answer never waits for this; failures are log
 counted (``patterd_backend_errors_total{backend="carrier",provider="twilio"}``), never raised;
 the task is cancelled with the gateway's other tasks at shutdown.
 
+``carrier.api_base_url`` on this machine (loopback) is a stand-in for Twilio: ``patterd
+simulate`` serves the REST API while its calls run and is gone by the time the price is asked
+for, or another simulation run serves it that does not know the call (404, from an answer
+marked as the simulator's). Neither is a carrier failure: the estimate stays, logged at debug
+level, nothing counted. Twilio itself, or a stand-in that fails otherwise, still counts.
+
 That fetch lives in the process that served the call, and only while it runs. So every
 ``SWEEP_EVERY`` seconds one replica (``Store.exclusive``) also asks Twilio for the price of
 the calls in the store that ended ``SWEEP_AFTER`` seconds to ``SWEEP_WINDOW`` ago and still
@@ -27,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...config import TwilioSettings
 from ...ops.logging import get_logger
-from ..rest import RestError
+from ..rest import RestError, is_loopback
 from .rest import TwilioRest
 
 if TYPE_CHECKING:
@@ -85,12 +91,22 @@ async def fetch_price(gw: Gateway, rest: TwilioRest, rec: CallRecord,
     Twilio has one; apply it with ``gw.carrier_priced`` and return it (None if it never came)."""
     delays = SCHEDULE if schedule is None else schedule
     call_id = rec.call_id
+    stand_in_gone = False
     try:
         for attempt, delay in enumerate(delays, 1):
             await asyncio.sleep(delay)
             try:
                 resource = await rest.fetch_call(call_id)
             except RestError as exc:
+                stand_in_gone = _stand_in_gone(gw, exc)
+                if stand_in_gone:
+                    log.debug("twilio_price_stand_in_gone", call_id=call_id, attempt=attempt,
+                              reason=exc.message)
+                    continue
+                if _unknown_to_simulator(exc):
+                    log.debug("twilio_price_unknown_to_simulator", call_id=call_id,
+                              detail="another simulation run serves the carrier API")
+                    return None
                 gw.metrics.backend_errors.labels("carrier", "twilio").inc()
                 log.warning("twilio_price_fetch_failed", call_id=call_id, attempt=attempt,
                             status=exc.status, code=exc.code, reason=exc.message)
@@ -116,9 +132,23 @@ async def fetch_price(gw: Gateway, rest: TwilioRest, rec: CallRecord,
     except asyncio.CancelledError:
         log.info("twilio_price_abandoned", call_id=call_id, reason="shutting down")
         raise
-    log.warning("twilio_price_unavailable", call_id=call_id, attempts=len(delays),
-                waited_seconds=sum(delays))
+    if stand_in_gone:
+        log.info("twilio_price_unavailable", call_id=call_id, attempts=len(delays),
+                 detail="the local carrier API (a simulator?) is gone: keeping the estimate")
+    else:
+        log.warning("twilio_price_unavailable", call_id=call_id, attempts=len(delays),
+                    waited_seconds=sum(delays))
     return None
+
+
+def _stand_in_gone(gw: Gateway, exc: RestError) -> bool:
+    """A local stand-in for Twilio's API that nothing serves any more (see the module doc)."""
+    return exc.unreachable and is_loopback(gw.config.carrier.api_base_url)
+
+
+def _unknown_to_simulator(exc: RestError) -> bool:
+    """The simulator does not know the call: another run of it placed or answered it."""
+    return exc.simulator and exc.status == 404
 
 
 async def sweep_loop(gw: Gateway, settings: TwilioSettings) -> None:
@@ -161,6 +191,13 @@ async def sweep_prices(gw: Gateway, rest: TwilioRest, given_up: set[str]) -> int
             try:
                 resource = await rest.fetch_call(call_id)
             except RestError as exc:
+                if _stand_in_gone(gw, exc):   # no stand-in now: none for the others either
+                    log.debug("twilio_price_stand_in_gone", call_id=call_id, attempt="sweep",
+                              reason=exc.message)
+                    break
+                if _unknown_to_simulator(exc):
+                    given_up.add(call_id)
+                    continue
                 gw.metrics.backend_errors.labels("carrier", "twilio").inc()
                 log.warning("twilio_price_fetch_failed", call_id=call_id, attempt="sweep",
                             status=exc.status, code=exc.code, reason=exc.message)

@@ -143,4 +143,5 @@ def _raise_for(resp: RestResponse, doing: str) -> None:
         return
     body = resp.body if isinstance(resp.body, dict) else {}
     raise RestError(resp.status, str(body.get("code", "")),
-                    f"could not {doing}: {body.get('message') or body.get('raw') or ''}")
+                    f"could not {doing}: {body.get('message') or body.get('raw') or ''}",
+                    simulator=resp.simulator)

@@ -174,3 +174,42 @@ def test_daemon_not_running_exits_1(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["--config", str(cfg), "--url", f"http://127.0.0.1:{free_port()}",
                  "--no-transcribe"]) == 1
     assert "cannot reach the daemon" in capsys.readouterr().out
+
+
+async def test_calls_alone_print_latency_percentiles(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`--calls N` with no script: each caller says a phrase the agent answers, so the summary
+    has a turn per call to time."""
+    cfg_path = _write_config(tmp_path / "patter.yaml")
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["llm"] = {"provider": "rules", "rules": [
+        {"phrases": ["sales"], "reply": "Transferring.", "action": {"transfer": "+15550001001"}},
+        {"phrases": ["opening hours"], "reply": "Nine to five."}]}
+    cfg_path.write_text(yaml.safe_dump(raw))
+    async with StandIn(twilio_config(), converse) as d:
+        code = await asyncio.to_thread(main, ["--config", str(cfg_path), "--url", d.url,
+                                              "--calls", "2", "--no-transcribe"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "each caller says 'opening hours' once" in captured.err
+    assert "response latency over 2 turns: p50 " in captured.out
+    assert "p50 —" not in captured.out
+
+
+def test_default_phrase_prefers_a_reply_that_keeps_the_call_up() -> None:
+    from patterd.config import build_config
+    from patterd.simulate.cli import default_phrase
+    base = yaml.safe_load(_write_config_text())
+    assert default_phrase(build_config(base, env={})) == "goodbye"        # the default rules
+    base["llm"] = {"provider": "rules", "rules": [
+        {"phrases": ["bye"], "reply": "Bye.", "action": {"hangup": True}},
+        {"dtmf": "1", "reply": "One."}, {"phrases": ["hours"], "reply": "Nine to five."}]}
+    assert default_phrase(build_config(base, env={})) == "hours"
+    base["llm"] = {"provider": "openai", "api_key": "sk"}
+    assert default_phrase(build_config(base, env={})) == "hello"
+
+
+def _write_config_text() -> str:
+    return yaml.safe_dump({"server": {"public_url": PUBLIC_URL}, "phone_number": PHONE,
+                           "carrier": {"provider": "twilio", "account_sid": TWILIO_SID,
+                                       "auth_token": TWILIO_TOKEN}})
