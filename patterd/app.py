@@ -16,6 +16,7 @@ from .store import StoreWriter, open_store, retention_loop
 from .config import Config
 from .gateway import GATEWAY, Gateway
 from .ops.logging import get_logger
+from .ops.loop_monitor import watch_loop
 from .web import health
 
 log = get_logger("patterd.app")
@@ -86,10 +87,13 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
             timeout=aiohttp.ClientTimeout(total=15),
             connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
             headers={"User-Agent": "patterd"})
+        monitor = gw.supervisor.start("loop-monitor", lambda: watch_loop(gw.metrics))
         gw.ready = True
         gw.spawn(carrier.on_startup(gw), name="carrier-startup")
         yield
         gw.ready = False
+        monitor.cancel()
+        await asyncio.gather(monitor, return_exceptions=True)
         for session in list(gw.sessions):
             await session.close()
         if gw.cluster is not None:
