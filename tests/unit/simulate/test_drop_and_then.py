@@ -65,3 +65,23 @@ async def test_drop_on_telnyx_is_followed_by_streaming_stopped_and_call_hangup()
     assert stream.events("media") and not stream.events("stop")
     kinds = [e["event_type"] for e in d.telnyx_events()]
     assert kinds[-2:] == ["streaming.stopped", "call.hangup"]
+
+
+async def test_a_finished_twilio_call_carries_the_price_the_stand_in_is_given() -> None:
+    import aiohttp
+
+    from tests.unit.simulate.standin import TWILIO_SID, TWILIO_TOKEN
+    cfg = twilio_config()
+    async with StandIn(cfg, greet) as d, make_api(cfg) as api:  # type: ignore[union-attr]
+        r = await simulate_call(cfg, d.url, [WaitForAgent(silence=0.3)], api=api)
+        url = (f"{cfg.carrier.api_base_url}/2010-04-01/Accounts/{TWILIO_SID}/Calls/"
+               f"{r.call_id}.json")
+        auth = {"Authorization": aiohttp.encode_basic_auth(TWILIO_SID, TWILIO_TOKEN)}
+        async with aiohttp.ClientSession() as s:
+            async with s.get(url, headers=auth) as resp:
+                unpriced = await resp.json()
+            api.call_price = "-0.0085"
+            async with s.get(url, headers=auth) as resp:
+                priced = await resp.json()
+    assert unpriced["status"] == "completed" and unpriced["price"] is None   # the default
+    assert priced["price"] == "-0.0085" and priced["sid"] == r.call_id
