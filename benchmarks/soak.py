@@ -215,6 +215,7 @@ class Soak:
     async def call(self, c: Carrier, ending: str, seconds: float) -> None:
         from patterd.simulate import Callee, Wait, simulate_call, simulate_outbound
         from patterd.simulate.results import ERROR, CallResult
+        args = self.args
         assert self.voices is not None and self.session is not None
         c.live += 1
         c.started += 1
@@ -235,7 +236,7 @@ class Soak:
                     machine_detection=True, voicemail_message=VOICEMAIL, signer=c.signer,
                     api=c.api, session=self.session, timeout=120.0, keep_audio=False)
             else:
-                plan = plan_inbound(self.rng, self.voices, ending, seconds)
+                plan = plan_inbound(self.rng, self.voices, ending, seconds, args.pause)
                 result = await simulate_call(c.config, c.daemon.url, plan.steps(),
                                              session=self.session, api=c.api, signer=c.signer,
                                              keep_audio=False, timeout=seconds + 90.0,
@@ -615,6 +616,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--carrier", choices=("twilio", "telnyx", "both"), default="both")
     p.add_argument("--call-seconds", default="3,90",
                    help="the range of a call's planned length, MIN,MAX (default 3,90)")
+    p.add_argument("--pause", default="2,12",
+                   help="a caller's silence before each of its turns, MIN,MAX seconds (2,12)")
     p.add_argument("--sample-every", type=float, default=10.0,
                    help="seconds between two resource samples (default 10)")
     p.add_argument("--answer-window", type=float, default=5.0,
@@ -640,6 +643,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 < lo <= hi:
         p.error("--call-seconds: expected MIN,MAX with 0 < MIN <= MAX")
     args.call_seconds = (lo, hi)
+    plo, phi = (float(x) for x in args.pause.split(","))
+    if not 0 <= plo <= phi:
+        p.error("--pause: expected MIN,MAX with 0 <= MIN <= MAX")
+    args.pause = (plo, phi)
     if args.seed is None:
         args.seed = secrets.randbelow(2**31)
     if args.calls < 1 or args.duration <= 0:

@@ -86,8 +86,10 @@ class Plan:
     """One inbound call's script, decided as it goes so that the ending begins at ``end_at``
     (seconds since the call started)."""
 
-    def __init__(self, rng: random.Random, voices: Voices, ending: str, end_at: float) -> None:
+    def __init__(self, rng: random.Random, voices: Voices, ending: str, end_at: float,
+                 pause: tuple[float, float] = (1.0, 8.0)) -> None:
         self.rng, self.v, self.ending, self.end_at = rng, voices, ending, end_at
+        self.pause = pause
         self.greeted = False
         self.final_steps = self._final()
         self.lead = self._lead()
@@ -112,7 +114,7 @@ class Plan:
 
     def _filler(self) -> tuple[list[Step], float]:
         r, v = self.rng, self.v
-        pause = r.uniform(0.5, 4.0)
+        pause = r.uniform(*self.pause)
         pick = r.random()
         listen = WaitForAgent(silence=LISTEN_SILENCE, timeout=REPLY_TIMEOUT)
         if pick < 0.55:
@@ -175,10 +177,11 @@ class Plan:
         return ([Wait(wait)] if wait > 0 else []) + self.final_steps
 
 
-def plan_inbound(rng: random.Random, voices: Voices, ending: str,
-                 seconds: float) -> Plan:
-    """A plan for a call of about ``seconds`` (from the answer) ending as ``ending``."""
-    plan = Plan(rng, voices, ending, seconds)
+def plan_inbound(rng: random.Random, voices: Voices, ending: str, seconds: float,
+                 pause: tuple[float, float] = (1.0, 8.0)) -> Plan:
+    """A plan for a call of about ``seconds`` (from the answer) ending as ``ending``; the
+    caller is silent ``pause`` (min, max) seconds before each of its turns."""
+    plan = Plan(rng, voices, ending, seconds, pause)
     if ending == "agent_reply" and seconds < voices.greeting - 0.5:
         plan.final_steps, plan.lead = [], 0.0      # hang up during the greeting
     return plan
