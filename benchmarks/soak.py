@@ -591,6 +591,8 @@ def print_report(rep: dict[str, Any], out: Any = sys.stdout) -> None:
         if errs or c["daemon_log"]["tracebacks"]:
             w(f"daemon log: {c['daemon_log']['tracebacks']} tracebacks; error events: "
               + ", ".join(f"{k} x{v['count']}" for k, v in errs.items()) + "\n")
+            for k, v in errs.items():
+                w(f"  first {k}: {json.dumps(v['example'])[:600]}\n")
         for o in c["failures"] + c["unanswered"]:
             w(f"  {'FAILED' if not o['ok'] else 'UNANSWERED'} {o['call_id']} ending "
               f"{o['ending']} (planned {o['planned']} s): {o['outcome']} {o['detail']} "

@@ -48,11 +48,12 @@ EXPECTED: dict[str, frozenset[str]] = {
     "drop": frozenset({COMPLETED}),
 }
 # What the caller says (the config's rules answer each; see soak.soak_config)
-# (pocketsphinx, fed espeak, misses lone words such as "sales" or "support": whole phrases)
+# (phrases pocketsphinx recognises from espeak through μ-law, alone or after a pause; it
+# misses lone words such as "sales" or "support", and "I need support" half the time)
 PHRASES = {
     "hours": "what are your opening hours", "open": "when are you open",
-    "sales": "connect me to sales", "pricing": "pricing", "support": "I need support",
-    "help": "I need help", "goodbye": "goodbye",
+    "sales": "connect me to sales", "pricing": "pricing please",
+    "support": "support please", "help": "I need help", "goodbye": "goodbye",
 }
 TRANSFER_PHRASES = ("sales", "pricing", "support", "help")
 MULTI_KEY = "*42"                       # a rule of the soak's config (Keypad gathers it)
