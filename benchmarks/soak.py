@@ -18,7 +18,7 @@ threads (``/proc``), asyncio tasks and event-loop lag p99 (``/metrics``:
 load, the daemons must come back to their idle task and fd counts, and a sample of call records
 (``GET /v1/calls/{id}``) must be ended and hold what the caller heard.
 
-    .venv/bin/python benchmarks/soak.py                                  # 30 min, 200 calls
+    .venv/bin/python benchmarks/soak.py                                  # 30 min, 100 calls
     .venv/bin/python benchmarks/soak.py --duration 300 --calls 100       # 5 min
     .venv/bin/python benchmarks/soak.py --duration 120 --calls 20 --carrier twilio --json
 
@@ -499,6 +499,8 @@ class Soak:
                 "unanswered": [o.to_dict() for o in unanswered
                                if o.ok][:args.show_failures],   # (failed ones: above)
                 "samples": [s.to_dict() for s in samples],
+                "calls": [[o.call_id, o.ending, round(o.planned, 1), o.outcome, o.ok,
+                           round(o.duration, 1), o.asked, o.answered] for o in outs],
             }
             n = c.name
             if failed:
@@ -591,8 +593,11 @@ def print_report(rep: dict[str, Any], out: Any = sys.stdout) -> None:
         if errs or c["daemon_log"]["tracebacks"]:
             w(f"daemon log: {c['daemon_log']['tracebacks']} tracebacks; error events: "
               + ", ".join(f"{k} x{v['count']}" for k, v in errs.items()) + "\n")
+            endings = {row[0]: row[1] for row in c.get("calls", [])}
             for k, v in errs.items():
-                w(f"  first {k}: {json.dumps(v['example'])[:600]}\n")
+                cid = v["example"].get("call_id")
+                which = f" (a call ending {endings[cid]})" if cid in endings else ""
+                w(f"  first {k}{which}: {json.dumps(v['example'])[:600]}\n")
         for o in c["failures"] + c["unanswered"]:
             w(f"  {'FAILED' if not o['ok'] else 'UNANSWERED'} {o['call_id']} ending "
               f"{o['ending']} (planned {o['planned']} s): {o['outcome']} {o['detail']} "
@@ -613,8 +618,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--duration", type=float, default=1800.0,
                    help="seconds of load (new calls start until then; default 1800)")
-    p.add_argument("--calls", type=int, default=200,
-                   help="target calls in flight, split between the carriers (default 200)")
+    p.add_argument("--calls", type=int, default=100,
+                   help="target calls in flight, split between the carriers (default 100)")
     p.add_argument("--carrier", choices=("twilio", "telnyx", "both"), default="both")
     p.add_argument("--call-seconds", default="3,90",
                    help="the range of a call's planned length, MIN,MAX (default 3,90)")
