@@ -57,7 +57,7 @@ import aiohttp  # noqa: E402
 
 from soak_calls import (ENDINGS, PHRASES, Outcome, Voices, judge,  # noqa: E402
                         plan_inbound)
-from soak_watch import Daemon, Sample, Watcher, rss_growth  # noqa: E402
+from soak_watch import Daemon, Sample, Watcher, core_ticks, rss_growth  # noqa: E402
 
 ADMIN_TOKEN = "soak-admin-" + secrets.token_hex(8)
 TWILIO_SID = "AC" + "50" * 16
@@ -389,11 +389,20 @@ class Soak:
     async def sample_loop(self, stop: asyncio.Event) -> None:
         every = self.args.sample_every
         loop = asyncio.get_running_loop()
+        core = self.carriers[0].daemon.cpu
+        ticks = core_ticks(core)
         while not stop.is_set():
             t = loop.time() - self.load_started
+            now = core_ticks(core)
+            busy = (now[0] - ticks[0]) / (now[1] - ticks[1]) if now[1] > ticks[1] else None
+            ticks = now
+            load = None
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                load = float(Path("/proc/loadavg").read_text().split()[0])
             for c in self.carriers:
                 assert c.watcher is not None
                 s = await c.watcher.sample(t, c.live)
+                s.core_busy, s.load_avg = busy, load
                 lag = "—" if s.lag_p99 is None else f"{s.lag_p99 * 1000:.1f}"
                 log(f"  {t:7.0f} s {c.name:<6} live {c.live:>4} (daemon {s.calls_active}) "
                     f"rss {s.rss_kib / 1024:6.1f} MiB fds {s.fds:>4} threads {s.threads:>3} "
@@ -563,7 +572,7 @@ def print_report(rep: dict[str, Any], out: Any = sys.stdout) -> None:
         w("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(c["outcomes"].items()))
           + "\n")
         w(f"{'t (s)':>7} {'live':>5} {'RSS MiB':>8} {'+dec.':>6} {'fds':>5} {'thr':>4} "
-          f"{'tasks':>6} {'lag p99 ms':>10} {'cpu %':>6}\n")
+          f"{'tasks':>6} {'lag p99 ms':>10} {'cpu %':>6} {'core %':>6} {'load':>5}\n")
         samples = c["samples"]
         step = max(1, len(samples) // 15)
         for s in samples[::step] + ([samples[-1]] if samples and
@@ -571,7 +580,8 @@ def print_report(rep: dict[str, Any], out: Any = sys.stdout) -> None:
             lag = "—" if s["lag_p99"] is None else f"{s['lag_p99'] * 1000:.1f}"
             w(f"{s['t']:7.0f} {s['live_sim']:>5} {s['rss_kib'] / 1024:8.1f} "
               f"{s['children_rss_kib'] / 1024:6.1f} {s['fds']:>5} {s['threads']:>4} "
-              f"{str(s['tasks']):>6} {lag:>10} {100 * s['cpu']:6.0f}\n")
+              f"{str(s['tasks']):>6} {lag:>10} {100 * s['cpu']:6.0f} "
+              f"{_pct(s.get('core_busy')):>6} {_num(s.get('load_avg')):>5}\n")
         g = c["rss_growth_last_two_thirds"]
         w(f"RSS over the last two thirds: {g.get('first_mib')} → {g.get('last_mib')} MiB, "
           f"fitted growth {g.get('growth_pct')} % ({g.get('slope_kib_per_min')} KiB/min)\n")
@@ -605,6 +615,14 @@ def print_report(rep: dict[str, Any], out: Any = sys.stdout) -> None:
             for line in o["timeline"]:
                 w(f"      {line}\n")
     w("\n" + ("OK" if rep["ok"] else "FAILED: " + "; ".join(rep["reasons"])) + "\n")
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.0f}"
+
+
+def _num(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1f}"
 
 
 def _f(v: float | None) -> str:

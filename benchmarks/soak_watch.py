@@ -79,6 +79,19 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def core_ticks(cpu: int | None) -> tuple[int, int]:
+    """(busy, total) clock ticks of one CPU (all CPUs for None) so far, from /proc/stat."""
+    name = "cpu" if cpu is None else f"cpu{cpu}"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/stat").read_text().splitlines():
+            parts = line.split()
+            if parts and parts[0] == name:
+                ticks = [int(x) for x in parts[1:]]
+                idle = ticks[3] + ticks[4]                  # idle + iowait
+                return sum(ticks) - idle, sum(ticks)
+    return 0, 0
+
+
 # --------------------------------------------------------------------------- /metrics
 
 
@@ -233,6 +246,8 @@ class Sample:
     lag_p99: float | None           # seconds, since the previous sample
     lag_max_bucket: float | None    # the longest lag since the previous sample was ≤ this
     cpu: float                      # share of one core since the previous sample (tree)
+    core_busy: float | None = None  # how busy the daemons' core was (every process on it)
+    load_avg: float | None = None   # the machine's 1-minute load average
     internal: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
