@@ -296,7 +296,7 @@ class Watcher:
             self._lag = lag
         s = Sample(t, st.get("VmRSS", 0), sum(status_fields(k).get("VmRSS", 0) for k in kids),
                    open_fds(pid), st.get("Threads", 0), m["tasks"], m["calls_active"], live_sim,
-                   p99, top, cpu, dict(m["internal"]))
+                   p99, top, cpu, internal=dict(m["internal"]))
         if keep:
             self.samples.append(s)
         return s
