@@ -18,6 +18,7 @@ from .config.masking import mask_url
 from .gateway import GATEWAY, Gateway
 from .ops.logging import get_logger
 from .startup import starting
+from .ops.loop_monitor import watch_loop
 from .web import health
 
 log = get_logger("patterd.app")
@@ -96,10 +97,13 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
             timeout=aiohttp.ClientTimeout(total=15),
             connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
             headers={"User-Agent": "patterd"})
+        monitor = gw.supervisor.start("loop-monitor", lambda: watch_loop(gw.metrics))
         gw.ready = True
         gw.spawn(carrier.on_startup(gw), name="carrier-startup")
         yield
         gw.ready = False
+        monitor.cancel()
+        await asyncio.gather(monitor, return_exceptions=True)
         for session in list(gw.sessions):
             await session.close()
         if gw.cluster is not None:

@@ -12,6 +12,9 @@ disable_created_metrics()  # the *_created series only double the exposition siz
 # Telephony latencies: 10 ms … 10 s.
 LATENCY_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 DURATION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+# Event-loop lag: 1 ms … 5 s (a 20 ms audio frame late by 10 ms is already audible jitter).
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
+               1.0, 2.0, 5.0)
 TURN_STAGES = ("endpointing", "stt", "llm_first_token", "tts_first_byte", "response")
 
 
@@ -48,6 +51,12 @@ class Metrics:
                                        "Failures inside the daemon's own shared workers, by "
                                        "component (each contained: the worker went on)",
                                        ["component"], registry=r)
+        self.loop_lag = Histogram("patterd_event_loop_lag_seconds",
+                                  "How much later than due the event loop ran a timer "
+                                  "(sampled every 50 ms)", buckets=LAG_BUCKETS, registry=r)
+        self.asyncio_tasks = Gauge("patterd_asyncio_tasks",
+                                   "asyncio tasks alive in the daemon's event loop",
+                                   registry=r)
         # Children that always exist, so dashboards see zeros rather than gaps.
         for direction in ("rx", "tx"):
             self.media_frames.labels(direction)

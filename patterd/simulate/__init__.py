@@ -25,7 +25,8 @@ the carrier and the :class:`Callee` (a person, a voicemail machine, a busy lineâ
 
 from .api import ApiRequest, CarrierApi, is_loopback
 from .callee import DEFAULT_GREETING, Callee
-from .caller import Caller, Dtmf, Say, Step, Wait, WaitForAgent, WaitForAgentSpeech
+from .caller import (Caller, Drop, Dtmf, Say, Step, Then, Wait, WaitForAgent,
+                     WaitForAgentSpeech)
 from .clock import Clock
 from .outbound import simulate_outbound
 from .outbound_result import OutboundResult, format_outbound
@@ -42,9 +43,9 @@ __all__ = [
     "BUSY", "CANCELED", "COMPLETED", "DEFAULT_GREETING", "ERROR", "FAILED", "HUNG_UP",
     "NO_ANSWER", "REJECTED", "STREAM_CLOSED", "TRANSFERRED",
     "Action", "ApiRequest", "BargeIn", "CallResult", "Callee", "Caller", "CarrierApi", "Clock",
-    "Dtmf", "Line", "OutboundResult", "Report", "Say", "SimulationError", "SpeechError", "Step",
-    "Summary", "TelnyxCall", "TelnyxSigner", "Turn", "TwilioCall", "Wait", "WaitForAgent",
-    "WaitForAgentSpeech", "Webhook", "is_loopback",
+    "Drop", "Dtmf", "Line", "OutboundResult", "Report", "Say", "SimulationError",
+    "SpeechError", "Step", "Summary", "TelnyxCall", "TelnyxSigner", "Then", "Turn",
+    "TwilioCall", "Wait", "WaitForAgent", "WaitForAgentSpeech", "Webhook", "is_loopback",
     "closest_message", "format_outbound", "make_api", "make_transcriber", "percentile",
     "read_wav", "say", "say_wav", "simulate", "simulate_call", "simulate_outbound",
     "summarize", "synthesize", "transcribe_agent", "vocabulary", "write_wav",

@@ -105,6 +105,9 @@ class CarrierApi:
         self.watchers: dict[str, Watcher] = {}
         # calls that are over: their final resource, for GETs (Twilio keeps calls)
         self.finished: dict[str, dict[str, Any]] = {}
+        # Twilio's price of a finished call (e.g. "-0.0085"), in its resource from the end on;
+        # None: never priced, as while Twilio has not priced it yet (its price fetches go on)
+        self.call_price: str | None = None
         self._runner: web.AppRunner | None = None
 
     @web.middleware

@@ -17,7 +17,7 @@ from .api import CarrierApi
 from .caller import Caller, Step
 from .clock import Clock
 from .media import MediaLeg
-from .results import ERROR, Action, CallResult, interarrival_jitter
+from .results import COMPLETED, ERROR, Action, CallResult, interarrival_jitter
 
 Event = tuple[str, Any]
 
@@ -89,6 +89,8 @@ class SimulatedCall:
         """Decide how the call ended (the first decision wins)."""
         if not self.ended:
             self.ended = True
+            if outcome == COMPLETED and self.caller is not None and self.caller.dropped:
+                detail = "the media connection dropped (no stop frame), then the caller hung up"
             self.result.outcome, self.result.detail = outcome, detail
 
     def answered(self) -> None:
@@ -141,8 +143,11 @@ class SimulatedCall:
         return "leg_closed", None
 
     async def end_leg(self, leg: MediaLeg, leg_task: asyncio.Task[Any], *, stop: bool) -> None:
-        """Tear a media stream down (``stop`` + close when the carrier ends it)."""
-        if stop:
+        """Tear a media stream down (``stop`` + close when the carrier ends it; a reset with
+        neither when the caller's script ended with :class:`~.steps.Drop`)."""
+        if stop and self.caller is not None and self.caller.dropped:
+            await leg.drop()
+        elif stop:
             await leg.stop()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(leg_task), 5.0)
@@ -174,6 +179,7 @@ class SimulatedCall:
             self.api.ended.add(self.call_id)
         r = self.result
         r.duration = ended_at - self.answered_at if self.answered_at is not None else 0.0
+        r.ended_at = ended_at
         r.errors.extend(e for e in caller.errors if e not in r.errors)
         r.lines = [*caller.lines, *caller.agent_lines()]
         r.turns, r.barge_ins = caller.turns, caller.barge_ins

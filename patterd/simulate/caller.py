@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections import Counter
+from collections import Counter, deque
 from typing import Protocol
 
 from .clock import TICK, Clock
 from .playout import FRAME_BYTES, SILENCE, Playout, is_voiced
 from .results import BargeIn, Line, Turn
-from .steps import Dtmf, Say, Step, Wait, WaitForAgent, WaitForAgentSpeech
+from .steps import Drop, Dtmf, Say, Step, Then, Wait, WaitForAgent, WaitForAgentSpeech
 
-__all__ = ["Caller", "Dtmf", "Leg", "Say", "Step", "Wait", "WaitForAgent", "WaitForAgentSpeech"]
+__all__ = ["Caller", "Drop", "Dtmf", "Leg", "Say", "Step", "Then", "Wait", "WaitForAgent",
+           "WaitForAgentSpeech"]
 
 BURST_GAP = 0.3          # a pause this long in the daemon's audio starts a new reply
 AUDIBLE_WINDOW = 0.25    # the agent counts as speaking this long after its last voiced frame
@@ -64,6 +65,7 @@ class Caller:
         self.segments: list[list[float]] = []             # agent speech heard: [start, end]
         self.clears: list[float] = []                     # when ``clear`` frames arrived
         self.hung_up = asyncio.Event()      # the call is over: stop the script and the clock
+        self.dropped = False                # the script ended with Drop: reset, no ``stop``
         self._mouth: list[_Utterance] = []
         self._last_heard_voiced = -math.inf
         self._voiced_ticks = 0
@@ -177,9 +179,17 @@ class Caller:
 
     # ------------------------------------------------------------------ the script
     async def run_script(self, steps: list[Step]) -> None:
-        """Run the steps in order; returns early when the call ends."""
-        for step in steps:
+        """Run the steps in order; returns early when the call ends (or at a ``Drop``)."""
+        pending = deque(steps)
+        while pending:
+            step = pending.popleft()
             if self.hung_up.is_set():
+                return
+            if isinstance(step, Then):
+                pending.extendleft(reversed(step.plan(self.now())))
+                continue
+            if isinstance(step, Drop):
+                self.dropped = True
                 return
             if isinstance(step, Say):
                 await self._say(step)

@@ -163,6 +163,23 @@ class MediaLeg:
                 pass
         self.done.set()
 
+    async def drop(self) -> None:
+        """The connection breaks, as when a carrier's media server or the network fails: the
+        TCP connection is reset with no ``stop`` frame and no WebSocket close frame."""
+        self._stopping = True
+        ws = self.ws
+        if ws is not None and not ws.closed:
+            # aiohttp has no public abort for a client WebSocket; the connection's transport
+            # does it (an RST where the platform allows, never a close handshake)
+            conn = getattr(ws, "_conn", None)
+            transport = getattr(conn, "transport", None)
+            if transport is not None:
+                transport.abort()
+            else:  # pragma: no cover - an aiohttp without the attribute: close the TCP socket
+                ws._response.close()  # noqa: SLF001
+            self.caller.counts["dropped"] += 1
+        self.done.set()
+
     # ------------------------------------------------------------------ caller → daemon
     async def send_audio(self, pcm: bytes) -> None:
         """One 20 ms frame of the caller's audio."""

@@ -87,6 +87,7 @@ class CallResult:
     detail: str = ""
     started_at: float = 0.0                 # Unix time
     duration: float = 0.0                   # seconds
+    ended_at: float = 0.0                   # call time (s) the call ended for the carrier
     lines: list[Line] = field(default_factory=list)
     agent_audio: bytes = b""                # what the caller heard: s16le 8 kHz mono, real time
     audio_start: float = 0.0                # call time (s) of the first sample of agent_audio
@@ -127,6 +128,7 @@ class CallResult:
             "carrier": self.carrier, "call_id": self.call_id, "ok": self.ok,
             "outcome": self.outcome, "detail": self.detail,
             "started_at": round(self.started_at, 3), "duration": round(self.duration, 3),
+            "ended_at": round(self.ended_at, 3),
             "transcript": [_rounded(asdict(ln)) for ln in self.transcript],
             "turns": [_rounded(asdict(t)) for t in self.turns],
             "barge_ins": [_rounded(asdict(b)) for b in self.barge_ins],

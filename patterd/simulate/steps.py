@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -48,7 +49,23 @@ class Wait:
     seconds: float
 
 
-Step = Say | Dtmf | WaitForAgent | WaitForAgentSpeech | Wait
+@dataclass(frozen=True, slots=True)
+class Then:
+    """Decide what comes next once the script gets here: ``plan(now)`` (``now``: seconds
+    since the call started) returns the next steps, which may end with another ``Then``.
+    For scripts that depend on time, e.g. a call that must end at a chosen instant."""
+
+    plan: Callable[[float], "list[Step]"]
 
 
-__all__ = ["Dtmf", "Say", "Step", "Wait", "WaitForAgent", "WaitForAgentSpeech"]
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """The carrier's media connection breaks: the socket is reset with no ``stop`` frame and
+    no WebSocket close; then the call ends as if the caller hung up. Ends the script."""
+
+
+Step = Say | Dtmf | WaitForAgent | WaitForAgentSpeech | Wait | Then | Drop
+
+
+__all__ = ["Drop", "Dtmf", "Say", "Step", "Then", "Wait", "WaitForAgent",
+           "WaitForAgentSpeech"]

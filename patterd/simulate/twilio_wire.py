@@ -168,6 +168,8 @@ def install(api: CarrierApi, settings: TwilioSettings, phone_number: str) -> Non
         call = api.calls.get(request.match_info["call"])
         done = api.finished.get(request.match_info["call"]) if action == "fetch" else None
         if call is None and done is not None:
+            if api.call_price is not None and done.get("price") is None:
+                done = {**done, "price": api.call_price}
             return web.json_response(done)
         if call is None:
             api.log(request, 404, fields)
