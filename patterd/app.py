@@ -97,7 +97,7 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
             timeout=aiohttp.ClientTimeout(total=15),
             connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
             headers={"User-Agent": "patterd"})
-        monitor = gw.supervisor.start("loop-monitor", lambda: watch_loop(gw.metrics))
+        monitor = gw.supervisor.start("loop_monitor", lambda: watch_loop(gw.metrics))
         gw.ready = True
         gw.spawn(carrier.on_startup(gw), name="carrier-startup")
         yield
