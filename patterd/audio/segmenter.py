@@ -111,7 +111,7 @@ class SpeechSegmenter:
         "_vad", "_rate", "_window", "_buf", "_fill", "_windows", "_threshold", "_end_threshold",
         "_need_speech", "_need_silence", "_in_speech", "_run", "_run_start", "last_probability",
         "_gate", "_need_short", "_need_long", "_audio", "_request", "_verdict", "on_turn_end",
-        "label",
+        "label", "_pending",
     )  # fmt: skip
 
     def __init__(
@@ -145,6 +145,7 @@ class SpeechSegmenter:
             raise ValueError("the turn model's short silence must be below min_silence, and "
                              "min_silence at most its long silence")
         self._audio = bytearray()   # the turn's audio (s16le), for the end-of-turn model
+        self._pending = bytearray()   # s16le not yet a whole VAD window
         self._request: TurnRequest | None = None
         self._verdict = _NONE
         self.on_turn_end = on_turn_end or (lambda event: None)
@@ -158,6 +159,7 @@ class SpeechSegmenter:
     def reset(self) -> None:
         """Forget everything (new stream); also resets the VAD."""
         self._fill = 0
+        self._pending.clear()
         self._windows = 0  # windows evaluated so far
         self._in_speech = False
         self._run = 0  # consecutive windows voting to change state
@@ -177,26 +179,32 @@ class SpeechSegmenter:
         return (self._windows * self._window + self._fill) / self._rate
 
     def feed(self, pcm: BytesLike) -> tuple[SpeechEvent, ...]:
-        """Feed s16le PCM (any length); return the events confirmed by it, usually none."""
+        """Feed s16le PCM (any length); return the events confirmed by it, usually none.
+
+        Frames collect as bytes; numpy runs once per full window (every 32 ms for Silero at
+        8 kHz), never per 20 ms frame."""
         if len(pcm) & 1:
             raise ValueError(f"16-bit PCM must have an even number of bytes, got {len(pcm)}")
-        samples = np.frombuffer(pcm, dtype="<i2")
         if self._gate is not None:
             self._keep(pcm)
-        n = len(samples)
-        buf, window = self._buf, self._window
+        pending = self._pending
+        pending += pcm
+        window = self._window
+        self._fill = len(pending) >> 1
+        if self._fill < window:
+            return _NO_EVENTS
         events = _NO_EVENTS
-        i = 0
-        while i < n:
-            take = min(window - self._fill, n - i)
-            np.multiply(samples[i : i + take], _SCALE, out=buf[self._fill : self._fill + take])
-            self._fill += take
-            i += take
-            if self._fill == window:
-                self._fill = 0
-                event = self._window_ready(buf)
-                if event is not None:
-                    events = (*events, event)
+        full = self._fill // window
+        samples = np.frombuffer(pending, dtype="<i2", count=full * window)
+        buf = self._buf
+        for k in range(full):
+            np.multiply(samples[k * window : (k + 1) * window], _SCALE, out=buf)
+            self._fill -= window
+            event = self._window_ready(buf)
+            if event is not None:
+                events = (*events, event)
+        del samples   # release the bytearray's buffer before resizing it
+        del pending[: 2 * full * window]
         return events
 
     def _window_ready(self, window: np.ndarray) -> SpeechEvent | None:
