@@ -9,7 +9,9 @@ FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/patterd --create-home patterd \
     && mkdir -p /etc/patterd
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+# the end-of-turn model's ONNX file: the pipecat-ai wheel alone (patterd never imports it)
+RUN pip install --no-cache-dir /wheels/*.whl \
+    && pip install --no-cache-dir --no-deps 'pipecat-ai>=1.14,<2' && rm -rf /wheels
 COPY config/patter.yaml /etc/patterd/patter.yaml
 ENV PATTERD_CONFIG=/etc/patterd/patter.yaml \
     PATTERD_HOST=0.0.0.0 \

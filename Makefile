@@ -14,6 +14,9 @@ STAMP   = $(VENV)/.installed$(if $(EXTRAS),-$(subst $(comma),-,$(EXTRAS)))
 FRESH   = $(if $(EXTRAS),$(STAMP),$(wildcard $(VENV)/.installed*))
 NEEDS_PY = import sys; sys.exit(sys.version_info < (3, 11))
 GOAL    = $(or $(firstword $(MAKECMDGOALS)),run)
+# The end-of-turn model's ONNX file ships in this wheel; patterd reads only that file, so the
+# wheel is installed without its dependencies (see pyproject.toml's `turn` extra).
+TURN_MODEL_WHEEL = pipecat-ai>=1.14,<2
 
 .PHONY: run test install venv-python system-deps test-deps check bench clean
 
@@ -53,7 +56,8 @@ install: venv-python
 	@fresh=""; for f in $(FRESH); do [ -f "$$f" ] && ! [ pyproject.toml -nt "$$f" ] && fresh=1; done; \
 	if [ -z "$$fresh" ]; then \
 	  echo "$(BIN)/python -m pip install --quiet -e '$(SPEC)'"; \
-	  $(BIN)/python -m pip install --quiet -e '$(SPEC)' && touch "$(STAMP)"; \
+	  $(BIN)/python -m pip install --quiet -e '$(SPEC)' \
+	    && $(BIN)/python -m pip install --quiet --no-deps '$(TURN_MODEL_WHEEL)' && touch "$(STAMP)"; \
 	fi
 
 clean:

@@ -1184,7 +1184,11 @@ def main(argv: list[str] | None = None) -> int:
         "sim_procs": args.sim_procs, "log_level": args.log_level,
         "gc_freeze": args.gc_freeze, "sim_gc": args.sim_gc,
         "sim_clock_as_shipped": args.sim_clock_as_shipped,
-        "python": sys.version.split()[0], "cpus": os.cpu_count()}}
+        "python": sys.version.split()[0], "cpus": os.cpu_count()},
+        "command": " ".join(sys.argv)}
+    from environment import describe, format_environment
+    report["environment"] = describe()
+    log(format_environment(report["environment"]))
     started = time.monotonic()
     try:
         pcm = synthesize_utterances(workdir)

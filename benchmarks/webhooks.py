@@ -825,8 +825,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGINT, interrupted)  # also when started in the background
     try:
+        from environment import describe, format_environment
+        environment = describe()
+        log(format_environment(environment))
         body_bytes = len(urlencode(voice_params(0, "x")))
         report = {
+            "environment": environment, "command": " ".join(sys.argv),
             "setup": {"duration": args.duration, "runs": args.runs,
                       "connections": args.connections, "calls": args.calls,
                       "live_calls": args.live_calls,

@@ -20,7 +20,7 @@ from typing import ClassVar, Final
 import numpy as np
 
 from patterd.audio.codecs import BytesLike
-from patterd.audio.segmenter import SpeechEvent, SpeechSegmenter
+from patterd.audio.segmenter import SpeechEvent, SpeechSegmenter, TurnGate
 from patterd.ops.supervise import RESTART_FIRST, Supervisor
 
 __all__ = ["AsyncSegmenter", "BatchedVadStream", "SharedSileroModel", "VadBatcher", "model_path"]
@@ -46,6 +46,10 @@ class SharedSileroModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1
         opts.enable_cpu_mem_arena = False  # same speed, ~2 MB less RSS
+        # one thread, and no worker spinning for work (a spinning thread burns the core the
+        # event loop needs between batches)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         path = str(path or model_path())
         self._session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
@@ -329,7 +333,8 @@ class VadBatcher:
 
 class AsyncSegmenter(SpeechSegmenter):
     """A :class:`SpeechSegmenter` on a batched stream: ``feed``/``finish`` return ``()`` and
-    events (same timestamps as the synchronous segmenter's) go to ``on_event`` once scored.
+    events (same timestamps as the synchronous segmenter's) go to ``on_event`` once scored
+    (an end the turn model allows: when its verdict arrives).
     ``await stream.drain()`` before ``finish`` to score the queued windows, else it drops them.
     """
 
@@ -337,9 +342,11 @@ class AsyncSegmenter(SpeechSegmenter):
 
     def __init__(self, stream: BatchedVadStream, on_event: Callable[[SpeechEvent], None],
                  threshold: float = 0.5, min_speech: float = 0.1, min_silence: float = 0.5,
-                 *, end_threshold: float | None = None) -> None:  # fmt: skip
+                 *, end_threshold: float | None = None,
+                 turn: TurnGate | None = None) -> None:  # fmt: skip
         self.stream, self.on_event = stream, on_event
-        super().__init__(stream, threshold, min_speech, min_silence, end_threshold=end_threshold)
+        super().__init__(stream, threshold, min_speech, min_silence, end_threshold=end_threshold,
+                         turn=turn, on_turn_end=on_event, label=stream.label)
         stream.on_probability = self._on_probability
 
     @property

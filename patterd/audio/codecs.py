@@ -9,7 +9,11 @@ G.711 (ITU-T G.711, 8 kHz, one byte per sample):
   byte for byte, to CPython's former ``audioop.lin2ulaw``/``lin2alaw`` and to what most
   telephony stacks produce.
 
-All tables are built once at import with numpy; a frame is converted with one indexing operation.
+All tables are built once at import with numpy; a frame is encoded with one indexing operation.
+Decoding, done for every inbound frame of every call, uses the C ``audioop.ulaw2lin`` /
+``alaw2lin`` (the stdlib's up to Python 3.12, the ``audioop-lts`` package from 3.13): the same
+standard values, byte for byte (checked over all 256 codes in the tests), ~20x cheaper per
+20 ms frame than a numpy lookup (whose per-call overhead dominated at 160 samples).
 
 L16 (RFC 3551 §4.5.11) is 16-bit linear PCM in network byte order (big-endian) on the wire.
 
@@ -19,10 +23,18 @@ Which codec a stream uses must come from the carrier's ``start`` frame (Telnyx
 
 from __future__ import annotations
 
+import warnings
 from array import array
 from typing import Final
 
 import numpy as np
+
+with warnings.catch_warnings():   # stdlib audioop is deprecated (3.11-3.12): audioop-lts after
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        import audioop as _audioop
+    except ImportError:  # pragma: no cover - no C decoder: the numpy tables decode
+        _audioop = None
 
 __all__ = [
     "BytesLike",
@@ -116,9 +128,16 @@ def _pcm_view(pcm: BytesLike) -> np.ndarray:
     return np.frombuffer(pcm, dtype="<u2")
 
 
+def _table_decode(table: np.ndarray, payload: BytesLike) -> bytes:
+    """G.711 bytes → s16le PCM through a 256-entry numpy table."""
+    return table[np.frombuffer(payload, dtype=np.uint8)].tobytes()
+
+
 def ulaw_decode(payload: BytesLike) -> bytes:
     """G.711 μ-law bytes → s16le PCM (twice as many bytes)."""
-    return _ULAW_DEC[np.frombuffer(payload, dtype=np.uint8)].tobytes()
+    if _audioop is not None:
+        return _audioop.ulaw2lin(payload, 2)
+    return _table_decode(_ULAW_DEC, payload)
 
 
 def ulaw_encode(pcm: BytesLike) -> bytes:
@@ -128,7 +147,9 @@ def ulaw_encode(pcm: BytesLike) -> bytes:
 
 def alaw_decode(payload: BytesLike) -> bytes:
     """G.711 A-law bytes → s16le PCM (twice as many bytes)."""
-    return _ALAW_DEC[np.frombuffer(payload, dtype=np.uint8)].tobytes()
+    if _audioop is not None:
+        return _audioop.alaw2lin(payload, 2)
+    return _table_decode(_ALAW_DEC, payload)
 
 
 def alaw_encode(pcm: BytesLike) -> bytes:
@@ -199,17 +220,15 @@ class Codec:
 class G711Codec(Codec):
     """G.711 μ-law (``PCMU``) or A-law (``PCMA``) at 8 kHz."""
 
-    __slots__ = ("_dec", "_enc")
+    __slots__ = ("_dec", "_enc", "decode")
 
     def __init__(self, name: str) -> None:
         super().__init__(name, 8000, 1)
         is_ulaw = name == "PCMU"
         object.__setattr__(self, "_dec", _ULAW_DEC if is_ulaw else _ALAW_DEC)
         object.__setattr__(self, "_enc", _ULAW_ENC if is_ulaw else _ALAW_ENC)
-
-    def decode(self, payload: BytesLike) -> bytes:
-        """G.711 bytes → s16le PCM (twice as many bytes)."""
-        return self._dec[np.frombuffer(payload, dtype=np.uint8)].tobytes()
+        # the per-frame hot path: the C function itself, no Python frame in between
+        object.__setattr__(self, "decode", ulaw_decode if is_ulaw else alaw_decode)
 
     def encode(self, pcm: BytesLike) -> bytes:
         """s16le PCM → G.711 bytes (one per sample)."""

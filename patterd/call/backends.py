@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..audio.segmenter import SpeechEvent, SpeechSegmenter
+from ..audio.segmenter import SpeechEvent, SpeechSegmenter, TurnGate
 from ..backends.failover import ErrorSink
 from ..backends.llm.base import LLM, ToolSpec
 from ..backends.stt.base import STT
 from ..backends.tts.base import TTS
 from ..config import Config
+from ..config.backends import TURN_MODEL_DEFAULT, TURN_MODEL_OFF, VAD_DEFAULTS
 from ..config.model import BackendConfig
+from ..ops.logging import get_logger
 from ..ops.supervise import Supervisor
 from .conversation import tool_specs
 from .turns import SpeechCache
+
+log = get_logger("patterd.backends")
 
 DEFAULT_STT_TIMEOUT = 8.0   # seconds for a final transcript before the next provider is tried
 
@@ -32,39 +36,79 @@ def default_segmenter(config: Config, supervisor: Supervisor | None = None
     batcher is supervised by ``supervisor`` (the gateway's in a daemon: a batcher restarting
     makes ``/readyz`` answer 503).
 
+    With ``vad.turn_model`` on (the default) every segmenter also asks the shared end-of-turn
+    model (:class:`~patterd.audio.batch_turn.TurnBatcher`, the factory's ``turn_batcher``)
+    whether the caller has finished, once they have been silent for ``turn_silence``.
+
     A segmenter either returns its events from ``feed`` (energy VAD) or hands them to the
-    ``on_event`` callback once its windows are scored (batched Silero)."""
-    opts = config.vad.options
-    threshold = float(opts.get("threshold") or 0.5)
-    min_speech = float(opts.get("min_speech") or 0.1)
-    min_silence = float(opts.get("min_silence") or 0.5)
+    ``on_event`` callback once its windows are scored (batched Silero) or once the turn
+    model's verdict ends the turn."""
+    opts = {**VAD_DEFAULTS, **config.vad.options}
+    threshold = float(opts["threshold"])
+    min_speech = float(opts["min_speech"])
+    min_silence = float(opts["min_silence"])
+    turn = turn_gate(opts, supervisor)
+
+    def label_of(on_event: Callable[[SpeechEvent], None], label: str | None) -> str:
+        if label is None:   # a session's bound method: its call id names the stream
+            label = str(getattr(getattr(on_event, "__self__", None), "call_id", "") or "")
+        return label
+
+    factory: Any
+    batcher: Any = None
     if config.vad.provider == "energy":
         from ..audio.vad import EnergyVad
 
         def make_energy(on_event: Callable[[SpeechEvent], None], *,
                         label: str | None = None) -> SpeechSegmenter:
             return SpeechSegmenter(EnergyVad(), threshold=threshold, min_speech=min_speech,
-                                   min_silence=min_silence)
+                                   min_silence=min_silence, turn=turn, on_turn_end=on_event,
+                                   label=label_of(on_event, label))
 
-        return make_energy, None
-    from ..audio.batch_vad import AsyncSegmenter, BatchedVadStream, VadBatcher
-    batcher = VadBatcher(supervisor=supervisor)
+        factory = make_energy
+    else:
+        from ..audio.batch_vad import AsyncSegmenter, BatchedVadStream, VadBatcher
+        batcher = VadBatcher(supervisor=supervisor)
 
-    def make_silero(on_event: Callable[[SpeechEvent], None], *,
-                    label: str | None = None) -> SpeechSegmenter:
-        if label is None:   # a session's bound method: its call id names the stream
-            label = str(getattr(getattr(on_event, "__self__", None), "call_id", "") or "")
-        return AsyncSegmenter(BatchedVadStream(batcher=batcher, label=label), on_event,
-                              threshold=threshold, min_speech=min_speech,
-                              min_silence=min_silence)
+        def make_silero(on_event: Callable[[SpeechEvent], None], *,
+                        label: str | None = None) -> SpeechSegmenter:
+            stream = BatchedVadStream(batcher=batcher, label=label_of(on_event, label))
+            return AsyncSegmenter(stream, on_event, threshold=threshold, min_speech=min_speech,
+                                  min_silence=min_silence, turn=turn)
 
-    return make_silero, batcher
+        factory = make_silero
+    factory.turn_batcher = turn.batcher if turn else None
+    return factory, batcher
+
+
+def turn_gate(opts: Mapping[str, Any], supervisor: Supervisor | None) -> TurnGate | None:
+    """The shared end-of-turn model the ``vad`` options ask for, or None (``turn_model``
+    off)."""
+    name = str(opts.get("turn_model") or TURN_MODEL_DEFAULT)
+    if name == TURN_MODEL_OFF:
+        return None
+    from ..audio.batch_turn import TurnBatcher
+    from ..audio.turn_model import SmartTurnModel, smart_turn_path
+    if name == TURN_MODEL_DEFAULT:
+        try:
+            smart_turn_path()
+        except FileNotFoundError as exc:   # pip install without the `turn` extra: still a daemon
+            log.warning("turn_model_unavailable", reason=str(exc),
+                        detail="turns end on silence alone (vad.min_silence); install "
+                               "patterd[turn] or set vad.turn_model: false to silence this")
+            return None
+    model = SmartTurnModel.get(None if name == TURN_MODEL_DEFAULT else name)
+    batcher = TurnBatcher(model, cpu_share=float(opts["turn_cpu_share"]),
+                          supervisor=supervisor)
+    return TurnGate(batcher, short=float(opts["turn_silence"]),
+                    long=float(opts["turn_max_silence"]),
+                    threshold=float(opts["turn_threshold"]))
 
 
 @dataclass
 class Backends:
-    """STT, LLM and TTS providers (each a failover chain) plus the per-call VAD factory, the
-    user tools and the speech cache."""
+    """STT, LLM and TTS providers (each a failover chain) plus the per-call VAD factory (with
+    the shared VAD and end-of-turn batchers behind it), the user tools and the speech cache."""
 
     stt: STT
     llm: LLM
@@ -75,6 +119,11 @@ class Backends:
     tools: Any = None                              # backends.llm.tools.ToolRunner or None
     tool_specs: tuple[ToolSpec, ...] = ()
     supervisor: Supervisor = field(default_factory=Supervisor)   # the gateway's, in a daemon
+    turn_batcher: Any = None     # the end-of-turn model's; default: the segmenter factory's
+
+    def __post_init__(self) -> None:
+        if self.turn_batcher is None:
+            self.turn_batcher = getattr(self.new_segmenter, "turn_batcher", None)
 
     @classmethod
     async def from_config(cls, config: Config, on_error: ErrorSink | None = None, *,
@@ -112,10 +161,11 @@ class Backends:
     def supervise(self, supervisor: Supervisor) -> None:
         """Make ``supervisor`` (the gateway's) the keeper of every shared worker behind these
         backends: the VAD batcher and the providers with workers of their own (the
-        pocketsphinx decoder pool, the espeak engine)."""
+        pocketsphinx decoder pool, the espeak engine) and the end-of-turn model's batcher."""
         self.supervisor = supervisor
-        if self.vad_batcher is not None:
-            self.vad_batcher.supervisor = supervisor
+        for batcher in (self.vad_batcher, self.turn_batcher):
+            if batcher is not None:
+                batcher.supervisor = supervisor
         for layer in (self.stt, self.tts):
             _supervise_providers(layer, supervisor)
 
@@ -125,8 +175,9 @@ class Backends:
             await backend.close()
         if self.tools is not None:
             await self.tools.close()
-        if self.vad_batcher is not None:
-            await self.vad_batcher.aclose()
+        for batcher in (self.vad_batcher, self.turn_batcher):
+            if batcher is not None:
+                await batcher.aclose()
 
 
 def _supervise_providers(layer: Any, supervisor: Supervisor) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -32,6 +33,13 @@ class Provider:
 _CLOUD = frozenset({"api_key", "model", "voice", "base_url", "timeout"})
 _STREAMING_LLM = _CLOUD | {"inter_token_timeout", "max_reply_chars"}
 TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+
+_VAD_OPTIONS = {"threshold": "float", "min_silence": "float", "min_speech": "float",
+                "turn_model": "turn_model", "turn_silence": "float",
+                "turn_max_silence": "float", "turn_threshold": "float",
+                "turn_cpu_share": "float"}
+TURN_MODEL_DEFAULT = "smart-turn-v3"   # the Smart Turn v3.2 file in the pipecat-ai wheel
+TURN_MODEL_OFF = "none"
 
 PROVIDERS: dict[str, dict[str, Provider]] = {
     "stt": {
@@ -65,10 +73,8 @@ PROVIDERS: dict[str, dict[str, Provider]] = {
                               "max_buffer_delay_ms": "int"}),
     },
     "vad": {
-        "silero": Provider(options={"threshold": "float", "min_silence": "float",
-                                    "min_speech": "float"}),
-        "energy": Provider(options={"threshold": "float", "min_silence": "float",
-                                    "min_speech": "float"}),
+        "silero": Provider(options=_VAD_OPTIONS),
+        "energy": Provider(options=_VAD_OPTIONS),
     },
 }
 
@@ -129,10 +135,14 @@ def _read_provider(sec: Section, layer: str, agent: AgentConfig, env: Mapping[st
             options[key] = sec.bool(key, False)
         elif kind == "list":
             options[key] = tuple(str(v) for v in sec.list(key))
+        elif kind == "turn_model":
+            options[key] = _read_turn_model(sec, key)
         else:
             options[key] = sec.str(key)
     if token and name in AUTH_TOKEN_ENV:
         options["auth_token"] = token
+    if layer == "vad":
+        options = _check_vad(sec, options)
     if name in ("elevenlabs", "cartesia") and options.get("transport", "websocket") not in (
             "http", "websocket"):
         sec.problem("transport", "expected http or websocket, got "
@@ -173,6 +183,50 @@ def _read_provider(sec: Section, layer: str, agent: AgentConfig, env: Mapping[st
     sec.done(not_here=not_here)
     return BackendConfig(provider=name, options=MappingProxyType(options), rules=rules,
                          fallback=fallback, **values)
+
+
+def _read_turn_model(sec: Section, key: str) -> str:
+    """``vad.turn_model``: ``smart-turn-v3`` (the bundled model), false/none (off), or the
+    path of a Smart Turn v3 ``.onnx`` file."""
+    raw = sec.raw.get(key)
+    if raw is False:
+        sec.known.add(key)
+        return TURN_MODEL_OFF
+    if raw is True:
+        sec.known.add(key)
+        return TURN_MODEL_DEFAULT
+    value = sec.str(key, TURN_MODEL_DEFAULT, expected="smart-turn-v3, false, or an .onnx path")
+    if value.strip().lower() in ("none", "off", "false", "no"):
+        return TURN_MODEL_OFF
+    if value != TURN_MODEL_DEFAULT and not (value.endswith(".onnx") and os.path.isfile(value)):
+        sec.problem(key, f"expected smart-turn-v3, false, or the path of an .onnx file that "
+                         f"exists, got {value!r}")
+        return TURN_MODEL_DEFAULT
+    return value
+
+
+VAD_DEFAULTS = {"threshold": 0.5, "min_speech": 0.1, "min_silence": 0.5,
+                "turn_model": TURN_MODEL_DEFAULT, "turn_silence": 0.2, "turn_max_silence": 1.3,
+                "turn_threshold": 0.5, "turn_cpu_share": 0.5}
+_VAD_BOUNDS = {"threshold": (0.01, 1.0), "min_speech": (0.02, 5.0), "min_silence": (0.05, 10.0),
+               "turn_silence": (0.05, 5.0), "turn_max_silence": (0.1, 10.0),
+               "turn_threshold": (0.0, 1.0), "turn_cpu_share": (0.05, 1.0)}
+
+
+def _check_vad(sec: Section, options: dict[str, Any]) -> dict[str, Any]:
+    """Every ``vad`` setting with its default, each in its range, and the silence bounds in
+    order (turn_silence < min_silence <= turn_max_silence while the turn model is on)."""
+    out = {**VAD_DEFAULTS, **options}
+    for key, (low, high) in _VAD_BOUNDS.items():
+        if not low <= out[key] <= high:
+            sec.problem(key, f"expected {low} to {high}, got {out[key]}")
+            out[key] = VAD_DEFAULTS[key]
+    if out["turn_model"] != TURN_MODEL_OFF and not (
+            out["turn_silence"] < out["min_silence"] <= out["turn_max_silence"]):
+        sec.problem("turn_silence", "the silence bounds must be in order: turn_silence "
+                    f"({out['turn_silence']}) < min_silence ({out['min_silence']}) <= "
+                    f"turn_max_silence ({out['turn_max_silence']}), or turn_model: false")
+    return out
 
 
 def _read_tools(sec: Section) -> list[ToolConfig]:

@@ -95,5 +95,7 @@ async def test_the_next_provider_speaks_the_sentence_and_the_failure_is_counted(
     # Exactly Aura's audio: not a byte of ElevenLabs' JSON went to the caller.
     assert answer == aura.audio("We are open nine to five, those are our hours.", "mulaw", 8000)
     assert speech.provider == "deepgram"
-    assert [(layer, name) for layer, name, _ in errors] == [("tts", "elevenlabs")]
+    # Two attempts failed, both ElevenLabs': its socket, then the same provider over HTTP.
+    assert [(layer, name) for layer, name, _ in errors] == [("tts", "elevenlabs")] * 2
+    assert all("not audio" in str(exc) for _, _, exc in errors)
     assert "not audio" in str(errors[0][2])
