@@ -71,7 +71,8 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
             gw.backends = await Backends.from_config(gw.config, on_error=gw.backend_failed,
                                                      supervisor=gw.supervisor)
         store = await open_store(gw.config.store.url)
-        writer = gw.store_writer = StoreWriter(store)
+        writer = gw.store_writer = StoreWriter(store, max_queue=gw.config.store.max_pending,
+                                               supervisor=gw.supervisor)
         writer.start()
         # Always running (cancelled with the other tasks at shutdown): a reload may turn
         # retention on, off or change its period.

@@ -46,6 +46,13 @@ class Metrics:
                                        "Failures inside the daemon's own shared workers, by "
                                        "component (each contained: the worker went on)",
                                        ["component"], registry=r)
+        self.store_pending = Gauge("patterd_store_pending",
+                                   "Call snapshots waiting to be written to the store",
+                                   registry=r)
+        self.store_backpressure = Counter("patterd_store_backpressure",
+                                          "Webhooks held back while the store was backed "
+                                          "up: delayed (let in after a wait) or refused (503)",
+                                          ["outcome"], registry=r)
         # Children that always exist, so dashboards see zeros rather than gaps.
         for direction in ("rx", "tx"):
             self.media_frames.labels(direction)
@@ -53,6 +60,8 @@ class Metrics:
             self.call_cost.labels(component)
         for carrier in ("twilio", "telnyx"):
             self.signature_failures.labels(carrier)
+        for outcome in ("delayed", "refused"):
+            self.store_backpressure.labels(outcome)
         self.frames_rx = self.media_frames.labels("rx")
         self.frames_tx = self.media_frames.labels("tx")
 
