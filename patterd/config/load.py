@@ -87,10 +87,6 @@ def build_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
                         retention_days=st.float("retention_days", 0.0, minimum=0,
                                                 maximum=MAX_RETENTION_DAYS),
                         max_pending=st.int("max_pending", 10_000, minimum=10))
-    if store.max_pending <= server.max_calls:
-        # Live calls' snapshots are never held back: room must remain for finished ones.
-        st.problem("max_pending", f"expected more than server.max_calls "
-                                  f"({server.max_calls}), got {store.max_pending}")
     if not re.match(r"(sqlite:///|postgres(ql)?://)", store.url):
         st.problem("url", f"expected sqlite:///PATH or postgresql://…, got {mask_url(store.url)!r}")
     st.done()

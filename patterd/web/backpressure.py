@@ -2,24 +2,32 @@
 that would add another call's record waits briefly for room, then gets a 503 with
 ``Retry-After`` — the record is never taken in and then dropped.
 
-Why wait first, then refuse: a short wait (well inside the carriers' answer timeouts —
-Twilio gives a webhook 15 s in all) absorbs a burst without any carrier having to retry. Past
-it, a 503 hands the callback back to the carrier: Telnyx retries failed webhook deliveries
-(per-command ``webhook_retries_policies``: up to 5 retries within 60 s; its app also has a
-failover URL). Twilio retries a callback on a 5xx only when its URL asks for it with a
-connection-override fragment such as ``#rp=all&rc=5`` (by default it retries connection
-failures only) — see README. Either way the refusal is what keeps memory bounded: the writer
-holds at most one snapshot per call, and past its watermark no new call is let in.
+Why wait first, then refuse. What the carriers do with a 5xx:
+- Twilio (docs: "Webhooks (HTTP callbacks): Connection Overrides") retries a webhook only as
+  its URL's fragment says: retry count ``rc`` (default 1, at most 5) under retry policy ``rp``
+  (``ct``, ``rt``, ``4xx``, ``5xx``, ``all``; by default connection failures only), and all
+  tries within a total of 15 s at most. So with the default policy a 503 callback is not sent
+  again, and with ``#rp=5xx&rc=5`` it is retried within those 15 s (README says how to set it).
+- Telnyx (Call Control API) retries failed webhook deliveries per its retry policy (per
+  command ``webhook_retries_policies``: up to 5 retries within 60 s) and has a failover URL.
+So a short wait for room, well inside the 15 s a Twilio webhook may take, absorbs a burst with
+no retry needed from any carrier; only past it does the 503 hand the delivery back. The
+refusal is what keeps memory bounded: the writer holds at most one snapshot per call, and
+while it is backed up no other call's record is taken in.
 
 Never held back: an update to a call whose snapshot is already pending (it replaces it), to
 a call still live here (its record is written anyway; live calls are bounded by
-``server.max_calls``), and the first webhook of a call this process will answer.
+``server.max_calls``) or whose media stream this process served in the last minutes (its
+final callbacks), and the first webhook of a call this process will answer. What is held back
+is everything else: callbacks about calls this process never served (a flood of them is what
+can outgrow the store).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 
 from aiohttp import web
 
@@ -28,6 +36,7 @@ from ..gateway import Gateway
 WAIT = 2.0          # seconds a webhook may wait for room before its 503
 MAX_WAITING = 1000  # webhooks waiting at once; more are refused at once (each holds a socket)
 RETRY_AFTER_UNKNOWN = 5   # seconds, when the store has written nothing lately to measure by
+SERVED_GRACE = 600.0      # seconds after a call served here ends that its callbacks pass
 
 
 async def admit(gw: Gateway, call_id: str, *, opens_call: bool = False) -> None:
@@ -39,7 +48,7 @@ async def admit(gw: Gateway, call_id: str, *, opens_call: bool = False) -> None:
     writer = gw.store_writer
     if writer is None or not writer.backed_up:
         return
-    if call_id and (writer.holds(call_id) or _live_here(gw, call_id)):
+    if call_id and (writer.holds(call_id) or _served_here(gw, call_id)):
         return
     if opens_call and gw.accepting:
         return
@@ -56,6 +65,14 @@ async def admit(gw: Gateway, call_id: str, *, opens_call: bool = False) -> None:
                          "retry_after": retry_after}))
 
 
-def _live_here(gw: Gateway, call_id: str) -> bool:
+def _served_here(gw: Gateway, call_id: str) -> bool:
+    """Live here, or its media stream was served here and it ended lately: the carrier's
+    callbacks that follow such a call (completed, recording, AMD) belong to traffic this
+    process took in through the door; they are as many as the calls it served."""
     rec = gw.registry.get(call_id)
-    return rec is not None and rec.ended_at is None
+    if rec is None:
+        return False
+    if rec.ended_at is None:
+        return True
+    return (rec.media_seconds > 0 and not rec.billed_from_carrier
+            and time.time() - rec.ended_at < SERVED_GRACE)

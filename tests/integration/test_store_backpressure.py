@@ -174,6 +174,13 @@ async def test_a_refused_callback_is_processed_when_retried_and_live_calls_pass(
     client = await daemon(config(twilio_raw(server={"max_calls": 5},
                                             store={"max_pending": 10})))
     gw = gateway_of(client)
+    served = {}
+    for n, ended_ago in ((50, 5.0), (51, 1200.0)):   # streams served here, ended and stored
+        rec = served[n] = gw.registry.ensure(call_sid(n), "twilio")
+        rec.media_seconds = 30.0
+        gw.finish_call(rec.call_id, "twilio", "completed")
+        rec.ended_at = time.time() - ended_ago
+    assert await gw.store_writer.flush(5)
     store = slow_store[0]
     store.gate = asyncio.Event()                 # the database stalls
     assert (await post(client, "/webhooks/twilio/voice", voice_params(1))).status == 200
@@ -196,13 +203,17 @@ async def test_a_refused_callback_is_processed_when_retried_and_live_calls_pass(
     assert (await post(client, "/webhooks/twilio/recording", {
         "CallSid": completed(3)["CallSid"], "RecordingSid": "RE" + "ab" * 16,
         "RecordingStatus": "completed"})).status == 204
+    # The final callback of a call whose stream was served here lately passes; long after,
+    # it is held back like any other.
+    assert (await post(client, STATUS, {**completed(0), "CallSid": call_sid(50)})).status == 204
+    assert (await post(client, STATUS, {**completed(0), "CallSid": call_sid(51)})).status == 503
 
     store.gate.set()                             # the database catches up
     assert await gw.store_writer.room(5)
     assert (await post(client, STATUS, completed(99))).status == 204   # not a "duplicate"
     rec = gw.registry.get(completed(99)["CallSid"])
     assert rec is not None and rec.outcome == "completed"
-    assert await metric(client, "patterd_store_backpressure_total", outcome="refused") == 1
+    assert await metric(client, "patterd_store_backpressure_total", outcome="refused") == 2
     assert (await client.get("/readyz")).status == 200
 
 
