@@ -18,7 +18,7 @@ while it is backed up no other call's record is taken in.
 Never held back: an update to a call whose snapshot is already pending (it replaces it), to
 a call still live here (its record is written anyway; live calls are bounded by
 ``server.max_calls``) or whose media stream this process served in the last minutes (its
-final callbacks), and the first webhook of a call this process will answer. What is held back
+final callbacks), and a new call's first webhook (a caller is on the line). What is held back
 is everything else: callbacks about calls this process never served (a flood of them is what
 can outgrow the store).
 """
@@ -41,8 +41,9 @@ SERVED_GRACE = 600.0      # seconds after a call served here ends that its callb
 
 async def admit(gw: Gateway, call_id: str, *, opens_call: bool = False) -> None:
     """Return when the webhook about ``call_id`` may change records; otherwise raise a 503
-    with ``Retry-After``. ``opens_call``: the webhook starts a call this process answers
-    when it is accepting calls (a new call is live, not another finished record). Call it
+    with ``Retry-After``. ``opens_call``: the webhook is a new call's first (a caller is
+    on the line; it becomes a live call, or is declined busy at ``max_calls`` — either way at
+    the rate people call, and a 503 would play them an application error). Call it
     after the signature check and before the webhook is marked as seen (a refused delivery
     must count as new when the carrier retries it)."""
     writer = gw.store_writer
@@ -50,7 +51,7 @@ async def admit(gw: Gateway, call_id: str, *, opens_call: bool = False) -> None:
         return
     if call_id and (writer.holds(call_id) or _served_here(gw, call_id)):
         return
-    if opens_call and gw.accepting:
+    if opens_call:   # a caller is waiting: answered, or declined busy — never a 503
         return
     counter = gw.metrics.store_backpressure
     if writer.waiting < MAX_WAITING and await writer.room(WAIT):
