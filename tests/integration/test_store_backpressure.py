@@ -141,7 +141,8 @@ async def test_a_burst_of_final_callbacks_is_all_stored_while_live_calls_go_on(
     store.gate, store.per_record = asyncio.Event(), 0.005
 
     async def recover() -> None:
-        while not refusals:
+        stalled_until = time.monotonic() + 10      # (a bound, should nothing be refused)
+        while not refusals and time.monotonic() < stalled_until:
             await asyncio.sleep(0.01)
         store.gate.set()
 
