@@ -237,12 +237,14 @@ async def burst(args: argparse.Namespace, base: str, pid: int, fig: Figures) -> 
     results = await asyncio.gather(*calls, return_exceptions=True)
     await api.close()
     fig.live_calls = len(results)
-    fig.live_ok = sum(1 for r in results if not isinstance(r, BaseException) and r.ok
-                      and r.outcome == "hung_up_by_agent" and not r.warnings)
     for r in results:
-        if isinstance(r, BaseException) or not r.ok or r.warnings:
-            print(f"live call not ok: {r!r}" if isinstance(r, BaseException) else
-                  f"live call not ok: {r.outcome} {r.errors} {r.warnings}")
+        if isinstance(r, BaseException):
+            log(f"live call failed: {r!r}")
+        elif r.ok and r.outcome == "hung_up_by_agent" and not r.warnings:
+            fig.live_ok += 1
+        else:
+            log(f"live call not as scripted: outcome {r.outcome}, {len(r.latencies)} of 2 "
+                f"turns answered, errors {r.errors}, warnings {r.warnings}")
     fig.other_answers = answers
     fig.peak_rss_mib = round(peak_rss_mib(pid), 1)
     latencies.sort()

@@ -53,6 +53,8 @@ class Metrics:
                                           "Webhooks held back while the store was backed "
                                           "up: delayed (let in after a wait) or refused (503)",
                                           ["outcome"], registry=r)
+        for outcome in ("delayed", "refused"):   # zeros from the start
+            self.store_backpressure.labels(outcome)
         # Children that always exist, so dashboards see zeros rather than gaps.
         for direction in ("rx", "tx"):
             self.media_frames.labels(direction)
@@ -60,8 +62,6 @@ class Metrics:
             self.call_cost.labels(component)
         for carrier in ("twilio", "telnyx"):
             self.signature_failures.labels(carrier)
-        for outcome in ("delayed", "refused"):
-            self.store_backpressure.labels(outcome)
         self.frames_rx = self.media_frames.labels("rx")
         self.frames_tx = self.media_frames.labels("tx")
 
