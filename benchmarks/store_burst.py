@@ -38,7 +38,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -80,6 +80,7 @@ class Figures:
     live_calls: int = 0
     latency_p50_ms: float = 0.0
     latency_p99_ms: float = 0.0
+    retry_after_s: dict[str, int] = field(default_factory=dict)   # Retry-After → 503s
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -90,10 +91,10 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def start_daemon(workdir: Path, port: int, api_port: int, max_pending: int | None,
-                 cpu: int) -> subprocess.Popen[bytes]:
+async def start_daemon(workdir: Path, port: int, api_port: int, store_url: str,
+                       max_pending: int | None, cpu: int) -> subprocess.Popen[bytes]:
     base = f"http://127.0.0.1:{port}"
-    store: dict[str, Any] = {"url": f"sqlite:///{workdir}/calls.db"}
+    store: dict[str, Any] = {"url": store_url}
     if max_pending is not None:
         store["max_pending"] = max_pending
     raw = {
@@ -116,11 +117,56 @@ def start_daemon(workdir: Path, port: int, api_port: int, max_pending: int | Non
         if proc.poll() is not None:
             raise RuntimeError(f"the daemon exited: {(workdir / 'patterd.log').read_text()}")
         with contextlib.suppress(OSError):
-            if http_get(base + "/readyz")[0] == 200:
+            if (await asyncio.to_thread(http_get, base + "/readyz"))[0] == 200:
                 return proc
-        time.sleep(0.2)
+        await asyncio.sleep(0.2)
     proc.kill()
     raise RuntimeError("the daemon did not become ready")
+
+
+class LatencyProxy:
+    """127.0.0.1:<port> → ``target``, each chunk delivered ``delay`` seconds after it came (a
+    database one round trip of ``2 * delay`` away)."""
+
+    def __init__(self, target: tuple[str, int], delay: float) -> None:
+        self.target, self.delay = target, delay
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+            async def deliver() -> None:
+                while True:
+                    due, data = await queue.get()
+                    if not data:
+                        break
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
+                    dst.write(data)
+                    await dst.drain()
+
+            sender = asyncio.create_task(deliver())
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    queue.put_nowait((time.monotonic() + self.delay, data))
+            queue.put_nowait((0.0, b""))
+            with contextlib.suppress(Exception):
+                await sender
+            dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
 def stop_daemon(proc: subprocess.Popen[bytes]) -> None:
@@ -192,6 +238,8 @@ async def burst(args: argparse.Namespace, base: str, pid: int, fig: Figures) -> 
                     break
                 if status == "503":
                     fig.refused_503 += 1
+                    key = f"{retry_after:g}"
+                    fig.retry_after_s[key] = fig.retry_after_s.get(key, 0) + 1
                     refused = True
                 else:
                     answers[status] = answers.get(status, 0) + 1
@@ -253,6 +301,48 @@ async def burst(args: argparse.Namespace, base: str, pid: int, fig: Figures) -> 
         fig.latency_p99_ms = round(1000 * latencies[int(len(latencies) * 0.99)], 1)
 
 
+async def run(args: argparse.Namespace, tmp: Path, fig: Figures) -> list[str]:
+    """Start the store (and proxy), the daemon, the burst; the daemon's log lines."""
+    port, api_port = free_port(), free_port()
+    proxy: LatencyProxy | None = None
+    pg_db = ""
+    if args.postgres:
+        import asyncpg
+        admin = urlsplit(args.postgres)
+        pg_db = f"patterd_burst_{os.getpid()}"
+        conn = await asyncpg.connect(args.postgres)
+        await conn.execute(f"CREATE DATABASE {pg_db}")
+        await conn.close()
+        proxy = LatencyProxy((admin.hostname or "127.0.0.1", admin.port or 5432),
+                             args.rtt_ms / 2000)
+        store_url = admin._replace(netloc=f"{admin.username}@127.0.0.1:{await proxy.start()}",
+                                   path=f"/{pg_db}").geturl()
+    else:
+        store_url = f"sqlite:///{tmp}/calls.db"
+    try:
+        proc = await start_daemon(tmp, port, api_port, store_url, args.max_pending,
+                                  args.daemon_cpu)
+        try:
+            await burst(args, f"http://127.0.0.1:{port}", proc.pid, fig)
+        finally:
+            await asyncio.to_thread(stop_daemon, proc)
+        if pg_db:
+            conn = await asyncpg.connect(admin._replace(path=f"/{pg_db}").geturl())
+            fig.rows_stored = int(await conn.fetchval("SELECT count(*) FROM calls"))
+            await conn.close()
+        else:
+            with sqlite3.connect(tmp / "calls.db") as db:
+                fig.rows_stored = int(db.execute("SELECT count(*) FROM calls").fetchone()[0])
+    finally:
+        if proxy is not None:
+            await proxy.stop()
+        if pg_db:
+            conn = await asyncpg.connect(args.postgres)
+            await conn.execute(f"DROP DATABASE IF EXISTS {pg_db} WITH (FORCE)")
+            await conn.close()
+    return (tmp / "patterd.log").read_text(errors="replace").splitlines()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--callbacks", type=int, default=20_000)
@@ -260,36 +350,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--live-calls", type=int, default=4)
     p.add_argument("--max-pending", type=int, default=None,
                    help="store.max_pending (default: the daemon's own default)")
+    p.add_argument("--postgres", metavar="ADMIN_URL", default="",
+                   help="store the records in a fresh database of this local PostgreSQL "
+                        "server (e.g. postgresql://postgres@127.0.0.1:5432/test) instead of "
+                        "SQLite, reached through a proxy adding --rtt-ms")
+    p.add_argument("--rtt-ms", type=float, default=0.0,
+                   help="round trip added between the daemon and PostgreSQL")
     p.add_argument("--no-retry", dest="retry", action="store_false",
                    help="a 503 is not retried (Twilio's default retry policy)")
     p.add_argument("--max-tries", type=int, default=60)
     p.add_argument("--daemon-cpu", type=int, default=1)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    fig = Figures(args.callbacks, args.rate, args.max_pending or 10_000, args.retry)
+    with contextlib.suppress(OSError):   # the load (and the proxy) on the other CPU
+        os.sched_setaffinity(0, {0 if args.daemon_cpu else 1})
     with tempfile.TemporaryDirectory(prefix="patterd-burst-") as tmp:
         args.workdir = tmp
-        port, api_port = free_port(), free_port()
-        proc = start_daemon(Path(tmp), port, api_port, args.max_pending, args.daemon_cpu)
-        fig = Figures(args.callbacks, args.rate, args.max_pending or 10_000, args.retry)
-        try:
-            with contextlib.suppress(OSError):   # the load on the other CPU
-                os.sched_setaffinity(0, {0 if args.daemon_cpu else 1})
-            asyncio.run(burst(args, f"http://127.0.0.1:{port}", proc.pid, fig))
-        finally:
-            stop_daemon(proc)
-        with sqlite3.connect(Path(tmp) / "calls.db") as conn:
-            fig.rows_stored = int(conn.execute("SELECT count(*) FROM calls").fetchone()[0])
-        fig.rows_expected = args.callbacks - fig.given_up + args.live_calls
-        daemon_log = (Path(tmp) / "patterd.log").read_text(errors="replace")
-        dropped = re.findall(r'"event": "store_queue_full"', daemon_log)
+        daemon_log = asyncio.run(run(args, Path(tmp), fig))
+    fig.rows_expected = args.callbacks - fig.given_up + args.live_calls
+    dropped = [line for line in daemon_log if '"store_queue_full"' in line]
     if args.json:
         print(json.dumps(asdict(fig), indent=2))
     else:
+        store = f"PostgreSQL, +{args.rtt_ms:g} ms round trip" if args.postgres else "SQLite"
         print(f"callbacks sent          {fig.callbacks} in {fig.sent_seconds} s "
-              f"({fig.callbacks / max(fig.sent_seconds, 1e-9):.0f}/s), {fig.live_calls} live calls")
+              f"({fig.callbacks / max(fig.sent_seconds, 1e-9):.0f}/s), {fig.live_calls} live "
+              f"calls, store {store}")
         print(f"204 at first try        {fig.first_try_204}")
         print(f"503 answers             {fig.refused_503} (daemon counted "
               f"{fig.daemon_refused}); delayed then let in: {fig.daemon_delayed}")
+        print(f"Retry-After (s: 503s)   {dict(sorted(fig.retry_after_s.items(), key=lambda kv: float(kv[0]))) or '-'}")
         print(f"never answered 204      {fig.given_up}"
               f"{'' if fig.retry else ' (no retries: Twilio default)'}")
         print(f"other answers           {fig.other_answers or 'none'}")

@@ -16,7 +16,7 @@ from .store import StoreWriter, open_store, retention_loop
 from .config import Config
 from .gateway import GATEWAY, Gateway
 from .ops.logging import get_logger
-from .web import health
+from .web import backpressure, health
 
 log = get_logger("patterd.app")
 
@@ -30,7 +30,7 @@ def build_app(config: Config, carrier: Carrier, *, gateway: Gateway | None = Non
     gw.backends = backends
     # The webhook handlers read bodies themselves with their own limit; this is the backstop.
     app = web.Application(client_max_size=config.server.max_body_bytes,
-                          middlewares=[_json_errors])
+                          middlewares=[_json_errors, backpressure.middleware])
     app[GATEWAY] = gw
     app.add_routes(health.ROUTES)
     gw.carrier_name = carrier.name

@@ -67,6 +67,7 @@ class StoreWriter:
         self.rejected = 0          # snapshots the store refused as invalid (never retried)
         self.set_aside = 0         # snapshots whose write raised a bug (each is retried)
         self.waiting = 0           # callers waiting in ``room``
+        self.reserved = 0          # webhooks let in that have not finished (``reserve``)
         self._live: OrderedDict[str, dict[str, Any]] = OrderedDict()    # oldest first
         self._final: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._aside: dict[str, _SetAside] = {}
@@ -91,8 +92,20 @@ class StoreWriter:
 
     @property
     def backed_up(self) -> bool:
-        """True from ``max_queue`` pending snapshots until they are down to ``resume_at``."""
+        """True from ``max_queue`` pending snapshots (reservations included) until they are
+        down to ``resume_at``."""
         return self._backed_up
+
+    def reserve(self) -> None:
+        """A request that may add a call's snapshot was let in: it counts as one pending
+        until ``release`` (so that requests let in together cannot overshoot the mark)."""
+        self.reserved += 1
+        self._pressure(reserving=True)
+
+    def release(self) -> None:
+        """The request of a ``reserve`` has finished (its snapshot, if any, is queued)."""
+        self.reserved = max(0, self.reserved - 1)
+        self._pressure()
 
     def holds(self, call_id: str) -> bool:
         """Whether a snapshot of ``call_id`` waits here (a newer one would replace it)."""
@@ -218,10 +231,14 @@ class StoreWriter:
                                    pending=self.pending)
             self._ensure_task()
 
-    def _pressure(self) -> None:
-        """Enter or leave the backed-up state (with hysteresis: max_queue → resume_at)."""
-        pending = self.pending
-        if not self._backed_up and pending >= self.max_queue:
+    def _pressure(self, *, reserving: bool = False) -> None:
+        """Enter or leave the backed-up state (with hysteresis: max_queue → resume_at).
+        Reservations count when one is taken and when leaving; not when a snapshot comes
+        in (a request that holds a place files its snapshot before it gives the place back,
+        and would count twice)."""
+        pending = self.pending + self.reserved
+        entering = pending if reserving else self.pending
+        if not self._backed_up and entering >= self.max_queue:
             self._backed_up = True
             self._room.clear()
             log.warning("store_backed_up", pending=pending, max_pending=self.max_queue,

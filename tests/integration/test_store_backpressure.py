@@ -165,8 +165,9 @@ async def test_a_burst_of_final_callbacks_is_all_stored_while_live_calls_go_on(
     assert refusals, "the burst never met back-pressure: the test is not testing it"
     assert 503 in readiness
     assert (await client.get("/readyz")).status == 200
-    # Bounded: past the watermark only calls in flight at the door and the live calls add.
-    assert MAX_PENDING <= peak <= MAX_PENDING + SENDERS + 3, peak
+    # Bounded: requests let in hold their place until answered, so only the live calls'
+    # own snapshots can go past the mark.
+    assert MAX_PENDING - SENDERS <= peak <= MAX_PENDING + 3, peak
     assert await metric(client, "patterd_store_backpressure_total",
                         outcome="refused") == len(refusals)
     assert await metric(client, "patterd_webhook_requests_total", carrier="twilio",

@@ -207,6 +207,25 @@ async def test_back_pressure_follows_the_watermarks_both_ways(flaky: FlakyStore)
     await writer.close()
 
 
+async def test_reserved_places_count_toward_the_watermark(flaky: FlakyStore) -> None:
+    flaky.gate = asyncio.Event()
+    writer = StoreWriter(flaky, max_queue=4, resume_at=2)
+    writer.submit(record_of(make_call("CA1", BASE)))
+    writer.reserve()
+    writer.reserve()
+    assert not writer.backed_up
+    writer.reserve()                                   # 1 pending + 3 let in: the mark
+    assert writer.backed_up and writer.pending == 1
+    writer.release()                                   # answered without adding a record
+    assert writer.backed_up                            # 1 + 2 > resume_at
+    flaky.gate.set()                                   # CA1 written: 0 + 2, room again
+    assert await writer.room(5)
+    writer.release()
+    writer.release()
+    assert writer.reserved == 0 and not writer.backed_up
+    await writer.close()
+
+
 class BuggyStore(FlakyStore):
     """Raises a bug (not a StoreError) for the call ids in ``poison``; with ``batch_bug`` set,
     every batch of more than one record raises (a bug in batching itself)."""
