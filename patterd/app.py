@@ -19,7 +19,7 @@ from .gateway import GATEWAY, Gateway
 from .ops.logging import get_logger
 from .startup import starting
 from .ops.loop_monitor import watch_loop
-from .web import health
+from .web import backpressure, health
 
 log = get_logger("patterd.app")
 
@@ -33,7 +33,7 @@ def build_app(config: Config, carrier: Carrier, *, gateway: Gateway | None = Non
     gw.backends = backends
     # The webhook handlers read bodies themselves with their own limit; this is the backstop.
     app = web.Application(client_max_size=config.server.max_body_bytes,
-                          middlewares=[_json_errors])
+                          middlewares=[_json_errors, backpressure.middleware])
     app[GATEWAY] = gw
     app.add_routes(health.ROUTES)
     gw.carrier_name = carrier.name
@@ -83,7 +83,8 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
             if owned and gw.backends is not None:   # do not leave decoder processes behind
                 await gw.backends.close()
             raise
-        writer = gw.store_writer = StoreWriter(store)
+        writer = gw.store_writer = StoreWriter(store, max_queue=gw.config.store.max_pending,
+                                               supervisor=gw.supervisor)
         writer.start()
         # Always running (cancelled with the other tasks at shutdown): a reload may turn
         # retention on, off or change its period.

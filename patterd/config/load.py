@@ -132,7 +132,8 @@ def build_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     st = root.section("store")
     store = StoreConfig(st.str("url", "sqlite:///./patterd.db"),
                         retention_days=st.float("retention_days", 0.0, minimum=0,
-                                                maximum=MAX_RETENTION_DAYS))
+                                                maximum=MAX_RETENTION_DAYS),
+                        max_pending=st.int("max_pending", 10_000, minimum=10))
     if not re.match(r"(sqlite:///|postgres(ql)?://)", store.url):
         st.problem("url", f"expected sqlite:///PATH or postgresql://…, got {mask_url(store.url)!r}")
     st.done()

@@ -169,10 +169,12 @@ class RecordingConfig:
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     """``store:`` — where call records live, and for how long (``retention_days`` after a
-    call ended; 0 keeps them forever)."""
+    call ended; 0 keeps them forever). ``max_pending``: call snapshots waiting for the store
+    past which webhooks that would add another call's record are held back (503)."""
 
     url: str = "sqlite:///./patterd.db"
     retention_days: float = 0.0
+    max_pending: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)

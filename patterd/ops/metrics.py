@@ -57,6 +57,15 @@ class Metrics:
         self.asyncio_tasks = Gauge("patterd_asyncio_tasks",
                                    "asyncio tasks alive in the daemon's event loop",
                                    registry=r)
+        self.store_pending = Gauge("patterd_store_pending",
+                                   "Call snapshots waiting to be written to the store",
+                                   registry=r)
+        self.store_backpressure = Counter("patterd_store_backpressure",
+                                          "Webhooks held back while the store was backed "
+                                          "up: delayed (let in after a wait) or refused (503)",
+                                          ["outcome"], registry=r)
+        for outcome in ("delayed", "refused"):   # zeros from the start
+            self.store_backpressure.labels(outcome)
         # Children that always exist, so dashboards see zeros rather than gaps.
         for direction in ("rx", "tx"):
             self.media_frames.labels(direction)

@@ -30,7 +30,7 @@ __all__ = ["COMPONENTS", "Supervisor"]
 
 #: The shared workers that report here (the ``component`` label of
 #: ``patterd_internal_errors_total``; ``background``: a one-off background task that failed).
-COMPONENTS = ("vad", "turn", "pocketsphinx", "espeak", "recorder", "cluster_listener",
+COMPONENTS = ("vad", "turn", "pocketsphinx", "espeak", "recorder", "store", "cluster_listener",
               "cluster_dispatch", "cluster_heartbeat", "cluster_reaper", "retention",
               "twilio_price_sweep", "systemd_watchdog", "loop_monitor", "background")
 

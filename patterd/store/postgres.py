@@ -57,6 +57,16 @@ def classify(exc: BaseException, where: str) -> StoreError:
     return StoreUnavailable(f"store.url: PostgreSQL at {where}: {detail}")
 
 
+def from_database(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the database or the way to it (the driver, the socket, a
+    timeout) rather than from our own code."""
+    import asyncpg
+
+    return isinstance(exc, (StoreError, OSError, TimeoutError, asyncpg.PostgresError,
+                            asyncpg.InterfaceError, asyncpg.InternalClientError)) \
+        or type(exc).__module__.startswith("asyncpg")
+
+
 PART_LOCK = "SELECT pg_advisory_xact_lock(hashtext($1))"
 JOB_LOCK = "SELECT pg_try_advisory_lock(hashtext('patterd-job:' || $1))"
 JOB_UNLOCK = "SELECT pg_advisory_unlock(hashtext('patterd-job:' || $1))"
@@ -155,6 +165,8 @@ class PostgresStore(Store):
                         row = to_row(merge_parts([loads(p["data"], {}) for p in parts]))
                     await conn.execute(Q.upsert, *row)
         except Exception as exc:
+            if not from_database(exc):
+                raise   # a bug of ours (say in merging), not an outage: the writer contains it
             raise classify(exc, self.where) from exc
 
     async def unpriced_calls(self, carrier: str, ended_from: float, ended_before: float,

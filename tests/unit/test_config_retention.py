@@ -66,7 +66,8 @@ def test_every_store_problem_is_reported_at_once() -> None:
 
 def test_rendered_config_shows_it() -> None:
     shown = to_plain(build_config(twilio_raw(store={"retention_days": 90}), env={}))
-    assert shown["store"] == {"url": "sqlite:///:memory:", "retention_days": 90.0}
+    assert shown["store"] == {"url": "sqlite:///:memory:", "retention_days": 90.0,
+                              "max_pending": 10_000}
 
 
 def test_patterd_check_prints_it_and_refuses_a_negative(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from ...call.amd import on_verdict, session_for
 from ...call.registry import TERMINAL
 from ...gateway import Gateway
 from ...ops.logging import get_logger
+from ...web.backpressure import admit
 from ...web.request import BadRequest, Forbidden, counted, parse_json, read_body
 from ..rest import RestError
 from .rest import TelnyxRest, read_client_state
@@ -84,6 +85,7 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier | None, rest: TelnyxRes
         if event_type.startswith(("call.", "streaming.")) and not call_id \
                 and event_type != "call.recording.saved":
             raise BadRequest("data.payload.call_control_id: required for call events")
+        await admit(request, gw, call_id, opens_call=event_type == "call.initiated")
         if not await gw.first_delivery(("telnyx", event_id)):
             return web.json_response({"status": "duplicate"})
         followup = handle_event(gw, event_type, payload, call_id)

@@ -15,6 +15,7 @@ from aiohttp import web
 from ...call.registry import TERMINAL
 from ...gateway import GATEWAY, Gateway
 from ...ops.logging import get_logger
+from ...web.backpressure import admit
 from ...web.request import BadRequest, Forbidden, counted, parse_json, read_body
 from ...call.amd import on_verdict, session_for
 from ...config import TwilioSettings
@@ -149,6 +150,7 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
         sid = _require(params, "CallSid", CALL_SID)
         direction = _direction(params)
         known = gw.registry.get(sid)
+        await admit(request, gw, sid, opens_call=known is None)
         if known is None and not gw.accepting:
             reason = "draining" if gw.draining else "at capacity"
             if await gw.first_delivery(("twilio-reject", sid)):
@@ -177,6 +179,7 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
         state = _require(params, "CallStatus", choices=CALL_STATUSES)
         seq = _int_or_none(params, "SequenceNumber")
         duration = _int_or_none(params, "CallDuration")
+        await admit(request, gw, sid)
         if not await gw.first_delivery(("twilio-status", sid, state, seq)):
             return web.Response(status=204)
         direction = _direction(params)
@@ -205,6 +208,7 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
         rec_sid = _require(params, "RecordingSid", RECORDING_SID)
         state = _require(params, "RecordingStatus", choices=RECORDING_STATUSES)
         duration = _int_or_none(params, "RecordingDuration")
+        await admit(request, gw, sid)
         if await gw.first_delivery(("twilio-recording", sid, rec_sid, state)):
             gw.registry.add_event(sid, "twilio", "recording", recording_id=rec_sid,
                                   status=state, url=params.get("RecordingUrl", ""),
@@ -219,6 +223,7 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
         sid = _require(params, "CallSid", CALL_SID)
         verdict = _require(params, "AnsweredBy", choices=ANSWERED_BY)
         took = _int_or_none(params, "MachineDetectionDuration")
+        await admit(request, gw, sid)
         if await gw.first_delivery(("twilio-amd", sid, verdict)):
             gw.registry.add_event(sid, "twilio", "amd", verdict=verdict, duration_ms=took)
             log.info("amd_result", call_id=sid, verdict=verdict)

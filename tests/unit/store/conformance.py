@@ -214,7 +214,7 @@ async def check_writer_coalesces_and_rejects(url: str, raw: Raw) -> None:
         writer.submit({"call_id": "CWbad", "created_at": "yesterday"})
         writer.submit({"call_id": "", "status": "x"})
         assert await writer.flush(10)
-        assert writer.rejected == 2 and writer.dropped == 0 and writer.pending == 0
+        assert writer.rejected == 2 and writer.pending == 0
         assert writer.written == 10   # 50 snapshots, coalesced before the first write
         for rec in recs:
             got = await store.get_call(rec.call_id)

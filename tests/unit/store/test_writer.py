@@ -1,4 +1,5 @@
-"""The store writer: never blocks the caller, coalesces, retries through outages, bounded."""
+"""The store writer: never blocks the caller, coalesces, retries through outages, never drops
+a snapshot (back-pressure past its watermark instead), contains bugs, restarts its task."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from patterd.ops.supervise import Supervisor
 from patterd.store import Store, StoreUnavailable, StoreWriter, open_store, run_retention
 from tests.unit.store.conformance import BASE, make_call, record_of
 
@@ -89,7 +91,7 @@ async def test_outage_submit_never_blocks_and_nothing_is_lost(flaky: FlakyStore)
         flaky.down = False
         assert await writer.flush(5)
     assert elapsed < 1.0, elapsed                     # ~µs each: no I/O, no waiting
-    assert writer.written == 100 and writer.dropped == 0 and writer.pending == 0
+    assert writer.written == 100 and writer.pending == 0
     for rec in recs:
         assert (await flaky.get_call(rec.call_id))["status"] == "s99"
     events = [e["event"] for e in logs]
@@ -152,41 +154,205 @@ async def test_a_stalled_store_never_stalls_submit(flaky: FlakyStore) -> None:
     await writer.close()
 
 
-async def test_full_queue_drops_oldest_in_progress_snapshots_first(flaky: FlakyStore) -> None:
+async def test_past_max_queue_nothing_is_dropped_and_back_pressure_is_signalled(
+        flaky: FlakyStore) -> None:
     flaky.down = True
-    writer = StoreWriter(flaky, max_queue=4, retry_base=0.01, retry_max=0.02)
-    live = {n: make_call(n, BASE) for n in ("a", "b", "c", "f")}
-    final = {n: make_call(n, BASE, "completed", "completed", ended=True) for n in ("d", "e", "g")}
-    for name in ("a", "b", "c"):
-        writer.submit(record_of(live[name]))
-    writer.submit(record_of(final["d"]))
-    writer.submit(record_of(live["a"]))                # a again: now the newest
-    writer.submit(record_of(final["e"]))               # 5 > 4: b (oldest live) goes
-    writer.submit(record_of(final["g"]))               # then c
-    assert writer.dropped == 2 and writer.pending == 4
-    await until(lambda: writer.failed_attempts >= 2)   # retries keep the survivors
-    writer.submit(record_of(live["f"]))                # a goes, f stays (the newest)
-    assert writer.dropped == 3
+    supervisor = Supervisor()
+    writer = StoreWriter(flaky, max_queue=4, resume_at=2, supervisor=supervisor,
+                         retry_base=0.01, retry_max=0.02)
+    live = make_call("CAlive", BASE)
+    for n in range(3):
+        writer.submit(record_of(make_call(f"CAend{n}", BASE, "completed", "completed",
+                                          ended=True)))
+    assert not writer.backed_up and supervisor.down == {}
+    writer.submit(record_of(live))                     # the 4th pending call: backed up
+    assert writer.backed_up and "store" in supervisor.down
+    for n in range(3, 10):                             # far past it: all kept
+        writer.submit(record_of(make_call(f"CAend{n}", BASE, "completed", "completed",
+                                          ended=True)))
+    for step in range(50):                             # a live call's updates replace one
+        live.status = f"s{step}"
+        writer.submit(record_of(live))
+    assert writer.pending == 11 and writer.holds("CAlive") and writer.holds("CAend9")
+    assert not await writer.room(0.05)                 # callers are told to wait
+    await until(lambda: writer.failed_attempts >= 2)
+    assert writer.backed_up and writer.pending == 11   # retries keep everything
     flaky.down = False
+    assert await writer.room(5)                        # room again once drained
+    assert not writer.backed_up and supervisor.down == {}
     assert await writer.flush(5)
-    calls, _ = await flaky.list_calls(10)
-    assert sorted(c["call_id"] for c in calls) == ["d", "e", "f", "g"]
+    calls, _ = await flaky.list_calls(20)
+    assert sorted(c["call_id"] for c in calls) == sorted(
+        ["CAlive", *(f"CAend{n}" for n in range(10))])
+    assert (await flaky.get_call("CAlive"))["status"] == "s49"
     await writer.close()
 
 
-async def test_only_final_snapshots_left_drops_the_oldest(flaky: FlakyStore) -> None:
-    flaky.down = True
-    writer = StoreWriter(flaky, max_queue=2, retry_base=5, retry_max=5)
-    for name in ("x", "y", "z"):
-        writer.submit(record_of(make_call(name, BASE, "completed", "completed", ended=True)))
-    assert writer.dropped == 1 and writer.pending == 2
-    await until(lambda: writer.failed_attempts == 1)   # now in a 3.75-5 s backoff
-    flaky.down = False
-    started = time.monotonic()
-    assert await writer.flush(2)                       # flush cuts the backoff short
-    assert time.monotonic() - started < 1.0
-    assert sorted(c["call_id"] for c in (await flaky.list_calls(10))[0]) == ["y", "z"]
+async def test_back_pressure_follows_the_watermarks_both_ways(flaky: FlakyStore) -> None:
+    flaky.gate = asyncio.Event()
+    supervisor = Supervisor()
+    writer = StoreWriter(flaky, max_queue=6, resume_at=3, batch_size=2,
+                         supervisor=supervisor)
+    for n in range(8):
+        writer.submit(record_of(make_call(f"CA{n}", BASE)))
+    assert writer.backed_up and writer.drain_eta() is None   # no write measured yet
+    with capture_logs() as logs:
+        waiter = asyncio.create_task(writer.room(5))
+        flaky.gate.set()                               # batches of 2: 8 → 6 → 4 → 2
+        assert await waiter
+        assert writer.pending <= 3 and not writer.backed_up and supervisor.down == {}
+        assert await writer.flush(5)
+    assert [e["event"] for e in logs].count("store_caught_up") == 1
+    assert writer.drain_eta() == 0                     # a rate is known now, nothing to drain
     await writer.close()
+
+
+async def test_reserved_places_count_toward_the_watermark(flaky: FlakyStore) -> None:
+    flaky.gate = asyncio.Event()
+    writer = StoreWriter(flaky, max_queue=4, resume_at=2)
+    writer.submit(record_of(make_call("CA1", BASE)))
+    writer.reserve()
+    writer.reserve()
+    assert not writer.backed_up
+    writer.reserve()                                   # 1 pending + 3 let in: the mark
+    assert writer.backed_up and writer.pending == 1
+    writer.release()                                   # answered without adding a record
+    assert writer.backed_up                            # 1 + 2 > resume_at
+    flaky.gate.set()                                   # CA1 written: 0 + 2, room again
+    assert await writer.room(5)
+    writer.release()
+    writer.release()
+    assert writer.reserved == 0 and not writer.backed_up
+    await writer.close()
+
+
+class BuggyStore(FlakyStore):
+    """Raises a bug (not a StoreError) for the call ids in ``poison``; with ``batch_bug`` set,
+    every batch of more than one record raises (a bug in batching itself)."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.poison: set[str] = set()
+        self.batch_bug = False
+
+    async def upsert_calls(self, records: Sequence[dict[str, Any]],
+                           writer: str | None = None) -> None:
+        if self.batch_bug and len(records) > 1:
+            raise RuntimeError("batch encoder bug")
+        for record in records:
+            if record["call_id"] in self.poison:
+                raise TypeError(f"cannot encode {record['call_id']}")
+        await super().upsert_calls(records, writer)
+
+
+@pytest.fixture
+async def buggy() -> AsyncIterator[BuggyStore]:
+    store = BuggyStore(await open_store("sqlite:///:memory:"))
+    yield store
+    await store.close()
+
+
+async def test_a_record_raising_a_bug_is_contained_retried_and_reported(
+        buggy: BuggyStore) -> None:
+    buggy.poison = {"CAbad"}
+    supervisor = Supervisor()
+    writer = StoreWriter(buggy, supervisor=supervisor, retry_base=0.02, retry_max=0.05)
+    with capture_logs() as logs:
+        for name in ("CAa", "CAbad", "CAb"):
+            writer.submit(record_of(make_call(name, BASE)))
+        await until(lambda: writer.written == 2)      # the others land at once
+        task = writer._task
+        await until(lambda: writer.set_aside >= 3)    # CAbad alone, retried with back-off
+        assert writer.pending == 1 and writer.holds("CAbad")
+        assert not await writer.flush(0.5)            # tried again, failed again: said so
+        buggy.poison.clear()                          # (a transient bug, say)
+        assert await writer.flush(5)
+    assert writer._task is task and not task.done()   # the same task, never died
+    assert (await buggy.get_call("CAbad")) is not None and writer.written == 3
+    assert supervisor.errors["store"] == writer.set_aside >= 3
+    reported = [e for e in logs if e["event"] == "internal_error"]
+    assert reported[0]["component"] == "store" and reported[0]["call_id"] == "CAbad"
+    assert "TypeError: cannot encode CAbad" in reported[0]["error"]
+    await writer.close()
+
+
+async def test_a_newer_snapshot_replaces_one_set_aside(buggy: BuggyStore) -> None:
+    buggy.poison = {"CAbad"}
+    writer = StoreWriter(buggy, retry_base=30, retry_max=30)   # no retry within the test
+    rec = make_call("CAbad", BASE)
+    writer.submit(record_of(rec))
+    await until(lambda: writer.set_aside == 1)
+    buggy.poison.clear()
+    rec.status = "completed"
+    rec.ended_at = BASE + 5
+    writer.submit(record_of(rec))                     # written now, not in 30 s
+    await until(lambda: writer.written == 1)
+    assert writer.pending == 0
+    assert (await buggy.get_call("CAbad"))["status"] == "completed"
+    await writer.close()
+
+
+async def test_a_batch_bug_no_single_record_raises_is_reported_once(
+        buggy: BuggyStore) -> None:
+    buggy.batch_bug = True
+    supervisor = Supervisor()
+    writer = StoreWriter(buggy, supervisor=supervisor)
+    for n in range(5):
+        writer.submit(record_of(make_call(f"CA{n}", BASE)))
+    assert await writer.flush(5)
+    assert writer.written == 5 and writer.set_aside == 0
+    assert supervisor.errors == {"store": 1}
+    await writer.close()
+
+
+async def test_a_writer_loop_that_dies_is_restarted_and_loses_nothing(
+        flaky: FlakyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    supervisor = Supervisor()
+    writer = StoreWriter(flaky, supervisor=supervisor)
+    real_write = writer._write
+
+    async def dies_once(batch: Any, failed_before: Any) -> None:
+        monkeypatch.setattr(writer, "_write", real_write)
+        raise KeyError("a bug in the loop, with a batch taken")
+
+    monkeypatch.setattr(writer, "_write", dies_once)
+    for n in range(3):
+        writer.submit(record_of(make_call(f"CA{n}", BASE)))
+    await until(lambda: supervisor.restarts.get("store") == 1)
+    assert await writer.flush(5)
+    assert writer.written == 3 and len((await flaky.list_calls(5))[0]) == 3
+    assert supervisor.errors["store"] == 1
+    await writer.close()
+
+
+async def test_a_cancelled_writer_task_is_restarted_with_its_snapshot(
+        flaky: FlakyStore) -> None:
+    flaky.gate = asyncio.Event()
+    supervisor = Supervisor()
+    writer = StoreWriter(flaky, supervisor=supervisor)
+    writer.submit(record_of(make_call("CAk", BASE)))
+    await until(lambda: flaky.attempts == 1)          # in flight, stalled
+    killed = writer._task
+    killed.cancel()                                    # killed from outside
+    await until(lambda: killed.done())
+    await asyncio.sleep(0)
+    assert writer._task is not None and writer._task is not killed
+    assert writer.pending == 1                         # the in-flight one was put back
+    flaky.gate.set()
+    assert await writer.flush(5)
+    assert (await flaky.get_call("CAk")) is not None
+    assert supervisor.errors["store"] == 1             # reported
+    await writer.close()
+
+
+async def test_close_stops_the_task_for_good(flaky: FlakyStore) -> None:
+    writer = StoreWriter(flaky)
+    writer.submit(record_of(make_call("CAc", BASE)))
+    assert await writer.close(5)
+    assert writer._task is None
+    writer.submit(record_of(make_call("CAlate", BASE)))   # after close: kept, not started
+    await asyncio.sleep(0.05)
+    assert writer._task is None and writer.pending == 1
 
 
 async def test_submit_never_raises_and_close_reports_leftovers(flaky: FlakyStore) -> None:
