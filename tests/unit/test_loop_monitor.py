@@ -68,4 +68,4 @@ async def test_the_daemon_exports_loop_lag_and_tasks_and_supervises_the_monitor(
     assert count and count[0] >= 5
     assert families["patterd_asyncio_tasks"].type == "gauge"
     assert families["patterd_asyncio_tasks"].samples[0].value >= 1
-    assert "loop-monitor" in running
+    assert "loop_monitor" in running

@@ -33,6 +33,9 @@ def project(tmp_path: Path) -> Path:
         shutil.copy(ROOT / name, tmp_path / name)
     return tmp_path
 
+# The end-of-turn model's wheel, installed alone after the project (see the Makefile).
+TURN_WHEEL = "python -m pip install --quiet --no-deps pipecat-ai>=1.14,<2"
+
 
 def fake_venv(project: Path, name: str = ".venv") -> Path:
     bin_dir = project / name / "bin"
@@ -62,7 +65,7 @@ def test_run_installs_the_runtime_only_and_then_nothing_until_pyproject_changes(
     fake_venv(project)
     out, calls = make(project, "run")
     assert out.returncode == 0, out.stderr
-    assert pip_runs(calls) == ["python -m pip install --quiet -e ."]     # no [test]
+    assert pip_runs(calls) == ["python -m pip install --quiet -e .", TURN_WHEEL]     # no [test]
     assert calls[-1] == "patterd --config config/patter.yaml"
     out, calls = make(project, "run")
     assert out.returncode == 0, out.stderr
@@ -70,7 +73,7 @@ def test_run_installs_the_runtime_only_and_then_nothing_until_pyproject_changes(
     later = time.time() + 5
     os.utime(project / "pyproject.toml", (later, later))               # a dependency changed
     _, calls = make(project, "run")
-    assert pip_runs(calls) == ["python -m pip install --quiet -e ."]
+    assert pip_runs(calls) == ["python -m pip install --quiet -e .", TURN_WHEEL]
 
 
 def test_the_tests_install_their_extras_and_those_cover_run(project: Path) -> None:
@@ -79,7 +82,7 @@ def test_the_tests_install_their_extras_and_those_cover_run(project: Path) -> No
                          capture_output=True, text=True, timeout=60)
     assert "-e '.[test,llm-local]'" in out.stdout
     out, calls = make(project, "install", "EXTRAS=test,llm-local")
-    assert pip_runs(calls) == ["python -m pip install --quiet -e .[test,llm-local]"]
+    assert pip_runs(calls) == ["python -m pip install --quiet -e .[test,llm-local]", TURN_WHEEL]
     _, calls = make(project, "run")             # a superset is installed: nothing to do
     assert pip_runs(calls) == []
 
