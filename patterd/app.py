@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .call.records import detail
+from .call.records import snapshot
 from .carriers.base import Carrier
 from .store import StoreWriter, open_store, retention_loop
 from .config import Config
@@ -79,7 +79,8 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
                                                 gw.config.agent.max_call_seconds),
                                 on_swept=gw.registry.forget_ended_before),
                  name="store-retention")
-        gw.registry.on_change = lambda rec: writer.submit(detail(rec))
+        gw.registry.on_change = lambda rec: writer.submit(
+            snapshot(rec, gw.registry.held(rec.call_id)))
         if store.kind == "postgresql":   # replicas share calls: ownership, commands, reaper
             await _join_cluster(gw)
         gw.http = aiohttp.ClientSession(

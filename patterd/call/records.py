@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from typing import Any
 
 from .registry import CallRecord
@@ -26,4 +28,19 @@ def detail(rec: CallRecord) -> dict[str, Any]:
         "turns": rec.turns,
         "cost": rec.cost,
     })
+    return out
+
+
+def snapshot(rec: CallRecord, streaming: bool) -> dict[str, Any]:
+    """What this process writes to the store for the call: :func:`detail`, and while the call
+    is live, what a crash recovery needs beyond it (kept in this writer's part only, not in
+    the merged row): ``streaming`` (a media stream of the call is open in this process) and
+    ``meter`` (usage and media seconds so far, and when that was)."""
+    out = detail(rec)
+    if rec.ended_at is None:
+        usage, seconds = rec.metered()
+        out["meter"] = {"at": time.time(), "media_seconds": round(seconds, 3),
+                        "usage": dataclasses.asdict(usage)}
+        if streaming:
+            out["streaming"] = True
     return out
