@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from .call.records import snapshot
+from .call.recovery import run_recovery
 from .carriers.base import Carrier
 from .store import StoreWriter, open_store, retention_loop
 from .config import Config
@@ -89,6 +90,9 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
             headers={"User-Agent": "patterd"})
         gw.ready = True
         gw.spawn(carrier.on_startup(gw), name="carrier-startup")
+        # SQLite: this process's heartbeat, and the calls of a process that died (a crash and
+        # a restart) hung up and recorded (call/recovery.py).
+        gw.spawn(run_recovery(gw), name="lost-call-recovery")
         yield
         gw.ready = False
         for session in list(gw.sessions):

@@ -64,6 +64,9 @@ class CallRecord:
     carrier_outcome: str = ""
     expected: str = ""
     timed: bool = False       # observed in patterd_call_duration_seconds
+    # Taken over from a process that died holding the call: what that process wrote is in
+    # its own part of the stored record, so the store's merge, not this, is the account.
+    adopted: bool = False
 
     @property
     def live(self) -> bool:

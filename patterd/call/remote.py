@@ -12,6 +12,7 @@ survivor, which hangs them up through the carrier so none is left billing.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..carriers.rest import RestError
@@ -112,15 +113,15 @@ async def apply_command(gw: "Gateway", call_id: str, carrier: str, kind: str,
 
 async def orphaned(gw: "Gateway", call_id: str, carrier: str) -> None:
     """A dead replica's call (ClusterNode.on_orphan): hang it up through the carrier and
-    record why, so it is not left billing."""
-    try:
-        await gw.control.hangup(call_id)
-    except RestError as exc:
-        log.warning("orphan_hangup_failed", call_id=call_id, status=exc.status,
-                    reason=exc.message)
-    gw.registry.add_event(call_id, carrier, "hangup", by="gateway", reason=REPLICA_LOST)
+    record why, so it is not left billing. What the dead replica wrote of the call stays in
+    its part of the record (its playing line cut to what was heard, see
+    :func:`~patterd.call.recovery.end_lost_call`)."""
+    from .recovery import end_lost_call
+    lost_at = time.time() - (gw.cluster.dead_after if gw.cluster is not None else 0.0)
+    await end_lost_call(gw, call_id, carrier, outcome=REPLICA_LOST,
+                        lost=lambda writer, part: bool(part.get("streaming")),
+                        lost_at=lost_at, give_up=True)
     log.warning("orphan_hung_up", call_id=call_id)
-    gw.finish_call(call_id, carrier, REPLICA_LOST)
 
 
 async def voicemail_elsewhere(gw: "Gateway", call_id: str, text: str) -> bool:

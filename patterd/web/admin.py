@@ -134,9 +134,10 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
 
     async def get_call(request: web.Request) -> web.StreamResponse:
         rec = gw.registry.get(request.match_info["call_id"])
-        if rec is not None and gw.cluster is None:   # one process: its memory is freshest
-            return web.json_response(detail(rec))
-        if gw.cluster is not None:   # replicas: the store merges what each one saw
+        adopted = rec is not None and rec.adopted    # a dead process's call: see its part
+        if rec is not None and gw.cluster is None and not adopted:
+            return web.json_response(detail(rec))    # one process: its memory is freshest
+        if gw.cluster is not None or adopted:   # the store merges what each writer saw
             await gw.store_writer.flush(1.0)
         try:
             stored = await gw.store_writer.store.get_call(request.match_info["call_id"])
