@@ -223,3 +223,23 @@ async def test_a_failure_in_the_reply_task_keeps_what_it_said(
     assert greeting["text"] == GREETING and not greeting.get("interrupted")
     assert agent_texts(doc) == [GREETING, "Goodbye!"]
     assert gateway_of(client).supervisor.errors.get("call") == 1
+
+
+async def test_a_call_of_several_streams_has_each_line_once(daemon: Any) -> None:
+    """Twilio re-attaches the stream after the agent sends tones: the record, written as the
+    call goes by both streams' sessions, holds every line once, in order."""
+    cfg = make_config("twilio", llm={"provider": "rules", "rules": [
+        {"dtmf": "5", "reply": "Sending tones.", "action": {"send_dtmf": "123#"}},
+        {"dtmf": "9", "reply": "Goodbye!", "action": {"hangup": True}}],
+        "fallback": "Sorry?"})
+    client = await daemon(cfg)
+    result = await (await call(client, cfg, [WaitForAgent(), Dtmf("5"), WaitForAgent(),
+                                            Wait(1.0), Dtmf("9"),
+                                            WaitForAgent(required=False)]))
+    assert result.outcome == "hung_up_by_agent", (result.outcome, result.detail)
+    assert len(result.stream_ids) == 2
+    doc = await ended_record(client, result.call_id)
+    assert [(ln["role"], ln["text"], ln.get("dtmf", "")) for ln in doc["transcript"]] == [
+        ("agent", GREETING, ""), ("caller", "", "5"), ("agent", "Sending tones.", ""),
+        ("caller", "", "9"), ("agent", "Goodbye!", "")]
+    assert len(doc["turns"]) == 2
