@@ -16,7 +16,7 @@ from aiohttp import web
 from ..call.actions import ActionError, resolve_target
 from ..call.outbound import parse_outbound
 from ..call.records import detail, summary  # noqa: F401 - summary re-exported
-from ..call.remote import steer
+from ..call.remote import holder, steer
 from ..call.registry import CallRecord
 from ..carriers.rest import RestError
 from ..config.backends import DTMF_SEND
@@ -127,6 +127,9 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
                                          direction=stored.get("direction"),
                                          from_number=stored.get("from"),
                                          to_number=stored.get("to"))
+            elif stored is None and await holder(gw, call_id) is not None:
+                # Another replica holds its stream; its record is on the way to the store.
+                rec = gw.registry.ensure(call_id, gw.carrier_name)
         if rec is None:
             raise web.HTTPNotFound(text=json.dumps({"error": "no such call"}),
                                    content_type="application/json")
