@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from ..ops.cost import Usage
 from ..ops.logging import get_logger
 from ..store.processes import from_writer_name, running
-from .registry import TERMINAL
+from .registry import TERMINAL, CallRecord
 from .transcript import settle_lost
 
 if TYPE_CHECKING:
@@ -178,13 +178,16 @@ async def end_lost_call(gw: Gateway, call_id: str, carrier: str, *, outcome: str
             parts = await store.call_parts(call_id)
         except Exception as exc:  # noqa: BLE001 - hang up anyway; the lines wait
             log.warning("lost_call_parts_unreadable", call_id=call_id, error=str(exc))
-    ended, error = await _hang_up(gw, call_id, carrier)
-    if error and not give_up:
-        log.error("lost_call_hangup_failed", call_id=call_id, error=error,
-                  detail="retried on the next pass")
-        return False      # the stored parts unchanged: the next pass finds the call again
     dead = [(w, d) for w, d in parts if w != getattr(store, "writer", None) and lost(w, d)]
     streaming = {w for w, d in dead if d.get("streaming")}
+    rec = _adopt(gw, call_id, carrier, dead, outcome)
+    ended, error = await _hang_up(gw, call_id, carrier)
+    if error and not give_up:
+        rec.expected = ""
+        log.error("lost_call_hangup_failed", call_id=call_id, error=error,
+                  detail="retried on the next pass")
+        return False      # the lost parts unchanged: the next pass finds the call again
+    _record(gw, rec, outcome, reason or outcome, dead, streaming, ended, error)
     for writer, data in dead:
         changed = [settle_lost(line, lost_at) for line in data.get("transcript") or []]
         if (any(changed) or data.pop("streaming", None)) and store is not None:
@@ -192,7 +195,6 @@ async def end_lost_call(gw: Gateway, call_id: str, carrier: str, *, outcome: str
                 await store.upsert_calls([data], writer=writer)
             except Exception as exc:  # noqa: BLE001 - the lines stay as they were
                 log.warning("lost_call_lines_unsettled", call_id=call_id, error=str(exc))
-    _record(gw, call_id, carrier, outcome, reason or outcome, dead, streaming, ended, error)
     return True
 
 
@@ -210,41 +212,52 @@ async def _hang_up(gw: Gateway, call_id: str, carrier: str) -> tuple[bool | None
     return None, error
 
 
-def _record(gw: Gateway, call_id: str, carrier: str, outcome: str, reason: str,
-            dead: list[tuple[str, dict[str, Any]]], streaming: set[str], ended: bool | None,
-            error: str) -> None:
-    """This process's part of the lost call: who it was, its end, its cost."""
+def _adopt(gw: Gateway, call_id: str, carrier: str, dead: list[tuple[str, dict[str, Any]]],
+           outcome: str) -> CallRecord:
+    """This process's record of the lost call, before the hang-up: who it was, the state the
+    lost writer last saw, and the outcome a carrier's report of the hang-up keeps if it beats
+    the REST answer."""
     first = dead[0][1] if dead else {}
+    fresh = gw.registry.get(call_id) is None
     rec = gw.registry.ensure(call_id, carrier or str(first.get("carrier") or ""),
                              direction=first.get("direction"), from_number=first.get("from"),
                              to_number=first.get("to"))
+    if fresh and dead and rec.ended_at is None:
+        rec.status = str(dead[-1][1].get("status") or rec.status)
     rec.adopted = True
+    rec.expected = outcome
+    gw.registry.touch(rec)
+    return rec
+
+
+def _record(gw: Gateway, rec: CallRecord, outcome: str, reason: str,
+            dead: list[tuple[str, dict[str, Any]]], streaming: set[str], ended: bool | None,
+            error: str) -> None:
+    """The hang-up, the end and the cost of the lost call in this process's part."""
     detail: dict[str, Any] = {"ok": ended is not None}
     if error:
         detail["error"] = error
-    gw.registry.add_event(call_id, rec.carrier, "hangup", by="gateway", reason=reason,
+    gw.registry.add_event(rec.call_id, rec.carrier, "hangup", by="gateway", reason=reason,
                           **detail)
-    if rec.ended_at is not None:
-        return          # the carrier's report of the end came first: its outcome stays
-    now = time.time()
-    for writer, data in dead:   # what the lost writers had metered, billed until now
-        meter = data.get("meter")
-        if not isinstance(meter, dict):
-            continue
-        try:
-            rec.usage.add(Usage(**meter.get("usage", {})))
-            seconds = float(meter.get("media_seconds") or 0.0)
-            if writer in streaming:    # its stream was up until the hang-up
-                seconds += max(0.0, now - float(meter.get("at") or now))
-            rec.media_seconds += seconds
-        except (TypeError, ValueError):
-            log.warning("lost_call_meter_unreadable", call_id=call_id)
-    if rec.status not in TERMINAL:
-        latest = str(dead[-1][1].get("status") or "") if dead else ""
-        rec.status = "completed" if ended is not None else (latest or rec.status)
+    if rec.cost is None:        # (the carrier's report of the hang-up may have ended it)
+        now = time.time()
+        for writer, data in dead:   # what the lost writers had metered, billed until now
+            meter = data.get("meter")
+            if not isinstance(meter, dict):
+                continue
+            try:
+                rec.usage.add(Usage(**meter.get("usage", {})))
+                seconds = float(meter.get("media_seconds") or 0.0)
+                if writer in streaming:    # its stream was up until the hang-up
+                    seconds += max(0.0, now - float(meter.get("at") or now))
+                rec.media_seconds += seconds
+            except (TypeError, ValueError):
+                log.warning("lost_call_meter_unreadable", call_id=rec.call_id)
+    if rec.status not in TERMINAL and ended is not None:
+        rec.status = "completed"        # the carrier says it is over (now or already)
     gw.price_call(rec)
-    gw.finish_call(call_id, rec.carrier, outcome)
-    log.warning("lost_call_ended", call_id=call_id, outcome=outcome, hung_up=ended)
+    gw.finish_call(rec.call_id, rec.carrier, outcome)
+    log.warning("lost_call_ended", call_id=rec.call_id, outcome=rec.outcome, hung_up=ended)
 
 
 async def stream_stopped_elsewhere(gw: Gateway, call_id: str, carrier: str,
