@@ -10,7 +10,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .call.records import detail
+from .call.records import snapshot
+from .call.recovery import run_recovery
 from .carriers.base import Carrier
 from .store import StoreWriter, open_store, retention_loop
 from .config import Config
@@ -91,7 +92,8 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
         gw.supervise("retention", lambda: retention_loop(
             store, lambda: (gw.config.store.retention_days, gw.config.agent.max_call_seconds),
             on_swept=gw.registry.forget_ended_before, supervisor=gw.supervisor))
-        gw.registry.on_change = lambda rec: writer.submit(detail(rec))
+        gw.registry.on_change = lambda rec: writer.submit(
+            snapshot(rec, gw.registry.held(rec.call_id)))
         if store.kind == "postgresql":   # replicas share calls: ownership, commands, reaper
             await _join_cluster(gw)
         gw.http = aiohttp.ClientSession(
@@ -101,6 +103,9 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
         monitor = gw.supervisor.start("loop_monitor", lambda: watch_loop(gw.metrics))
         gw.ready = True
         gw.spawn(carrier.on_startup(gw), name="carrier-startup")
+        # SQLite: this process's heartbeat, and the calls of a process that died (a crash and
+        # a restart) hung up and recorded (call/recovery.py).
+        gw.supervise("recovery", lambda: run_recovery(gw))
         yield
         gw.ready = False
         monitor.cancel()

@@ -151,14 +151,17 @@ class Gateway:
         return lambda exc: self.metrics.backend_errors.labels("carrier", provider).inc()
 
     def record_stream_end(self, session: Any, outcome: str, *, call_over: bool) -> None:
-        """A media stream ended: keep its transcript (a call may have several streams) and,
-        when the call is over, end it with the most specific outcome known — ``outcome``
-        (the session's own), else what the gateway expected or the carrier reported while
-        the stream was closing — counted once, its media time observed once."""
+        """A media stream ended. Its lines are in the call's record already (written as they
+        happened, so a call of several streams has each line once); its usage and media time
+        join the call's. When the call is over, it ends with the most specific outcome known
+        — ``outcome`` (the session's own), else what the gateway expected or the carrier
+        reported while the stream was closing — counted once, its media time observed once."""
         rec = self.registry.ensure(session.call_id, session.carrier)
-        rec.transcript.extend(line.as_dict() for line in session.transcript)
-        rec.turns.extend(session.turn_latencies)
+        if rec is not session.record:   # the record was forgotten meanwhile: keep the lines
+            rec.transcript.extend(session.record.transcript)
+            rec.turns.extend(session.record.turns)
         session.credit_stt()
+        session.record.streams.pop(session.stream_key, None)
         rec.usage.add(session.meter.total(session.speaker))
         rec.media_seconds += session.duration
         self.registry.release(session.call_id)

@@ -88,8 +88,11 @@ async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
                 session.begin()
             elif isinstance(event, StreamStopped):
                 break
+    except Exception as exc:  # noqa: BLE001 - a bug in this call: it alone ends, recorded
+        gw.supervisor.report("media", exc, call_id=session.call_id if session else "")
     finally:
         if session is not None:
+            session.stream_ended()
             gw.sessions.discard(session)
             try:
                 if recorder is not None:   # first, so the record has the file as the call ends

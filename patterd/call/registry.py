@@ -47,8 +47,12 @@ class CallRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     leg_id: str = ""          # Telnyx call_leg_id (recording events name only the leg)
-    usage: Usage = field(default_factory=Usage)     # metered across the call's streams
+    usage: Usage = field(default_factory=Usage)     # metered across the call's ended streams
     media_seconds: float = 0.0
+    # The streams of the call open in this process: their usage and media seconds so far,
+    # refreshed as their lines are written (the store's snapshot carries the sum, so that a
+    # crash loses at most what was metered since the last line).
+    streams: dict[int, tuple[Usage, float]] = field(default_factory=dict)
     billed_from_carrier: bool = False   # media_seconds is the carrier's duration (no stream)
     cost: dict[str, Any] | None = None
     carrier_price: float | None = None              # the carrier's own figure, when reported
@@ -61,11 +65,25 @@ class CallRecord:
     expected: str = ""
     timed: bool = False       # observed in patterd_call_duration_seconds
     counted: bool = False     # counted in patterd_calls_total
+    # Taken over from a process that died holding the call: what that process wrote is in
+    # its own part of the stored record, so the store's merge, not this, is the account.
+    adopted: bool = False
 
     @property
     def live(self) -> bool:
         """Not yet in a terminal state."""
         return self.ended_at is None
+
+    def metered(self) -> tuple[Usage, float]:
+        """Usage and media seconds so far: the ended streams' and the open ones'."""
+        if not self.streams:
+            return self.usage, self.media_seconds
+        usage, seconds = Usage(), self.media_seconds
+        usage.add(self.usage)
+        for used, stream_seconds in self.streams.values():
+            usage.add(used)
+            seconds += stream_seconds
+        return usage, seconds
 
 
 class CallRegistry:
@@ -110,8 +128,12 @@ class CallRegistry:
 
     def hold(self, call_id: str) -> None:
         """A media stream of the call opened in this process: until it is released, a
-        terminal status does not end the call (the stream's end settles the outcome)."""
+        terminal status does not end the call (the stream's end settles the outcome). The
+        stored record says so (a crash recovery then knows this process held the call)."""
         self._held[call_id] = self._held.get(call_id, 0) + 1
+        rec = self._calls.get(call_id)
+        if rec is not None:
+            self.touch(rec)
 
     def release(self, call_id: str) -> None:
         """The media stream of :meth:`hold` was recorded (or given up on)."""

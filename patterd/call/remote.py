@@ -12,12 +12,12 @@ survivor, which hangs them up through the carrier so none is left billing.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..carriers.rest import RestError
 from ..ops.logging import get_logger
 from .amd import session_for
-from .registry import TERMINAL
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -113,32 +113,15 @@ async def apply_command(gw: "Gateway", call_id: str, carrier: str, kind: str,
 
 async def orphaned(gw: "Gateway", call_id: str, carrier: str) -> None:
     """A dead replica's call (ClusterNode.on_orphan): hang it up through the carrier and
-    record why, so it is not left billing.
-
-    The call ends here with outcome ``replica_lost``, counted here (the dead replica never
-    will). The carrier may have reported the end already — the dead replica's media socket
-    closing ends a Twilio call — and, when that report reached this replica, it ended the call
-    as a plain ``completed`` without counting it (another replica held the stream): the
-    outcome becomes ``replica_lost`` then. When the carrier accepts the hang-up (or says the
-    call had already ended) the status is ``completed`` at once (an entry ``via: hangup`` in
-    the history), in the same write that sets ``ended_at``: the record never reads "ended"
-    with a status of a live call. When the request fails the status stays what was known:
-    the call may still be up."""
-    over = False      # the carrier ended it now, or had already
-    try:
-        await gw.control.hangup(call_id)
-        over = True
-    except RestError as exc:
-        log.warning("orphan_hangup_failed", call_id=call_id, status=exc.status,
-                    reason=exc.message)
-    rec = gw.registry.add_event(call_id, carrier, "hangup", by="gateway", reason=REPLICA_LOST)
-    log.warning("orphan_hung_up", call_id=call_id, confirmed=over)
-    # From here to the end no await: the store's next snapshot holds all of it.
-    if not gw.finish_call(call_id, carrier, REPLICA_LOST):
-        gw.registry.refine_outcome(call_id, REPLICA_LOST)
-        gw.count_call(rec)
-    if over and rec.status not in TERMINAL:
-        gw.registry.apply_status(call_id, carrier, "completed", via="hangup")
+    record why, so it is not left billing. What the dead replica wrote of the call stays in
+    its part of the record (its playing line cut to what was heard, see
+    :func:`~patterd.call.recovery.end_lost_call`)."""
+    from .recovery import end_lost_call
+    lost_at = time.time() - (gw.cluster.dead_after if gw.cluster is not None else 0.0)
+    await end_lost_call(gw, call_id, carrier, outcome=REPLICA_LOST,
+                        lost=lambda writer, part: bool(part.get("streaming")),
+                        lost_at=lost_at, give_up=True)
+    log.warning("orphan_hung_up", call_id=call_id)
 
 
 async def voicemail_elsewhere(gw: "Gateway", call_id: str, text: str) -> bool:

@@ -27,7 +27,7 @@ from .keypad import Keypad, dtmf_grammar
 from .playout import Playout
 from .registry import TERMINAL
 from .replies import FAILURE_APOLOGY, Replies
-from .transcript import Line
+from .transcript import AgentLine, Line
 from .turns import Speaker, played
 
 log = get_logger("patterd.session")
@@ -50,10 +50,11 @@ class CallSession(Replies):
         self.parameters = stream_context(start.parameters)
         self.resumed = self.parameters.get("resumed") == "1"
         # The webhook may have landed on another replica: the signed stream context says who.
-        gw.registry.ensure(self.call_id, carrier,
-                           direction=self.parameters.get("direction", ""),
-                           from_number=self.parameters.get("from", ""),
-                           to_number=self.parameters.get("to", ""))
+        # The record is the call's live account: lines go into it as they happen.
+        self.record = gw.registry.ensure(self.call_id, carrier,
+                                         direction=self.parameters.get("direction", ""),
+                                         from_number=self.parameters.get("from", ""),
+                                         to_number=self.parameters.get("to", ""))
         self.control = control
         self.loop = asyncio.get_running_loop()
         self.started = self.loop.time()
@@ -77,8 +78,9 @@ class CallSession(Replies):
         self.variables = call_variables(cfg.agent.variables, self.parameters)
         if cfg.agent.system_prompt:
             self.history.append(Message("system", self._fill(cfg.agent.system_prompt)))
-        self.transcript: list[Line] = []
-        self.turn_latencies: list[dict[str, float]] = []
+        self._lines: list[AgentLine] = []     # replies whose line is not settled yet
+        self.stream_key = id(self)             # this stream's entry in record.streams
+        self._ended_at: float | None = None    # loop time the media stream ended
         self.outcome = ""
         self.ending = False
         self.restart_expected = False      # we replaced the stream (Twilio DTMF)
@@ -124,21 +126,42 @@ class CallSession(Replies):
         if not self.ending:
             await self._end_call("voicemail", text)
 
+    def stream_ended(self) -> None:
+        """The media socket is gone (``stop`` or a drop): what was heard is counted up to
+        now, however long closing the session then takes."""
+        if self._ended_at is None:
+            self._ended_at = self.loop.time()
+
     async def close(self) -> None:
         """The stream is gone: stop everything and record the call."""
+        self.stream_ended()
         self.ending = True
         self.keypad.close()
-        for task in [*self._tasks, *( [self._reply] if self._reply else [])]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._reply is not None:
-            await asyncio.gather(self._reply, return_exceptions=True)
-        await self.playout.close()
-        await self.stt_stream.close()
-        stream = getattr(self.segmenter, "stream", None)
-        if stream is not None:
-            stream.reset()  # drop windows still waiting for the batched VAD
-        self._flush_frame_counts()
+        try:
+            for task in [*self._tasks, *([self._reply] if self._reply else [])]:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._reply is not None:
+                await asyncio.gather(self._reply, return_exceptions=True)
+            # Every reply that started playing is in the record, cut to what was heard by the
+            # time the stream ended (the caller hung up, a transfer, a drop, a failure).
+            self._settle_lines(force=True, now=self._ended_at)
+            await self.playout.close()
+            await self.stt_stream.close()
+            stream = getattr(self.segmenter, "stream", None)
+            if stream is not None:
+                stream.reset()  # drop windows still waiting for the batched VAD
+            self._flush_frame_counts()
+            await self._settle_call()
+        except Exception as exc:  # noqa: BLE001 - a failure here must not lose the record
+            self.gw.supervisor.report("call", exc, call_id=self.call_id)
+            self._settle_lines(force=True, now=self._ended_at)
+        finally:
+            self.gw.record_stream_end(self, self.outcome or "completed",
+                                      call_over=not self.restart_expected)
+
+    async def _settle_call(self) -> None:
+        """No call is left billing when its stream ends without the call ending."""
         if not self.stream_stopped and not self.outcome and not self.restart_expected:
             # The socket dropped without a stop: make sure the call is not left billing.
             self.outcome = "failed"
@@ -152,8 +175,6 @@ class CallSession(Replies):
             # failure) would leave it up and billing: hang up unless it reports the end.
             self.gw.spawn(end_if_still_up(self.gw, self.control, self.call_id, self.carrier),
                           name="stopped-stream-hangup")
-        self.gw.record_stream_end(self, self.outcome or "completed",
-                                  call_over=not self.restart_expected)
 
     # -- events from the carrier (hot path) ------------------------------------------------
     def on_audio(self, event: AudioIn) -> None:
@@ -186,7 +207,8 @@ class CallSession(Replies):
         if isinstance(event, DtmfIn):
             self._dtmf(event.digit)
         elif isinstance(event, MarkPlayed):
-            self.playout.on_mark(event.name)
+            if self.playout.on_mark(event.name) is not None and self._lines:
+                self._settle_lines()     # a reply cut short without a clear, now heard
 
     # -- turn-taking -------------------------------------------------------------------------
     def _speech_started(self) -> None:
@@ -230,7 +252,7 @@ class CallSession(Replies):
         text = result.text.strip()
         if self.ending or not text:
             return
-        self.transcript.append(Line("caller", text))
+        self._add_line(Line("caller", text))
         log.info("caller_said", call_id=self.call_id, text=text)
         # Keys pressed just before speaking go with the words (the rules see both).
         self._start_reply(user_text=text, dtmf=self.keypad.take() or None, ended_at=ended_at)
@@ -253,7 +275,7 @@ class CallSession(Replies):
         self.last_activity = self.loop.time()
         if self.ending:
             return
-        self.transcript.append(Line("caller", "", dtmf=digit))
+        self._add_line(Line("caller", "", dtmf=digit))
         joined = self._join_keys(digit)
         if joined:
             self._answer_keys(joined)
@@ -302,19 +324,22 @@ class CallSession(Replies):
                 self._start_reply(fixed=REPROMPT)
 
     async def _end_call(self, outcome: str, goodbye: str) -> None:
-        """Say goodbye (or the voicemail), then hang up through the carrier."""
+        """Say goodbye (or the voicemail), then hang up through the carrier. What the agent
+        was saying is cut (and recorded as heard, ``interrupted``) for the goodbye."""
         self.ending = True
         self.keypad.close()
         goodbye = self._fill(goodbye)
-        if self._reply is not None and not self._reply.done():
-            self._reply.cancel()
-            await asyncio.gather(self._reply, return_exceptions=True)
-        if self._clearing is not None and not self._clearing.done():
-            await asyncio.wait([self._clearing])    # a barge-in's clear must not cut this
-        self.speaker.spoken = []
-        utt = await self.speaker.say(goodbye)
-        await played([utt], timeout=utt.seconds + 5.0)
-        self._record_agent(self.speaker.spoken, interrupted=False)
+        await self._stop_talking()
+        line = self._open_line()
+        try:
+            utt = await self.speaker.say(goodbye)
+            await played([utt], timeout=utt.seconds + 5.0)
+            self._settle(line, self.loop.time())
+        except Exception as exc:  # noqa: BLE001 - the call is hung up all the same
+            self.gw.supervisor.report("call", exc, call_id=self.call_id)
+        finally:
+            line.closed = True
+            self._settle_lines()
         self.outcome = outcome
         try:
             await self.control.hangup(self.call_id)
@@ -322,6 +347,18 @@ class CallSession(Replies):
             log.warning("hangup_failed", call_id=self.call_id, error=repr(exc))
         self.gw.registry.add_event(self.call_id, self.carrier, "hangup", by="gateway",
                                    reason=outcome)
+
+    async def _stop_talking(self) -> None:
+        """Cancel the running reply and clear whatever of the agent is still playing."""
+        reply, self._reply = self._reply, None
+        if reply is not None and not reply.done():
+            reply.cancel()
+            await asyncio.gather(reply, return_exceptions=True)
+        if self._clearing is not None and not self._clearing.done():
+            await asyncio.wait([self._clearing])    # a barge-in's clear must not cut this
+        if any(not u.done.is_set() for line in self._lines for u in line.spoken):
+            await self.playout.clear()
+        self._settle_lines()
 
     async def end(self, outcome: str, goodbye: str) -> None:
         """End the call from outside (drain, admin)."""

@@ -71,6 +71,16 @@ class Store(abc.ABC):
         """Ids of ``carrier``'s calls that ended in ``[ended_from, ended_before)``, were
         billed and still carry our estimate of the carrier cost, oldest end first."""
 
+    async def call_parts(self, call_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """Each writer's latest snapshot of the call: ``(writer, snapshot)``, oldest writer
+        first (what a crash recovery reads: the dead writer's own part)."""
+        raise NotImplementedError
+
+    #: Whether this store keeps the ``processes`` table of its writers (SQLite: every writer
+    #: runs on this host, so a dead one's calls can be found and recovered; see
+    #: :mod:`patterd.call.recovery`). PostgreSQL replicas use the cluster's reaper instead.
+    tracks_processes: bool = False
+
     def exclusive(self, name: str) -> contextlib.AbstractAsyncContextManager[bool]:
         """``async with store.exclusive(name) as mine``: True when this process may do the
         periodic job ``name`` now (no other replica is doing it). One process per SQLite

@@ -111,6 +111,27 @@ MIGRATIONS = MIGRATIONS + (
     ),
 )
 
+# The processes writing the store, for crash recovery with SQLite (one host): who a call's part
+# belongs to, whether that process still runs (host, pid, start), its last heartbeat, and which
+# process is recovering its calls once it died. PostgreSQL replicas use the cluster's tables.
+_PROCESSES = """CREATE TABLE processes (
+    writer      TEXT PRIMARY KEY,
+    host        TEXT NOT NULL,
+    pid         INTEGER NOT NULL,
+    start_id    TEXT NOT NULL,
+    started_at  {FLOAT} NOT NULL,
+    beat_at     {FLOAT} NOT NULL,
+    reaped_by   TEXT
+)"""
+
+MIGRATIONS = MIGRATIONS + (
+    Migration(
+        3, "processes writing the store",
+        sqlite=(_PROCESSES.format(FLOAT="REAL"),),
+        postgresql=(_PROCESSES.format(FLOAT="DOUBLE PRECISION"),),
+    ),
+)
+
 LATEST = MIGRATIONS[-1].version
 
 

@@ -205,6 +205,11 @@ class PostgresStore(Store):
         rows = await self._fetch(Q.get, call_id)
         return detail_of(rows[0]) if rows else None
 
+    async def call_parts(self, call_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """See ``Store.call_parts``."""
+        rows = await self._fetch(Q.parts_of, call_id)
+        return [(r["writer"], loads(r["data"], {})) for r in rows]
+
     async def list_calls(self, limit: int, status: str | None = None,
                          cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         """A page of summaries, newest first (see ``Store.list_calls``)."""

@@ -90,6 +90,51 @@ class Queries:
                 "(SELECT 1 FROM calls c WHERE c.call_id = call_parts.call_id)")
 
     @property
+    def parts_of(self) -> str:
+        """A call's parts with their writers, oldest writer first (parameter 1: call id)."""
+        return (f"SELECT writer, updated_at, data FROM call_parts WHERE call_id = {self.p(1)} "
+                "ORDER BY first_at, writer")
+
+    @property
+    def unended_parts(self) -> str:
+        """Every part of every call not marked ended (the calls' partial index on
+        ``updated_at WHERE ended_at IS NULL`` finds them), oldest writer first."""
+        return ("SELECT p.call_id, p.writer, p.updated_at, p.data FROM calls c "
+                "JOIN call_parts p ON p.call_id = c.call_id "
+                "WHERE c.ended_at IS NULL ORDER BY p.call_id, p.first_at, p.writer")
+
+    @property
+    def process_register(self) -> str:
+        """This process writes the store: writer, host, pid, start id, started at, beat at."""
+        return ("INSERT INTO processes (writer, host, pid, start_id, started_at, beat_at) "
+                f"VALUES ({', '.join(self.p(i) for i in range(1, 7))}) "
+                "ON CONFLICT (writer) DO UPDATE SET beat_at = excluded.beat_at, reaped_by = NULL")
+
+    @property
+    def process_beat(self) -> str:
+        """A heartbeat: beat at (p1) of writer p2."""
+        return f"UPDATE processes SET beat_at = {self.p(1)} WHERE writer = {self.p(2)}"
+
+    @property
+    def processes(self) -> str:
+        """Every process registered as a writer."""
+        return ("SELECT writer, host, pid, start_id, started_at, beat_at, reaped_by "
+                "FROM processes")
+
+    @property
+    def process_claim(self) -> str:
+        """Recovering a dead process's calls: reaped_by = p1 for writer p2 if reaped_by is
+        still p3 (None: nobody yet) — one recoverer only."""
+        same = "IS" if self.kind == "sqlite" else "IS NOT DISTINCT FROM"
+        return (f"UPDATE processes SET reaped_by = {self.p(1)} WHERE writer = {self.p(2)} "
+                f"AND reaped_by {same} {self.p(3)}")
+
+    @property
+    def process_forget(self) -> str:
+        """A process gone (stopped, or dead and its calls recovered): writer p1."""
+        return f"DELETE FROM processes WHERE writer = {self.p(1)}"
+
+    @property
     def unpriced(self) -> str:
         """Ended calls of a carrier (p1) that ended between p2 and p3, were billed (billed
         seconds > 0) and still carry our estimate of the carrier cost; at most p4, oldest

@@ -21,6 +21,7 @@ from .base import Store, StoreDataError, StoreError, StoreUnavailable
 from .migrations import SCHEMA_VERSION_TABLE, pending
 from .queries import STALE_AFTER, Queries
 from .merge import LEGACY_WRITER, merge_parts, writer_name
+from .processes import this_process
 from .records import detail_of, dumps, loads, page, to_row
 
 T = TypeVar("T")
@@ -70,6 +71,10 @@ class SqliteStore(Store):
         store = cls(path)
         try:
             await store._run(store._prepare)
+            me = this_process()
+            now = time.time()
+            await store._run(store._write, Q.process_register,
+                             (store.writer, me.host, me.pid, me.start, now, now))
         except BaseException:
             await store.close()
             raise
@@ -165,6 +170,15 @@ class SqliteStore(Store):
             raise
 
     @staticmethod
+    def _write(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:
+        return conn.execute(sql, params).rowcount
+
+    @staticmethod
+    def _rows(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]
+              ) -> list[sqlite3.Row]:
+        return conn.execute(sql, params).fetchall()
+
+    @staticmethod
     def _unpriced(conn: sqlite3.Connection, params: tuple[Any, ...]) -> list[str]:
         return [r[0] for r in conn.execute(Q.unpriced, params).fetchall()]
 
@@ -224,6 +238,45 @@ class SqliteStore(Store):
         """The full record, or None."""
         return await self._run(self._get, call_id)
 
+    async def call_parts(self, call_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """See ``Store.call_parts``."""
+        rows = await self._run(self._rows, Q.parts_of, (call_id,))
+        return [(r["writer"], loads(r["data"], {})) for r in rows]
+
+    # -- the processes writing the file (crash recovery, patterd.call.recovery) -------------
+
+    tracks_processes = True
+
+    async def beat(self) -> None:
+        """This process still runs (its row is written again if it went missing)."""
+        if await self._run(self._write, Q.process_beat, (time.time(), self.writer)) == 0:
+            me = this_process()
+            now = time.time()
+            await self._run(self._write, Q.process_register,
+                            (self.writer, me.host, me.pid, me.start, now, now))
+
+    async def processes(self) -> list[dict[str, Any]]:
+        """Every registered writer: writer, host, pid, start_id, started_at, beat_at,
+        reaped_by."""
+        return [dict(r) for r in await self._run(self._rows, Q.processes, ())]
+
+    async def unended_parts(self) -> list[tuple[str, str, float, dict[str, Any]]]:
+        """``(call id, writer, written at, snapshot)`` of every part of every call not marked
+        ended."""
+        rows = await self._run(self._rows, Q.unended_parts, ())
+        return [(r["call_id"], r["writer"], r["updated_at"], loads(r["data"], {}))
+                for r in rows]
+
+    async def claim_process(self, writer: str, previous: str | None) -> bool:
+        """Take on recovering ``writer``'s calls if ``previous`` (None: nobody) still has
+        them; True when this process has them now."""
+        return await self._run(self._write, Q.process_claim,
+                               (self.writer, writer, previous)) == 1
+
+    async def forget_process(self, writer: str) -> None:
+        """``writer`` is gone and holds nothing any more."""
+        await self._run(self._write, Q.process_forget, (writer,))
+
     async def list_calls(self, limit: int, status: str | None = None,
                          cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         """A page of summaries, newest first (see ``Store.list_calls``)."""
@@ -243,6 +296,8 @@ class SqliteStore(Store):
         if self._closed:
             return
         loop = asyncio.get_running_loop()
+        with contextlib.suppress(StoreError):   # a clean exit: nothing of ours to recover
+            await self._run(self._write, Q.process_forget, (self.writer,))
         try:
             await loop.run_in_executor(self._executor, self._drop_connection)
         finally:

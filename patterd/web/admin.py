@@ -17,7 +17,7 @@ from aiohttp import web
 from ..call.actions import ActionError, resolve_target
 from ..call.outbound import CallError, parse_outbound, place_call
 from ..call.records import detail, summary  # noqa: F401 - summary re-exported
-from ..call.remote import steer
+from ..call.remote import holder, steer
 from ..call.registry import CallRecord
 from ..config.backends import DTMF_SEND
 from ..gateway import Gateway
@@ -119,6 +119,9 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
                                          direction=stored.get("direction"),
                                          from_number=stored.get("from"),
                                          to_number=stored.get("to"))
+            elif stored is None and await holder(gw, call_id) is not None:
+                # Another replica holds its stream; its record is on the way to the store.
+                rec = gw.registry.ensure(call_id, gw.carrier_name)
         if rec is None:
             raise web.HTTPNotFound(text=json.dumps({"error": "no such call"}),
                                    content_type="application/json")
@@ -126,9 +129,10 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
 
     async def get_call(request: web.Request) -> web.StreamResponse:
         rec = gw.registry.get(request.match_info["call_id"])
-        if rec is not None and gw.cluster is None:   # one process: its memory is freshest
-            return web.json_response(detail(rec))
-        if gw.cluster is not None:   # replicas: the store merges what each one saw
+        adopted = rec is not None and rec.adopted    # a dead process's call: see its part
+        if rec is not None and gw.cluster is None and not adopted:
+            return web.json_response(detail(rec))    # one process: its memory is freshest
+        if gw.cluster is not None or adopted:   # the store merges what each writer saw
             await gw.store_writer.flush(1.0)
         try:
             stored = await gw.store_writer.store.get_call(request.match_info["call_id"])

@@ -13,6 +13,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from ...call.amd import on_verdict, session_for
+from ...call.recovery import stream_stopped_elsewhere
 from ...call.registry import TERMINAL
 from ...gateway import Gateway
 from ...ops.logging import get_logger
@@ -160,9 +161,14 @@ def handle_event(gw: Gateway, event_type: str, payload: dict[str, Any], call_id:
     leg = gw.registry.by_leg(_text(payload, "call_leg_id")) if not call_id else None
     record_id = call_id or (leg.call_id if leg else "") or _text(payload, "call_leg_id") \
         or _text(payload, "call_session_id")
+    known = bool(call_id) and gw.registry.get(call_id) is not None
     if record_id:
         detail = {k: payload[k] for k in _DETAIL_KEYS if k in payload}
         gw.registry.add_event(record_id, "telnyx", kind, event_type=event_type, **detail)
+    if event_type == "streaming.stopped" and call_id and session_for(gw, call_id) is None:
+        # No stream here: unless the call's end is reported (or a live process holds it),
+        # it is up with nobody on it — say, the process that held it died.
+        return lambda rest, tokens: stream_stopped_elsewhere(gw, call_id, "telnyx", known)
     return None
 
 
