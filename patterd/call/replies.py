@@ -102,7 +102,11 @@ class Replies:
         return line
 
     def _settle(self, line: AgentLine, now: float) -> None:
-        """Cut the reply's line to what was heard by ``now``; the model remembers it too."""
+        """Cut the reply's line to what was heard by ``now``; the model remembers it too.
+        Once only: a line may be over for two reasons at once (its audio done and the stream
+        ending), and the second must find nothing to do."""
+        if line not in self._lines:
+            return           # settled already
         self._lines.remove(line)
         line.closed = True
         if line.entry is None:
