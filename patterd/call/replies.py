@@ -56,6 +56,7 @@ class Replies:
     restart_expected: bool
     last_activity: float
     _reply: asyncio.Task[None] | None
+    _reply_begun_at: float
     _reply_keys: str
     _reply_asked: Message | None
     _clearing: asyncio.Task[None] | None
@@ -155,6 +156,7 @@ class Replies:
         if self._reply is not None and not self._reply.done():
             self._reply.cancel()
         self._speech_end_at = ended_at
+        self._reply_begun_at = self.loop.time()
         self._reply_keys = dtmf if dtmf and not (user_text or fixed) else ""
         self._reply_asked = None
         self._reply = self.loop.create_task(self._run_reply(fixed, user_text, dtmf))

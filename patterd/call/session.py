@@ -91,6 +91,7 @@ class CallSession(Replies):
         self.stt_bytes = 0           # audio sent to the recogniser, counted as 8 kHz s16 PCM
         self.meter = Meter()
         self._reply: asyncio.Task[None] | None = None
+        self._reply_begun_at = 0.0   # loop time the running reply was started
         self._reply_keys = ""        # the digits the running reply answers (no text with them)
         self._reply_asked: Message | None = None   # its user message, once in the history
         self._clearing: asyncio.Task[None] | None = None   # a barge-in clearing the playout
@@ -254,6 +255,12 @@ class CallSession(Replies):
             return
         self._add_line(Line("caller", text))
         log.info("caller_said", call_id=self.call_id, text=text)
+        reply = self._reply
+        if reply is not None and not reply.done() and self._reply_begun_at > ended_at:
+            # Recognised late, and something newer (keys pressed since) is being answered:
+            # the words are kept, but they never cancel that answer (it may be a goodbye).
+            log.info("caller_said_late", call_id=self.call_id)
+            return
         # Keys pressed just before speaking go with the words (the rules see both).
         self._start_reply(user_text=text, dtmf=self.keypad.take() or None, ended_at=ended_at)
 

@@ -18,7 +18,7 @@ from patterd.simulate import (Callee, Dtmf, TelnyxSigner, Wait, WaitForAgent,
 from tests.conftest import config, gateway_of, telnyx_raw, twilio_raw
 from tests.integration.test_live_calls import SEED, free_port, rms, url_of
 from tests.support.fakes.openai_chat import FakeOpenAIChat, Reply
-from tests.support.stub_backends import stub_backends
+from tests.support.stub_backends import StubStt, stub_backends
 
 TOKEN = "admin-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -256,3 +256,48 @@ async def test_cloud_llm_gets_quick_keys_as_one_turn(daemon: Any) -> None:
     users = [m["content"] for m in llm.bodies[-1]["messages"] if m["role"] == "user"]
     assert users == ["[The caller pressed 1234 on the keypad]"], users
     assert agent_said(doc) == ["Enter your number.", "You entered your number."]
+
+
+class _SlowStt(StubStt):
+    """Recognises ``text``, but only ``delay`` seconds after the utterance ended."""
+
+    def __init__(self, text: str, delay: float) -> None:
+        super().__init__(text)
+        self.delay = delay
+
+    def open_stream(self, encoding: str = "PCM16") -> Any:
+        stream = super().open_stream(encoding)
+        finalize, delay = stream.finalize, self.delay
+
+        async def late() -> Any:
+            result = await finalize()
+            await asyncio.sleep(delay)
+            return result
+
+        stream.finalize = late   # type: ignore[method-assign]
+        return stream
+
+
+@pytest.mark.parametrize("carrier", ["twilio", "telnyx"])
+async def test_words_recognised_after_a_later_key_do_not_cancel_its_answer(
+        daemon: Any, carrier: str) -> None:
+    """The caller speaks, then presses 9 (a long goodbye, then hang up) before the recogniser
+    has the words; they arrive while the goodbye plays: kept in the record, but they never
+    cancel the goodbye (which would leave the call up with nobody hanging it up)."""
+    goodbye = "Goodbye caller, thank you for calling Acme today, and have a wonderful evening!"
+    rules = [{"phrases": ["balance"], "reply": "Your balance is low."},
+             {"dtmf": "9", "reply": goodbye, "action": {"hangup": True}}]
+    cfg = make_config(carrier, llm={"provider": "rules", "rules": rules})
+    backends = stub_backends(cfg)
+    backends.stt = _SlowStt("balance please", delay=3.0)   # the goodbye plays for ~4.8 s
+    client = await daemon(cfg, backends)
+    steps = [WaitForAgent(), await say("balance"), Wait(0.3), Dtmf("9"),
+             WaitForAgent(required=False)]
+    result = await simulate_call(cfg, url_of(client), steps, timeout=30,
+                                 signer=signer_for(cfg))
+    assert result.outcome == "hung_up_by_agent", (result.outcome, result.detail, result.errors)
+    doc = await record_of(client, result.call_id)
+    assert agent_said(doc)[-1] == goodbye, doc["transcript"]
+    assert "Your balance is low." not in agent_said(doc)
+    caller = [ln["text"] for ln in doc["transcript"] if ln["role"] == "caller" and ln["text"]]
+    assert caller == ["balance please"]
