@@ -77,7 +77,7 @@ class CallSession(Replies):
         self.variables = call_variables(cfg.agent.variables, self.parameters)
         if cfg.agent.system_prompt:
             self.history.append(Message("system", self._fill(cfg.agent.system_prompt)))
-        self.transcript: list[Line] = []
+        self.transcript: list[Line] = gw.events.transcript(self.call_id)   # published live
         self.turn_latencies: list[dict[str, float]] = []
         self.outcome = ""
         self.ending = False

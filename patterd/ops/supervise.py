@@ -32,7 +32,8 @@ __all__ = ["COMPONENTS", "Supervisor"]
 #: ``patterd_internal_errors_total``; ``background``: a one-off background task that failed).
 COMPONENTS = ("vad", "pocketsphinx", "espeak", "recorder", "cluster_listener",
               "cluster_dispatch", "cluster_heartbeat", "cluster_reaper", "retention",
-              "twilio_price_sweep", "systemd_watchdog", "background")
+              "twilio_price_sweep", "systemd_watchdog", "background", "events",
+              "telemetry")
 
 LOG_EVERY = 10.0          # seconds: at most one log line per component and call in this window
 RESTART_FIRST = 0.05      # seconds before the first restart of a worker that died

@@ -6,9 +6,7 @@ no token configured the API is not served at all.
 
 from __future__ import annotations
 
-import hmac
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -23,10 +21,10 @@ from ..config.backends import DTMF_SEND
 from ..gateway import Gateway
 from ..ops.logging import get_logger
 from ..store import StoreError
+from .auth import Handler, bearer_guard  # noqa: F401 - Handler re-exported
 
 log = get_logger("patterd.admin")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 200
 
 
@@ -44,16 +42,7 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
     if not token:
         return []
 
-    def guarded(handler: Handler) -> Handler:
-        async def run(request: web.Request) -> web.StreamResponse:
-            given = request.headers.get("Authorization", "")
-            scheme, _, value = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                    value.strip().encode("utf-8", "replace"), token):
-                return web.json_response({"error": "missing or wrong bearer token"},
-                                         status=401, headers={"WWW-Authenticate": "Bearer"})
-            return await handler(request)
-        return run
+    guarded = bearer_guard(token)
 
     async def body_of(request: web.Request) -> Any:
         raw = await request.content.read(gw.config.server.max_body_bytes + 1)
