@@ -89,6 +89,7 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
             timeout=aiohttp.ClientTimeout(total=15),
             connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
             headers={"User-Agent": "patterd"})
+        tracer = gw.tracer = _start_tracing(gw.config) if gw.tracer is None else gw.tracer
         gw.ready = True
         gw.spawn(carrier.on_startup(gw), name="carrier-startup")
         yield
@@ -109,8 +110,27 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
         gw.registry.on_change = None
         await writer.close(timeout=5.0)   # what is still pending is written before exit
         await store.close()
+        if tracer is not None:            # the last spans go out (the exporter blocks)
+            await asyncio.get_running_loop().run_in_executor(None, tracer.shutdown)
+            gw.tracer = None
 
     return ctx
+
+
+def _start_tracing(config: Config) -> Any:
+    """The OpenTelemetry tracer when ``telemetry.otlp_endpoint`` is set (else None); a
+    tracer that cannot start leaves the daemon serving without traces, loudly."""
+    endpoint = config.telemetry.otlp_endpoint
+    if not endpoint:
+        return None
+    try:
+        from .ops.otel import OtelTracer
+        tracer = OtelTracer(endpoint, config.telemetry.service_name)
+    except Exception as exc:  # noqa: BLE001 - traces are not worth refusing calls
+        log.error("tracing_unavailable", error=repr(exc), detail="serving without traces")
+        return None
+    log.info("tracing", endpoint=tracer.endpoint)
+    return tracer
 
 
 @web.middleware

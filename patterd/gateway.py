@@ -73,6 +73,7 @@ class Gateway:
     shared_store_skip_until: float = 0.0   # monotonic time: until then, don't ask the store
     bus: EventBus = field(default_factory=EventBus)   # live events (GET /v1/events)
     events: Any = None                                # call.live.CallEvents, on the registry
+    tracer: Any = None                                # ops.otel.OtelTracer when tracing
 
     def __post_init__(self) -> None:
         self.registry = CallRegistry(max_call_seconds=self.config.agent.max_call_seconds)

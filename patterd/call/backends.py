@@ -14,6 +14,7 @@ from ..backends.tts.base import TTS
 from ..config import Config
 from ..config.model import BackendConfig
 from ..ops.supervise import Supervisor
+from ..ops.trace import in_call_of
 from .conversation import tool_specs
 from .turns import SpeechCache
 
@@ -54,7 +55,9 @@ def default_segmenter(config: Config, supervisor: Supervisor | None = None
                     label: str | None = None) -> SpeechSegmenter:
         if label is None:   # a session's bound method: its call id names the stream
             label = str(getattr(getattr(on_event, "__self__", None), "call_id", "") or "")
-        return AsyncSegmenter(BatchedVadStream(batcher=batcher, label=label), on_event,
+        # The batcher's loop calls back: the events belong to the call making the segmenter.
+        return AsyncSegmenter(BatchedVadStream(batcher=batcher, label=label),
+                              in_call_of(on_event),
                               threshold=threshold, min_speech=min_speech,
                               min_silence=min_silence)
 

@@ -15,6 +15,7 @@ from ..backends.llm.base import LLM, Message, user_message
 from ..backends.llm.rules import fill
 from ..config import Config
 from ..ops.logging import get_logger
+from ..ops.trace import answered
 from .actions import perform
 from .context import Meter, llm_context
 from .playout import Playout, Utterance
@@ -133,7 +134,7 @@ class Replies:
         if self._speech_end_at is not None and utt.first_sent_at is not None:
             response = utt.first_sent_at - self._speech_end_at
             self.gw.metrics.turn_latency.labels("response").observe(response)
-            self.turn_latencies.append({"response": round(response, 4)})
+            self.turn_latencies.append(answered(response))   # with the turn's stages
             self._speech_end_at = None
 
     def _record_agent(self, utterances: list[Utterance], *, interrupted: bool) -> None:
