@@ -36,9 +36,13 @@ def build_app(config: Config, carrier: Carrier, *, gateway: Gateway | None = Non
     gw.carrier_name = carrier.name
     app.add_routes(carrier.routes(gw))
     from .web.admin import admin_routes
+    from .web.console_api import console_api_routes
     from .web.events import event_routes
     app.add_routes(admin_routes(gw))
     app.add_routes(event_routes(gw))
+    app.add_routes(console_api_routes(gw))
+    from .carriers.browser import browser_call_route
+    app.add_routes(browser_call_route(gw))
     app.cleanup_ctx.append(_lifecycle(carrier))
     return app
 

@@ -28,15 +28,18 @@ MAX_FRAME_BYTES = 1 << 20
 async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
                       proto: MediaProtocol, control: CallControl,
                       expected_call_id: str = "",
-                      check_start: Callable[[StreamStarted], str] | None = None
-                      ) -> web.WebSocketResponse:
+                      check_start: Callable[[StreamStarted], str] | None = None,
+                      ws: web.WebSocketResponse | None = None) -> web.WebSocketResponse:
     """Accept an (already authenticated) media socket and run the call on it.
 
     ``expected_call_id``: the call the URL's token was minted for; a ``start`` naming another
-    call closes the socket. ``check_start`` may refuse a start for another reason.
+    call closes the socket. ``check_start`` may refuse a start for another reason. ``ws``: a
+    socket already accepted (one that authenticated in its first message).
     """
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, autoping=True, compress=False)
-    await ws.prepare(request)
+    if ws is None:
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, autoping=True,
+                                   compress=False)
+        await ws.prepare(request)
     session: CallSession | None = None
     recorder: CallRecorder | None = None
     log_context: dict[str, Any] = {}

@@ -22,6 +22,7 @@ from ..gateway import Gateway
 from ..ops.logging import get_logger
 from ..store import StoreError
 from .auth import Handler, bearer_guard  # noqa: F401 - Handler re-exported
+from .console_api import BadQuery, parse_filter
 
 log = get_logger("patterd.admin")
 
@@ -87,11 +88,15 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
             return _error(400, "limit: expected an integer")
         if not 1 <= limit <= MAX_LIMIT:
             return _error(400, f"limit: expected 1 to {MAX_LIMIT}")
+        try:
+            where = parse_filter(q)
+        except BadQuery as exc:
+            return _error(400, str(exc))
         writer = gw.store_writer
         await writer.flush(1.0)   # this process's latest changes are visible to its reads
         try:
-            calls, cursor = await writer.store.list_calls(limit, status=q.get("status") or None,
-                                                          cursor=q.get("cursor") or None)
+            calls, cursor = await writer.store.list_calls(limit, cursor=q.get("cursor") or None,
+                                                          where=where)
         except ValueError:
             return _error(400, "cursor: malformed")
         except StoreError as exc:
