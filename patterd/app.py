@@ -42,7 +42,9 @@ def build_app(config: Config, carrier: Carrier, *, gateway: Gateway | None = Non
     app.add_routes(event_routes(gw))
     app.add_routes(console_api_routes(gw))
     from .carriers.browser import browser_call_route
+    from .web.console import console_routes
     app.add_routes(browser_call_route(gw))
+    app.add_routes(console_routes(gw))
     app.cleanup_ctx.append(_lifecycle(carrier))
     return app
 
