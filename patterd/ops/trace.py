@@ -185,8 +185,13 @@ class CallTrace:
 
     def reply_started(self, trigger: str) -> None:
         """The agent starts answering (``trigger``: ``speech``, ``keys``): the turn the
-        caller's speech opened, or a new one."""
-        if self._turn is None:
+        caller's speech opened, or a new one (an answer to keys ends a turn of speech that
+        got none)."""
+        turn = self._turn
+        if turn is not None and turn.trigger != trigger:
+            self._close(turn, time.time(), answered=False)
+            turn = None
+        if turn is None:
             self._open(time.time(), trigger)
 
     def barge_in(self) -> None:
