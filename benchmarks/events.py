@@ -62,12 +62,8 @@ def serve(port: int, calls: int) -> int:
 
     async def main() -> None:
         app = build_app(cfg, carrier_for(cfg.carrier), backends=stub_backends(cfg))
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
         gw = app[GATEWAY]
-        records = [gw.registry.ensure(f"CA{i:032x}", "twilio", direction="inbound",
-                                      from_number="+15557654321", to_number="+15550001234")
-                   for i in range(calls)]
+        records: list[Any] = []
 
         def say_round() -> None:
             for rec in records:
@@ -104,6 +100,11 @@ def serve(port: int, calls: int) -> int:
                                       "seconds": time.monotonic() - start})
 
         app.router.add_get("/_bench/produce", produce)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        records.extend(gw.registry.ensure(f"CA{i:032x}", "twilio", direction="inbound",
+                                          from_number="+15557654321", to_number="+15550001234")
+                       for i in range(calls))
         await web.TCPSite(runner, "127.0.0.1", port).start()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

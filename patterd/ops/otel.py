@@ -28,7 +28,7 @@ class OtelTracer:
     """Spans of the OpenTelemetry SDK, batched to one OTLP/HTTP receiver."""
 
     def __init__(self, endpoint: str, service_name: str = "patterd", *,
-                 schedule_delay_ms: int = 1000) -> None:
+                 schedule_delay_ms: int = 1000, max_queue: int = 16384) -> None:
         from opentelemetry import trace
         from opentelemetry.context import Context
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -40,8 +40,11 @@ class OtelTracer:
         self.endpoint = endpoint.rstrip("/") + TRACES_PATH
         self._provider = TracerProvider(resource=Resource.create({
             "service.name": service_name, "service.version": __version__}))
+        # A queue for ~30 s of 500 calls' spans: a receiver that is slow or away drops spans
+        # (the SDK says so), never holds a call up.
         self._provider.add_span_processor(BatchSpanProcessor(
-            OTLPSpanExporter(endpoint=self.endpoint), schedule_delay_millis=schedule_delay_ms))
+            OTLPSpanExporter(endpoint=self.endpoint), schedule_delay_millis=schedule_delay_ms,
+            max_queue_size=max_queue))
         self._tracer = self._provider.get_tracer("patterd", __version__)
         self._set_parent = trace.set_span_in_context
         self._root = Context()            # a call span is a root: no ambient parent

@@ -12,6 +12,7 @@ line is sent every ``KEEPALIVE`` seconds so that proxies keep the connection ope
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from ..gateway import Gateway
 from .auth import bearer_guard
 
 KEEPALIVE = 15.0          # seconds between keep-alive comments
+GATHER = 0.01             # seconds to let events gather before a write (fewer, larger writes)
 RETRY_MS = 2000           # what a browser's EventSource waits before reconnecting
 MAX_BATCH = 500           # events per write
 
@@ -69,6 +71,8 @@ def event_routes(gw: Gateway) -> list[web.RouteDef]:
                     continue
                 if not await bus.wait(cursor, KEEPALIVE):
                     await resp.write(b": keep-alive\n\n")
+                elif GATHER:
+                    await asyncio.sleep(GATHER)
         except ConnectionError:
             pass   # the reader went away
         return resp

@@ -58,6 +58,9 @@ async def test_the_page_loads_with_strict_headers_and_the_api_needs_the_token(
     assert "style=" not in html and "onclick" not in html
     js = await client.get("/console/static/app.js")
     assert js.headers["Content-Type"].startswith("text/javascript")
+    assert js.headers["Content-Encoding"] == "gzip" and "import" in await js.text()
+    plain = await client.get("/console/static/app.js", headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers and await plain.text() == await js.text()
     assert js.headers["Content-Security-Policy"] == CSP
     again = await client.get("/console/static/app.js", headers={"If-None-Match": js.headers["ETag"]})
     assert again.status == 304

@@ -10,6 +10,7 @@ connections from this origin only; no inline script or style, no plugins, no fra
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import mimetypes
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class Asset:
     body: bytes
     content_type: str
     etag: str
+    gzipped: bytes          # the same, compressed once (sent to browsers that accept gzip)
 
 
 def load_assets(folder: Path = STATIC) -> dict[str, Asset]:
@@ -54,15 +56,19 @@ def load_assets(folder: Path = STATIC) -> dict[str, Asset]:
             kind = _TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] \
                 or "application/octet-stream"
             assets[path.name] = Asset(body, kind, '"' + hashlib.sha256(body).hexdigest()[:20]
-                                      + '"')
+                                      + '"', gzip.compress(body, 9, mtime=0))
     return assets
 
 
 def _answer(request: web.Request, asset: Asset, cache: str) -> web.Response:
-    headers = {**SECURITY_HEADERS, "Cache-Control": cache, "ETag": asset.etag}
+    headers = {**SECURITY_HEADERS, "Cache-Control": cache, "ETag": asset.etag,
+               "Vary": "Accept-Encoding"}
     if request.headers.get("If-None-Match") == asset.etag:
         return web.Response(status=304, headers=headers)
-    return web.Response(body=asset.body, headers={**headers, "Content-Type": asset.content_type})
+    headers["Content-Type"] = asset.content_type
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        return web.Response(body=asset.gzipped, headers={**headers, "Content-Encoding": "gzip"})
+    return web.Response(body=asset.body, headers=headers)
 
 
 def console_routes(gw: Gateway) -> list[web.RouteDef]:

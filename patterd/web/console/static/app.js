@@ -43,6 +43,7 @@ async function route() {
   const open = pages[page] || livePage;
   try {
     stopPage = await open(root, decodeURIComponent(arg), setStatus) || null;
+    performance.mark("console-rendered");        // the page shows its data (for timing)
   } catch (err) {
     if (!(err instanceof Unauthorized)) {
       root.append(h("p", {class: "error", role: "alert"}, String(err.message || err)));
