@@ -46,6 +46,10 @@ def build_app(config: Config, carrier: Carrier, *, gateway: Gateway | None = Non
     app.add_routes(browser_call_route(gw))
     app.add_routes(console_routes(gw))
     app.cleanup_ctx.append(_lifecycle(carrier))
+
+    async def end_streams(app: web.Application) -> None:   # before open requests are awaited
+        gw.bus.close()
+    app.on_shutdown.append(end_streams)
     return app
 
 

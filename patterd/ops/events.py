@@ -50,6 +50,7 @@ class EventBus:
         self._next = self.first_id
         self._wake: asyncio.Future[None] | None = None
         self.published = 0
+        self.closed = False
 
     @property
     def last_id(self) -> int:
@@ -86,10 +87,18 @@ class EventBus:
             return list(ring), False
         return [ring[i] for i in range(start, len(ring))], False
 
+    def close(self) -> None:
+        """The process is stopping: wake every waiting reader (they see ``closed``)."""
+        self.closed = True
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
     async def wait(self, after: int, timeout: float) -> bool:
-        """Wait until an event after ``after`` exists (True) or ``timeout`` passed (False)."""
-        if self.last_id > after:
-            return True
+        """Wait until an event after ``after`` exists (True) or ``timeout`` passed or the bus
+        closed (False)."""
+        if self.last_id > after or self.closed:
+            return self.last_id > after
         if self._wake is None or self._wake.done():
             self._wake = asyncio.get_running_loop().create_future()
         try:

@@ -6,7 +6,8 @@ the events from now on. ``GET /v1/live`` answers the live calls with their trans
 and ``last_event_id``: load it, then follow ``/v1/events?after=<last_event_id>``, and nothing
 is missed. A reader that fell behind by more than the bus holds (or whose id is from an
 earlier process) gets an ``event: reset`` first: reload ``/v1/live`` and carry on. A comment
-line is sent every ``KEEPALIVE`` seconds so that proxies keep the connection open.
+line is sent every ``KEEPALIVE`` seconds so that proxies keep the connection open; when the
+daemon stops, the streams end (readers reconnect to it or another replica).
 ``?call_id=`` follows one call only.
 """
 
@@ -52,7 +53,7 @@ def event_routes(gw: Gateway) -> list[web.RouteDef]:
         await resp.prepare(request)
         try:
             await resp.write(f"retry: {RETRY_MS}\n: patterd events\n\n".encode())
-            while True:
+            while not bus.closed:
                 events, gap = bus.since(cursor)
                 if gap:
                     cursor = bus.last_id

@@ -152,3 +152,14 @@ async def test_keepalives_and_a_reset_for_a_cursor_that_cannot_be_served(
         await reader.next(timeout=0.7)
     assert reader.comments.count("keep-alive") >= 2
     resp.close()
+
+
+async def test_streams_end_when_the_daemon_stops(daemon: Any) -> None:
+    client = await daemon(cfg())
+    resp, reader = await open_stream(client)
+    started = asyncio.get_running_loop().time()
+    await client.server.runner.shutdown()          # what cleanup runs first (on_shutdown)
+    with pytest.raises(EOFError):
+        await reader.next(timeout=3)
+    assert asyncio.get_running_loop().time() - started < 2      # not the 15 s keep-alive
+    resp.close()

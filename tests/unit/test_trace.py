@@ -121,3 +121,50 @@ async def test_callbacks_from_shared_workers_run_in_the_call_they_belong_to() ->
     await asyncio.sleep(0)
     assert seen == [("speech end", trace), ("task", trace)]
     assert tracing.current() is None
+
+
+async def test_an_llm_round_per_request_and_a_span_per_user_tool() -> None:
+    from patterd.backends.llm.base import LLM, Message, TextChunk, TokenUsage, ToolCall
+    from patterd.call.conversation import converse
+
+    class Model(LLM):
+        name = "openai"
+
+        async def respond(self, history, user_text=None, dtmf=None, *, tools=(),  # type: ignore[no-untyped-def,override]
+                          context=None):
+            if history and history[-1].role == "tool":
+                yield TextChunk("It is sunny.")
+                yield TokenUsage(50, 5)
+            else:
+                yield ToolCall("weather", {"city": "Paris"}, "call_1")
+                yield TokenUsage(40, 8)
+
+    class Runner:
+        def has(self, name: str) -> bool:
+            return name == "weather"
+
+        async def run(self, call: ToolCall, context: Any) -> str:
+            return '{"sky": "sunny"}'
+
+    spans = Spans()
+    trace = tracing.CallTrace("CA4", "twilio", spans)
+    history = [Message("user", "weather?")]
+    with tracing.within(trace):
+        Metrics().turn_latency.labels("endpointing").observe(0.4)
+        said = [e async for e in converse(Model(), history, user_text="weather?", dtmf=None,
+                                          tools=(), runner=Runner(), context={}, max_rounds=3,
+                                          on_usage=lambda u: None)]
+    trace.close()
+    assert [getattr(e, "text", None) for e in said if isinstance(e, TextChunk)] == ["It is sunny."]
+    (turn,) = spans.named("turn")
+    rounds = spans.named("llm")
+    assert [r["attributes"]["patterd.llm.round"] for r in rounds] == [0, 1]
+    assert all(r["parent"] is turn for r in rounds)
+    assert rounds[0]["attributes"]["patterd.llm.tool_calls"] == 1
+    assert rounds[0]["attributes"]["gen_ai.usage.input_tokens"] == 40
+    assert rounds[1]["attributes"]["gen_ai.usage.output_tokens"] == 5
+    assert rounds[1]["attributes"]["patterd.llm.provider"] == "openai"
+    assert rounds[1]["attributes"]["patterd.llm.first_token_s"] >= 0
+    (tool,) = spans.named("tool")
+    assert tool["parent"] is turn and tool["attributes"] == {"patterd.tool.name": "weather"}
+    assert rounds[0]["end"] <= tool["start"] <= tool["end"] <= rounds[1]["start"]
