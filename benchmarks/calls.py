@@ -27,6 +27,7 @@ hang-up by the agent through the carrier's REST API).
     .venv/bin/python benchmarks/calls.py --quick          # 1 run each, N in 1,100,300
     .venv/bin/python benchmarks/calls.py --levels 1,300,500 --runs 5 --skip-b
     .venv/bin/python benchmarks/calls.py --profile 300    # + py-spy of the daemon at 300 calls
+    .venv/bin/python benchmarks/calls.py --levels 100 --runs 3 --skip-b --otlp   # traced
     .venv/bin/python benchmarks/calls.py --json > calls.json
 
 Not a test: it takes about 10–15 minutes by default and needs two CPUs. It stops by itself and
@@ -76,6 +77,7 @@ AUTH_TOKEN = "calls-benchmark-token-0123456789"
 PHONE = "+15550001234"
 STUB_HEARS = "opening hours"
 UTTERANCES = ("what are your opening hours", "when are you open")
+OTLP_ENDPOINT = ""      # set by --otlp: the local receiver the daemon exports spans to
 
 
 def log(msg: str) -> None:
@@ -148,6 +150,8 @@ def write_config(path: Path, port: int, api_port: int, workdir: Path, *, max_cal
     raw["store"] = {"url": f"sqlite:///{workdir}/{path.stem}.db"}
     raw["admin"] = {"token": ""}
     raw["logging"] = {"level": level, "format": "json"}
+    if OTLP_ENDPOINT:       # --otlp: every call traced to the local receiver
+        raw["telemetry"] = {"otlp_endpoint": OTLP_ENDPOINT}
     path.write_text(json.dumps(raw, indent=2))   # JSON is YAML
 
 
@@ -1098,6 +1102,37 @@ def print_profile(prof: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def start_otlp_sink(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], int]:
+    """``--otlp``: the receiver (benchmarks/otlp_sink.py) on the load CPU; the daemons'
+    configs name it."""
+    global OTLP_ENDPOINT
+    port = free_port()
+    proc = subprocess.Popen([*taskset(args.load_cpu), sys.executable,
+                             str(REPO / "benchmarks" / "otlp_sink.py"), str(port)],
+                            preexec_fn=die_with_parent)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            if http_get(f"http://127.0.0.1:{port}/count")[0] == 200:
+                OTLP_ENDPOINT = f"http://127.0.0.1:{port}"
+                return proc, port
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the OTLP receiver did not start")
+
+
+def stop_otlp_sink(proc: subprocess.Popen[bytes], port: int) -> dict[str, Any]:
+    """What the receiver got, then stop it."""
+    counts: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        status, body = http_get(f"http://127.0.0.1:{port}/count")
+        counts = json.loads(body) if status == 200 else {}
+    proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+    return counts
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1144,6 +1179,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds after the ramp before sampling (1)")
     p.add_argument("--profile-dir", default=".", help="where calls-profile.txt goes (.)")
     p.add_argument("--top", type=int, default=15, help="hot spots listed (15)")
+    p.add_argument("--otlp", action="store_true",
+                   help="trace every call (telemetry.otlp_endpoint) to a local OTLP/HTTP "
+                        "receiver on the load CPU: the hot-path cost of tracing")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--serve-stub", metavar="CONFIG", help=argparse.SUPPRESS)
     p.add_argument("--stt-text", default=STUB_HEARS, help=argparse.SUPPRESS)
@@ -1190,6 +1228,7 @@ def main(argv: list[str] | None = None) -> int:
     report["environment"] = describe()
     log(format_environment(report["environment"]))
     started = time.monotonic()
+    sink = start_otlp_sink(args) if args.otlp else None
     try:
         pcm = synthesize_utterances(workdir)
         if not args.skip_a:
@@ -1204,6 +1243,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        if sink is not None:
+            report["setup"]["otlp"] = stop_otlp_sink(*sink)
     report["setup"]["seconds"] = round(time.monotonic() - started, 1)
     if args.json:
         print(json.dumps(report, indent=2))

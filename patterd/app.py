@@ -40,8 +40,20 @@ def build_app(config: Config, carrier: Carrier, *, gateway: Gateway | None = Non
     gw.carrier_name = carrier.name
     app.add_routes(carrier.routes(gw))
     from .web.admin import admin_routes
+    from .web.console_api import console_api_routes
+    from .web.events import event_routes
     app.add_routes(admin_routes(gw))
+    app.add_routes(event_routes(gw))
+    app.add_routes(console_api_routes(gw))
+    from .carriers.browser import browser_call_route
+    from .web.console import console_routes
+    app.add_routes(browser_call_route(gw))
+    app.add_routes(console_routes(gw))
     app.cleanup_ctx.append(_lifecycle(carrier))
+
+    async def end_streams(app: web.Application) -> None:   # before open requests are awaited
+        gw.bus.close()
+    app.on_shutdown.append(end_streams)
     return app
 
 
@@ -101,6 +113,7 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
             connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
             headers={"User-Agent": "patterd"})
         monitor = gw.supervisor.start("loop_monitor", lambda: watch_loop(gw.metrics))
+        tracer = gw.tracer = _start_tracing(gw.config) if gw.tracer is None else gw.tracer
         gw.ready = True
         gw.spawn(carrier.on_startup(gw), name="carrier-startup")
         # SQLite: this process's heartbeat, and the calls of a process that died (a crash and
@@ -126,8 +139,27 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
         gw.registry.on_change = None
         await writer.close(timeout=5.0)   # what is still pending is written before exit
         await store.close()
+        if tracer is not None:            # the last spans go out (the exporter blocks)
+            await asyncio.get_running_loop().run_in_executor(None, tracer.shutdown)
+            gw.tracer = None
 
     return ctx
+
+
+def _start_tracing(config: Config) -> Any:
+    """The OpenTelemetry tracer when ``telemetry.otlp_endpoint`` is set (else None); a
+    tracer that cannot start leaves the daemon serving without traces, loudly."""
+    endpoint = config.telemetry.otlp_endpoint
+    if not endpoint:
+        return None
+    try:
+        from .ops.otel import OtelTracer
+        tracer = OtelTracer(endpoint, config.telemetry.service_name)
+    except Exception as exc:  # noqa: BLE001 - traces are not worth refusing calls
+        log.error("tracing_unavailable", error=repr(exc), detail="serving without traces")
+        return None
+    log.info("tracing", endpoint=tracer.endpoint)
+    return tracer
 
 
 @web.middleware

@@ -12,9 +12,11 @@ import aiohttp
 from aiohttp import web
 
 from .call.dedupe import Deduper
+from .call.live import CallEvents
 from .call.registry import TERMINAL, CallRecord, CallRegistry
 from .config import Config
 from .ops.cost import COMPONENTS, apply_carrier_price, breakdown
+from .ops.events import EventBus
 from .ops.logging import get_logger
 from .ops.metrics import Metrics
 from .ops.supervise import Supervisor
@@ -69,12 +71,18 @@ class Gateway:
     cluster: Any = None                               # cluster.ClusterNode (PostgreSQL store)
     supervisor: Supervisor = field(default_factory=Supervisor)  # the shared workers' keeper
     shared_store_skip_until: float = 0.0   # monotonic time: until then, don't ask the store
+    bus: EventBus = field(default_factory=EventBus)   # live events (GET /v1/events)
+    events: Any = None                                # call.live.CallEvents, on the registry
+    tracer: Any = None                                # ops.otel.OtelTracer when tracing
 
     def __post_init__(self) -> None:
         self.registry = CallRegistry(max_call_seconds=self.config.agent.max_call_seconds)
         self.sessions = LiveSessions(self.registry)
         errors = self.metrics.internal_errors
         self.supervisor = Supervisor(on_error=lambda component: errors.labels(component).inc())
+        self.events = CallEvents(self.bus,
+                                 on_error=lambda exc: self.supervisor.report("events", exc))
+        self.registry.watchers.append(self.events)
 
     @property
     def accepting(self) -> bool:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages patterd needs that are missing, using apt-get when available
 # (as root, or through sudo). "runtime": Python with venv. "test": also Node.js + npm (the
-# OpenAPI request-validating mock server), systemd, PostgreSQL and HAProxy (the load-balanced
-# cluster test puts real patterd replicas behind deploy/haproxy/haproxy.cfg).
+# OpenAPI request-validating mock server), systemd, PostgreSQL, HAProxy (the load-balanced
+# cluster test puts real patterd replicas behind deploy/haproxy/haproxy.cfg) and Chromium (the
+# console's browser tests drive Debian's chromium through Playwright).
 set -euo pipefail
 want=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || want+=(python3-venv)
@@ -15,6 +16,8 @@ if [ "${1:-runtime}" = "test" ]; then
   ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || want+=(postgresql)
   # tests/integration/test_load_balanced.py and `haproxy -c` on deploy/haproxy/haproxy.cfg.
   command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || want+=(haproxy)
+  # tests/integration/test_console_browser.py (Playwright's own browser download is not used).
+  command -v chromium >/dev/null 2>&1 || want+=(chromium)
 fi
 [ ${#want[@]} -eq 0 ] && exit 0
 echo "patterd: installing system packages: ${want[*]}" >&2

@@ -16,6 +16,7 @@ from ..config.backends import TURN_MODEL_DEFAULT, TURN_MODEL_OFF, VAD_DEFAULTS
 from ..config.model import BackendConfig
 from ..ops.logging import get_logger
 from ..ops.supervise import Supervisor
+from ..ops.trace import in_call_of
 from .conversation import tool_specs
 from .turns import SpeechCache
 
@@ -73,8 +74,9 @@ def default_segmenter(config: Config, supervisor: Supervisor | None = None
         def make_silero(on_event: Callable[[SpeechEvent], None], *,
                         label: str | None = None) -> SpeechSegmenter:
             stream = BatchedVadStream(batcher=batcher, label=label_of(on_event, label))
-            return AsyncSegmenter(stream, on_event, threshold=threshold, min_speech=min_speech,
-                                  min_silence=min_silence, turn=turn)
+            # The batcher's loop calls back: the events belong to the call making the segmenter.
+            return AsyncSegmenter(stream, in_call_of(on_event), threshold=threshold,
+                                  min_speech=min_speech, min_silence=min_silence, turn=turn)
 
         factory = make_silero
     factory.turn_batcher = turn.batcher if turn else None

@@ -12,11 +12,13 @@ call without its result — providers refuse such a history.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..backends.llm.base import (BUILTIN_TOOLS, LLM, TOOL_NAMES, TRANSFER_CALL, Message,
                                  StartOver, TextChunk, TokenUsage, ToolCall, ToolSpec, Truncated)
+from ..ops import trace as tracing
 
 if TYPE_CHECKING:
     from ..backends.llm.tools import ToolRunner
@@ -66,9 +68,15 @@ async def converse(llm: LLM, history: list[Message], *, user_text: str | None,
             stream = llm.respond(first_history, user_text, dtmf, tools=tools, context=context)
         else:
             stream = llm.respond(list(history), tools=tools, context=context)
+        span = tracing.begin("llm", **{"patterd.llm.round": round_no})
+        began, first = time.monotonic(), None
+        used: dict[str, Any] = {}
+        error = ""
         try:
             async for event in stream:
                 if isinstance(event, TextChunk):
+                    if first is None:
+                        first = time.monotonic() - began
                     text.append(event.text)
                     yield event
                 elif isinstance(event, StartOver):
@@ -81,8 +89,17 @@ async def converse(llm: LLM, history: list[Message], *, user_text: str | None,
                     calls.append(event)
                 elif isinstance(event, TokenUsage):
                     on_usage(event)
+                    _count(used, event)
+        except BaseException as exc:
+            error = type(exc).__name__
+            raise
         finally:
             await stream.aclose()
+            span.end(error, **{"patterd.llm.provider": used.get("provider") or llm.name or None,
+                               "patterd.llm.first_token_s": first,
+                               "patterd.llm.tool_calls": len(calls),
+                               "gen_ai.usage.input_tokens": used.get("input"),
+                               "gen_ai.usage.output_tokens": used.get("output")})
         if not calls:
             return
         yield SPEAK_NOW
@@ -96,7 +113,11 @@ async def converse(llm: LLM, history: list[Message], *, user_text: str | None,
                 result = BUILTIN_RESULT
             elif runner is not None and runner.has(call.name) and round_no < max_rounds:
                 runs_user_tool = True
-                result = await runner.run(call, context)
+                tool_span = tracing.begin("tool", **{"patterd.tool.name": call.name})
+                try:
+                    result = await runner.run(call, context)
+                finally:
+                    tool_span.end()
             elif runner is not None and runner.has(call.name):
                 result = '{"error": "too many tool calls in this turn; answer the caller now"}'
             else:
@@ -108,6 +129,14 @@ async def converse(llm: LLM, history: list[Message], *, user_text: str | None,
         history.extend(results)
         if not runs_user_tool:
             return
+
+
+def _count(used: dict[str, Any], usage: TokenUsage) -> None:
+    """Add one report of tokens to a round's count (for its span)."""
+    used["input"] = used.get("input", 0) + usage.input_tokens
+    used["output"] = used.get("output", 0) + usage.output_tokens
+    if usage.provider:
+        used["provider"] = usage.provider
 
 
 __all__ = ["BUILTIN_RESULT", "SPEAK_NOW", "SpeakNow", "converse", "tool_specs"]

@@ -12,8 +12,10 @@ from ..audio.codecs import get_codec
 from ..carriers.base import (AudioIn, CallControl, MalformedFrame, MediaProtocol, StreamStarted,
                              StreamStopped)
 from ..ops.logging import get_logger
+from ..ops.trace import CURRENT, CallTrace
 from .recorder import CallRecorder, finish_recorder, start_recorder
 from .session import CallSession
+from .traced import end_trace, start_trace
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -26,18 +28,23 @@ MAX_FRAME_BYTES = 1 << 20
 async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
                       proto: MediaProtocol, control: CallControl,
                       expected_call_id: str = "",
-                      check_start: Callable[[StreamStarted], str] | None = None
-                      ) -> web.WebSocketResponse:
+                      check_start: Callable[[StreamStarted], str] | None = None,
+                      ws: web.WebSocketResponse | None = None) -> web.WebSocketResponse:
     """Accept an (already authenticated) media socket and run the call on it.
 
     ``expected_call_id``: the call the URL's token was minted for; a ``start`` naming another
-    call closes the socket. ``check_start`` may refuse a start for another reason.
+    call closes the socket. ``check_start`` may refuse a start for another reason. ``ws``: a
+    socket already accepted (one that authenticated in its first message).
     """
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, autoping=True, compress=False)
-    await ws.prepare(request)
+    if ws is None:
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, autoping=True,
+                                   compress=False)
+        await ws.prepare(request)
     session: CallSession | None = None
     recorder: CallRecorder | None = None
     log_context: dict[str, Any] = {}
+    trace: CallTrace | None = None
+    trace_token: Any = None
     invalid = gw.metrics.media_invalid
     try:
         async for msg in ws:
@@ -76,6 +83,9 @@ async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
                     await _refuse_codec(gw, control, carrier, event.call_id, unsupported)
                     await ws.close(code=4415, message=unsupported.encode()[:120])
                     break
+                # The call's trace is current for everything the session does from here on.
+                trace = start_trace(gw, event, carrier)
+                trace_token = CURRENT.set(trace)
                 session = CallSession(gw, event, proto, ws.send_str, control, carrier)
                 # Every log line of this call's tasks (created from here on) names the call.
                 log_context = structlog.contextvars.bind_contextvars(call_id=event.call_id)
@@ -98,7 +108,11 @@ async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
                 if recorder is not None:   # first, so the record has the file as the call ends
                     await finish_recorder(recorder, gw, session)
             finally:
-                await session.close()
+                try:
+                    await session.close()
+                finally:
+                    if trace is not None:
+                        end_trace(trace, gw, session)
             if gw.cluster is not None and not session.restart_expected:
                 gw.spawn(gw.cluster.release_call(session.call_id, carrier),
                          name="release-call")
@@ -109,6 +123,8 @@ async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
         if not ws.closed:
             await ws.close()
         structlog.contextvars.reset_contextvars(**log_context)
+        if trace_token is not None:
+            CURRENT.reset(trace_token)
     return ws
 
 

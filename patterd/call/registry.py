@@ -99,6 +99,8 @@ class CallRegistry:
         self._legs: dict[str, str] = {}
         self._held: dict[str, int] = {}     # call id → media streams open in this process
         self.on_change: Callable[[CallRecord], None] | None = None  # e.g. the store writer
+        # Also told of every change, after on_change (e.g. the live events); never raise.
+        self.watchers: list[Callable[[CallRecord], None]] = []
 
     def get(self, call_id: str) -> CallRecord | None:
         """The record, if any."""
@@ -122,9 +124,11 @@ class CallRegistry:
         return rec
 
     def touch(self, rec: CallRecord) -> None:
-        """Tell the store (if any) the record changed; never blocks."""
+        """Tell the store (if any) and the watchers the record changed; never blocks."""
         if self.on_change is not None:
             self.on_change(rec)
+        for watch in self.watchers:
+            watch(rec)
 
     def hold(self, call_id: str) -> None:
         """A media stream of the call opened in this process: until it is released, a

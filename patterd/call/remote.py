@@ -68,7 +68,8 @@ async def steer_here(gw: "Gateway", rec: "CallRecord", kind: str,
     """The steering action from this process (through the carrier's REST API)."""
     call_id = rec.call_id
     session = session_for(gw, call_id)
-    control = gw.control
+    # the call's own (a browser test call's is not the carrier's)
+    control = session.control if session is not None else gw.control
     detail = {k: v for k, v in args.items() if k in ("to", "digits")}
     try:
         if kind == "hangup":

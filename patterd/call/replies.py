@@ -21,6 +21,7 @@ from ..backends.llm.base import LLM, Message, user_message
 from ..backends.llm.rules import fill
 from ..config import Config
 from ..ops.logging import get_logger
+from ..ops.trace import answered
 from .actions import perform
 from .context import Meter, llm_context
 from .playout import Playout, Utterance
@@ -216,7 +217,7 @@ class Replies:
         if self._speech_end_at is not None and utt.first_sent_at is not None:
             response = utt.first_sent_at - self._speech_end_at
             self.gw.metrics.turn_latency.labels("response").observe(response)
-            self.record.turns.append({"response": round(response, 4)})
+            self.record.turns.append(answered(response))   # with the turn's stages
             self._speech_end_at = None
         for line in reversed(self._lines):
             if line.owns(utt):

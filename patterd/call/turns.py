@@ -28,6 +28,7 @@ from ..audio.codecs import Codec
 from ..backends.llm.base import LLM, Message, StartOver, TokenUsage, ToolCall, ToolSpec, Truncated
 from ..backends.tts.base import PCM16, TTS
 from ..ops.logging import get_logger
+from ..ops import trace as tracing
 from ..ops.metrics import Metrics
 from .conversation import SpeakNow, converse
 from .live_speech import LiveReply
@@ -105,21 +106,28 @@ class Speaker:
             return utt
         began = time.monotonic()
         first = True
+        first_byte: float | None = None
         parts: list[bytes] = []
         self.tts_chars += len(text)
+        span = tracing.begin("tts", **{"patterd.tts.characters": len(text)})
+        error = ""
         stream = self._tts.synthesize(text, self._encoding)
         try:
             async for audio in stream:
                 if first:
-                    self._metrics.turn_latency.labels("tts_first_byte").observe(
-                        time.monotonic() - began)
+                    first_byte = time.monotonic() - began
+                    self._metrics.turn_latency.labels("tts_first_byte").observe(first_byte)
                     first = False
                 encoded = audio if self._native else self._codec.encode(audio)
                 parts.append(encoded)
                 self._playout.feed(utt, encoded)
                 if utt.cleared_at is not None:
                     break
+        except asyncio.CancelledError:
+            error = "CancelledError"
+            raise
         except Exception as exc:  # noqa: BLE001 - no provider could speak it; counted there
+            error = type(exc).__name__
             log.warning("tts_failed", chars=len(text), heard=utt.queued > 0, error=repr(exc))
             parts.clear()                   # a part of a sentence is not worth caching
         finally:
@@ -129,6 +137,10 @@ class Speaker:
             self.tts_by[name] = self.tts_by.get(name, 0) + len(text)
             if utt.queued == 0:             # not a sound of it reached the caller
                 self._unspoken(utt)
+            span.end(error, **{"patterd.tts.provider": name,
+                               "patterd.tts.first_byte_s": first_byte,
+                               "patterd.tts.audio_s": round(utt.seconds, 3),
+                               "patterd.tts.cut": utt.cleared_at is not None})
         if parts and utt.cleared_at is None and utt.seconds <= MAX_CACHED_SECONDS:
             self._cache.put(self._codec.name, text, b"".join(parts))
         return utt
@@ -163,6 +175,7 @@ async def run_turn(llm: LLM, speaker: Speaker, history: list[Message], *,
     ``history`` includes this turn's user message; tool rounds are appended to it (see
     :func:`~patterd.call.conversation.converse`)."""
     result = TurnResult()
+    tracing.reply_started(user_text, dtmf)
     began = time.monotonic()
     pending = ""
     first = True

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from ..ops import trace as tracing
+
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: Marks every answer of ``patterd simulate``'s stand-in for a carrier's REST API.
 SIMULATOR_HEADER = "X-Patterd-Simulator"
@@ -115,14 +117,25 @@ def reported(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     """Decorate a carrier REST action (a method of an object with a ``_client``
     :class:`RestClient`): a :class:`RestError` leaving it — the carrier refused, or the
     request never got an answer after the retries — is reported once, then re-raised.
-    "Already ended" answers are not errors and never reach this."""
+    "Already ended" answers are not errors and never reach this. Within a traced call the
+    action is a span ``carrier.<method>``."""
+    action = method.__name__
+
     @functools.wraps(method)
     async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        span = tracing.begin("carrier." + action, **{"patterd.carrier.action": action})
         try:
-            return await method(*args, **kwargs)
+            result = await method(*args, **kwargs)
         except RestError as exc:
             args[0]._client.report(exc)  # type: ignore[attr-defined]
+            span.end(f"HTTP {exc.status} {exc.code}".strip(), **{
+                "http.response.status_code": exc.status or None})
             raise
+        except BaseException as exc:
+            span.end(type(exc).__name__)
+            raise
+        span.end(**({"patterd.carrier.ok": result} if isinstance(result, bool) else {}))
+        return result
     return run
 
 

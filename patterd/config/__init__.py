@@ -3,10 +3,10 @@
 from .load import ConfigError, build_config, load_config, parse_config
 from .model import (AdminConfig, AgentConfig, BackendConfig, CarrierSettings, Config,
                     LoggingConfig, RecordingConfig, Rule, RuleAction, ServerConfig, StoreConfig,
-                    TelnyxSettings, TwilioSettings)
+                    TelemetryConfig, TelnyxSettings, TwilioSettings)
 
 __all__ = [
     "AdminConfig", "AgentConfig", "BackendConfig", "CarrierSettings", "Config", "ConfigError",
     "LoggingConfig", "RecordingConfig", "Rule", "RuleAction", "ServerConfig", "StoreConfig",
-    "TelnyxSettings", "TwilioSettings", "build_config", "load_config", "parse_config",
+    "TelemetryConfig", "TelnyxSettings", "TwilioSettings", "build_config", "load_config", "parse_config",
 ]

@@ -20,7 +20,8 @@ from .bounded_yaml import MAX_FILE_BYTES, YamlLimitError, load_yaml
 from .hints import cause_first, unquoted_number_hint, yaml_syntax_problem
 from .masking import mask_url
 from .model import (DEFAULT_SYSTEM_PROMPT, AdminConfig, AgentConfig, CarrierSettings, Config, LoggingConfig,
-                    RecordingConfig, ServerConfig, StoreConfig, TelnyxSettings, TwilioSettings)
+                    RecordingConfig, ServerConfig, StoreConfig, TelemetryConfig, TelnyxSettings,
+                    TwilioSettings)
 from .reader import Problems, Section, environ, expand_env
 
 TWILIO_SID = re.compile(r"AC[0-9a-fA-F]{32}")
@@ -147,6 +148,7 @@ def build_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         lg.str("level", "info", choices=("debug", "info", "warning", "error")),  # type: ignore[arg-type]
         lg.str("format", "json", choices=("json", "console")))  # type: ignore[arg-type]
     lg.done()
+    telemetry = _read_telemetry(root.section("telemetry"), env)
     root.known.add("pricing")
     pricing = merge_pricing(raw.get("pricing") if isinstance(raw, dict) else None,
                             "pricing", problems)
@@ -155,7 +157,35 @@ def build_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(cause_first(_one_per_env_path(problems)))
     return Config(server=server, phone_number=phone, carrier=carrier, agent=agent, stt=stt,
                   llm=llm, tts=tts, vad=vad, recording=recording, store=store, admin=admin,
-                  logging=logging_cfg, pricing=MappingProxyType(pricing))
+                  logging=logging_cfg, pricing=MappingProxyType(pricing), telemetry=telemetry)
+
+
+def otel_installed() -> bool:
+    """Whether the ``otel`` extra (the OpenTelemetry SDK and OTLP/HTTP exporter) is there."""
+    import importlib.util
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in (
+            "opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter"))
+    except ModuleNotFoundError:
+        return False
+
+
+def _read_telemetry(t: Section, env: Mapping[str, str]) -> TelemetryConfig:
+    """``telemetry:``; ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_SERVICE_NAME`` stand in for
+    unset keys (the environment's endpoint only where the otel extra is installed: a
+    variable meant for other programs never stops this one)."""
+    endpoint = t.str("otlp_endpoint").rstrip("/")
+    service = t.str("service_name") or env.get("OTEL_SERVICE_NAME", "") or "patterd"
+    if endpoint and not otel_installed():
+        t.problem("otlp_endpoint", "tracing needs the otel extra: pip install 'patterd[otel]'")
+        endpoint = ""
+    if not endpoint and otel_installed():
+        endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").rstrip("/")
+    if endpoint and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", endpoint):
+        t.problem("otlp_endpoint", f"expected an http(s):// URL, got {mask_url(endpoint)!r}")
+        endpoint = ""
+    t.done()
+    return TelemetryConfig(endpoint, service)
 
 
 def check_local_dir(path: str) -> str:

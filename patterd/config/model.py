@@ -193,6 +193,16 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """``telemetry:`` — OpenTelemetry traces over OTLP/HTTP: ``otlp_endpoint`` is the base URL
+    of a receiver (spans go to ``<otlp_endpoint>/v1/traces``); empty (and no
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``): no tracing. Needs the ``otel`` extra."""
+
+    otlp_endpoint: str = ""
+    service_name: str = "patterd"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole file, validated."""
 
@@ -210,3 +220,4 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     pricing: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)

@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from .supervise import COMPONENTS as WORKERS
+from .trace import BargeIns, StageLatency
 
 disable_created_metrics()  # the *_created series only double the exposition size
 
@@ -36,11 +37,12 @@ class Metrics:
         self.media_invalid = Counter("patterd_media_frames_invalid",
                                      "Media frames that were malformed or unknown (ignored)",
                                      registry=r)
-        self.turn_latency = Histogram("patterd_turn_latency_seconds",
-                                      "Per-turn latency by stage", ["stage"],
-                                      buckets=LATENCY_BUCKETS, registry=r)
-        self.barge_ins = Counter("patterd_barge_ins", "Caller interruptions of the agent",
-                                 registry=r)
+        # each observation also lands in the current call's trace (its turn's stages)
+        self.turn_latency = StageLatency(Histogram(
+            "patterd_turn_latency_seconds", "Per-turn latency by stage", ["stage"],
+            buckets=LATENCY_BUCKETS, registry=r))
+        self.barge_ins = BargeIns(Counter("patterd_barge_ins",
+                                          "Caller interruptions of the agent", registry=r))
         self.backend_errors = Counter("patterd_backend_errors", "Backend failures",
                                       ["backend", "provider"], registry=r)
         self.call_cost = Counter("patterd_call_cost_usd", "Estimated call cost in USD",

@@ -18,6 +18,9 @@ DEFAULT_PRICES: Mapping[str, Any] = MappingProxyType({
                    "billing_increment_seconds": 60.0},
         "telnyx": {"inbound_per_minute": 0.0035, "outbound_per_minute": 0.007,
                    "billing_increment_seconds": 60.0},
+        # a test call from the console (the browser's microphone): no carrier, no bill
+        "browser": {"inbound_per_minute": 0.0, "outbound_per_minute": 0.0,
+                    "billing_increment_seconds": 1.0},
     },
     "stt": {
         "pocketsphinx": {"per_minute": 0.0},

@@ -33,7 +33,7 @@ __all__ = ["COMPONENTS", "Supervisor"]
 COMPONENTS = ("vad", "turn", "pocketsphinx", "espeak", "recorder", "store", "cluster_listener",
               "cluster_dispatch", "cluster_heartbeat", "cluster_reaper", "retention",
               "twilio_price_sweep", "systemd_watchdog", "loop_monitor", "recovery",
-              "media", "call", "background")
+              "media", "call", "events", "telemetry", "background")
 
 LOG_EVERY = 10.0          # seconds: at most one log line per component and call in this window
 RESTART_FIRST = 0.05      # seconds before the first restart of a worker that died

@@ -5,7 +5,10 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .records import CallFilter
 
 #: A call never marked ended (a crashed replica's) is swept only once it has not been updated
 #: for at least this long, and for the retention period.
@@ -93,13 +96,22 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_calls(self, limit: int, status: str | None = None,
-                         cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+                         cursor: str | None = None, *, where: CallFilter | None = None,
+                         full: bool = False) -> tuple[list[dict[str, Any]], str | None]:
         """A page of call summaries, newest first by ``(created_at, call_id)``.
 
-        ``status`` keeps calls whose status *or* outcome equals it; ``cursor`` (from a previous
-        page) continues after that page's last call. Returns the page and the next page's
-        cursor, or None when there are no more calls. A malformed cursor is a ``ValueError``.
+        ``status`` keeps calls whose status *or* outcome equals it; ``where`` narrows the
+        list further (time, outcome, direction, carrier); ``cursor`` (from a previous page)
+        continues after that page's last call; ``full``: whole records instead of summaries.
+        Returns the page and the next page's cursor, or None when there are no more calls.
+        A malformed cursor is a ``ValueError``.
         """
+
+    async def call_stats(self, where: CallFilter, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` calls ``where`` selects, newest first, each with only what an
+        overview needs (``STATS_COLUMNS``: ids, carrier, direction, status, outcome, times,
+        cost and turns)."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     async def sweep(self, older_than_seconds: float, stale_after: float = STALE_AFTER) -> int:

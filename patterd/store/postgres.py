@@ -19,7 +19,7 @@ from .base import Store, StoreDataError, StoreError, StoreUnavailable
 from .migrations import SCHEMA_VERSION_TABLE, pending
 from .queries import STALE_AFTER, Queries
 from .merge import LEGACY_WRITER, merge_parts, writer_name
-from .records import detail_of, dumps, loads, page, to_row
+from .records import CallFilter, detail_of, dumps, loads, page, stats_of, to_row
 
 Q = Queries("postgresql")
 MIGRATION_LOCK = 0x7061_7474_6572_64   # "patterd": one advisory lock id for every replica
@@ -211,10 +211,16 @@ class PostgresStore(Store):
         return [(r["writer"], loads(r["data"], {})) for r in rows]
 
     async def list_calls(self, limit: int, status: str | None = None,
-                         cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+                         cursor: str | None = None, *, where: CallFilter | None = None,
+                         full: bool = False) -> tuple[list[dict[str, Any]], str | None]:
         """A page of summaries, newest first (see ``Store.list_calls``)."""
-        sql, params = Q.page_args(limit, status, cursor)
-        return page(await self._fetch(sql, *params), limit)
+        sql, params = Q.page_args(limit, status, cursor, where, full=full)
+        return page(await self._fetch(sql, *params), limit, full=full)
+
+    async def call_stats(self, where: CallFilter, limit: int) -> list[dict[str, Any]]:
+        """See ``Store.call_stats``."""
+        sql, params = Q.stats_args(where, limit)
+        return [stats_of(r) for r in await self._fetch(sql, *params)]
 
     async def sweep(self, older_than_seconds: float, stale_after: float = STALE_AFTER) -> int:
         """Delete calls ended (or abandoned) more than ``older_than_seconds`` ago."""

@@ -7,7 +7,7 @@ from typing import Any
 from dataclasses import dataclass
 
 from .base import STALE_AFTER
-from .records import COLUMNS, JSON_COLUMNS, SUMMARY_COLUMNS
+from .records import COLUMNS, JSON_COLUMNS, STATS_COLUMNS, SUMMARY_COLUMNS, CallFilter
 
 SWEEP_CHUNK = 5000
 
@@ -37,31 +37,40 @@ class Queries:
         """One full row by id."""
         return f"SELECT {', '.join(COLUMNS)} FROM calls WHERE call_id = {self.p(1)}"
 
-    def page_args(self, limit: int, status: str | None, cursor: str | None
+    def page_args(self, limit: int, status: str | None, cursor: str | None,
+                  where: CallFilter | None = None, *, full: bool = False
                   ) -> tuple[str, list[Any]]:
-        """The page query and its parameters (one row more than ``limit``: is there more?)."""
+        """The page query and its parameters (one row more than ``limit``: is there more?);
+        ``where`` narrows it, ``full`` reads whole records."""
         from .records import check_limit, decode_cursor
         check_limit(limit)
-        params: list[Any] = []
+        clauses = list((where or CallFilter()).clauses())
         if status:
-            params += [status, status]
+            clauses.insert(0, ("(status = {} OR outcome = {})", [status, status]))
         if cursor:
-            params += list(decode_cursor(cursor))
+            clauses.append(("(created_at, call_id) < ({}, {})", list(decode_cursor(cursor))))
+        sql, params = self._where(clauses)
+        n = len(params)
+        columns = COLUMNS if full else SUMMARY_COLUMNS
         params.append(limit + 1)
-        return self.page(status=bool(status), cursor=bool(cursor)), params
+        return (f"SELECT {', '.join(columns)} FROM calls{sql} "
+                f"ORDER BY created_at DESC, call_id DESC LIMIT {self.p(n + 1)}", params)
 
-    def page(self, *, status: bool, cursor: bool) -> str:
-        """A page of summaries, newest first; parameters: [status, status], [at, id], limit."""
-        where, n = [], 0
-        if status:
-            where.append(f"(status = {self.p(n + 1)} OR outcome = {self.p(n + 2)})")
-            n += 2
-        if cursor:
-            where.append(f"(created_at, call_id) < ({self.p(n + 1)}, {self.p(n + 2)})")
-            n += 2
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        return (f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM calls{clause} "
-                f"ORDER BY created_at DESC, call_id DESC LIMIT {self.p(n + 1)}")
+    def stats_args(self, where: CallFilter, limit: int) -> tuple[str, list[Any]]:
+        """The newest ``limit`` calls ``where`` selects, as :data:`STATS_COLUMNS`."""
+        sql, params = self._where(where.clauses())
+        params.append(int(limit))
+        return (f"SELECT {', '.join(STATS_COLUMNS)} FROM calls{sql} "
+                f"ORDER BY created_at DESC, call_id DESC LIMIT {self.p(len(params))}", params)
+
+    def _where(self, clauses: list[tuple[str, list[Any]]]) -> tuple[str, list[Any]]:
+        parts: list[str] = []
+        params: list[Any] = []
+        for template, values in clauses:
+            marks = [self.p(len(params) + i + 1) for i in range(len(values))]
+            parts.append(template.format(*marks))
+            params.extend(values)
+        return (f" WHERE {' AND '.join(parts)}" if parts else ""), params
 
     @property
     def part_count(self) -> str:

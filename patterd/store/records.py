@@ -8,6 +8,7 @@ import json
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .base import StoreDataError
@@ -23,7 +24,41 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "call_id", "carrier", "direction", "from_number", "to_number", "status", "outcome",
     "created_at", "ended_at",
 )
+#: What an overview of many calls reads of each (no transcript, no history).
+STATS_COLUMNS: tuple[str, ...] = (
+    "call_id", "carrier", "direction", "status", "outcome", "created_at", "ended_at", "cost",
+    "turns",
+)
 _MAX_DEPTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class CallFilter:
+    """Which calls a list, an export or an overview covers: created in ``[since, until)``
+    (Unix seconds), ``status`` (status *or* outcome, as ``GET /v1/calls?status``), and an exact
+    ``outcome``, ``direction`` or ``carrier``. Empty fields don't filter."""
+
+    since: float | None = None
+    until: float | None = None
+    status: str = ""
+    outcome: str = ""
+    direction: str = ""
+    carrier: str = ""
+
+    def clauses(self) -> list[tuple[str, list[Any]]]:
+        """``(SQL with one "{}" per parameter, parameters)`` for each set field."""
+        out: list[tuple[str, list[Any]]] = []
+        if self.status:
+            out.append(("(status = {} OR outcome = {})", [self.status, self.status]))
+        for column in ("outcome", "direction", "carrier"):
+            value = getattr(self, column)
+            if value:
+                out.append((f"{column} = {{}}", [value]))
+        if self.since is not None:
+            out.append(("created_at >= {}", [float(self.since)]))
+        if self.until is not None:
+            out.append(("created_at < {}", [float(self.until)]))
+        return out
 
 
 def _clean(value: Any, depth: int = 0) -> Any:
@@ -156,6 +191,15 @@ def detail_of(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def stats_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row of :data:`STATS_COLUMNS` as a dict (JSON columns decoded)."""
+    return {"call_id": row["call_id"], "carrier": row["carrier"],
+            "direction": row["direction"], "status": row["status"],
+            "outcome": row["outcome"] or None, "created_at": row["created_at"],
+            "ended_at": row["ended_at"], "cost": loads(row["cost"], None),
+            "turns": loads(row["turns"], [])}
+
+
 def encode_cursor(created_at: float, call_id: str) -> str:
     """The admin API's cursor: URL-safe base64 of ``"<created_at!r>|<call_id>"``."""
     return base64.urlsafe_b64encode(f"{created_at!r}|{call_id}".encode()).decode()
@@ -174,11 +218,12 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     return value, call_id
 
 
-def page(rows: Sequence[Any], limit: int
+def page(rows: Sequence[Any], limit: int, *, full: bool = False
          ) -> tuple[list[dict[str, Any]], str | None]:
-    """Up to ``limit`` summaries from ``limit + 1`` fetched rows (``sqlite3.Row`` or
-    ``asyncpg.Record``: anything indexed by column name), and the next cursor."""
-    out = [summary_of(r) for r in rows[:limit]]
+    """Up to ``limit`` summaries (``full``: whole records) from ``limit + 1`` fetched rows
+    (``sqlite3.Row`` or ``asyncpg.Record``: anything indexed by column name), and the next
+    cursor."""
+    out = [(detail_of if full else summary_of)(r) for r in rows[:limit]]
     if len(rows) > limit:
         last = out[-1]
         return out, encode_cursor(last["created_at"], last["call_id"])

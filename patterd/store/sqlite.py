@@ -22,7 +22,7 @@ from .migrations import SCHEMA_VERSION_TABLE, pending
 from .queries import STALE_AFTER, Queries
 from .merge import LEGACY_WRITER, merge_parts, writer_name
 from .processes import this_process
-from .records import detail_of, dumps, loads, page, to_row
+from .records import CallFilter, detail_of, dumps, loads, page, stats_of, to_row
 
 T = TypeVar("T")
 Q = Queries("sqlite")
@@ -278,10 +278,16 @@ class SqliteStore(Store):
         await self._run(self._write, Q.process_forget, (writer,))
 
     async def list_calls(self, limit: int, status: str | None = None,
-                         cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+                         cursor: str | None = None, *, where: CallFilter | None = None,
+                         full: bool = False) -> tuple[list[dict[str, Any]], str | None]:
         """A page of summaries, newest first (see ``Store.list_calls``)."""
-        sql, params = Q.page_args(limit, status, cursor)
-        return page(await self._run(self._page, sql, params), limit)
+        sql, params = Q.page_args(limit, status, cursor, where, full=full)
+        return page(await self._run(self._page, sql, params), limit, full=full)
+
+    async def call_stats(self, where: CallFilter, limit: int) -> list[dict[str, Any]]:
+        """See ``Store.call_stats``."""
+        sql, params = Q.stats_args(where, limit)
+        return [stats_of(r) for r in await self._run(self._page, sql, params)]
 
     async def sweep(self, older_than_seconds: float, stale_after: float = STALE_AFTER) -> int:
         """Delete calls ended (or abandoned) more than ``older_than_seconds`` ago."""

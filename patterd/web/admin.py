@@ -7,9 +7,7 @@ no token configured the API is not served at all.
 
 from __future__ import annotations
 
-import hmac
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -23,10 +21,11 @@ from ..config.backends import DTMF_SEND
 from ..gateway import Gateway
 from ..ops.logging import get_logger
 from ..store import StoreError
+from .auth import Handler, bearer_guard  # noqa: F401 - Handler re-exported
+from .console_api import BadQuery, parse_filter
 
 log = get_logger("patterd.admin")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 200
 
 
@@ -44,16 +43,7 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
     if not token:
         return []
 
-    def guarded(handler: Handler) -> Handler:
-        async def run(request: web.Request) -> web.StreamResponse:
-            given = request.headers.get("Authorization", "")
-            scheme, _, value = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                    value.strip().encode("utf-8", "replace"), token):
-                return web.json_response({"error": "missing or wrong bearer token"},
-                                         status=401, headers={"WWW-Authenticate": "Bearer"})
-            return await handler(request)
-        return run
+    guarded = bearer_guard(token)
 
     async def body_of(request: web.Request) -> Any:
         raw = await request.content.read(gw.config.server.max_body_bytes + 1)
@@ -90,11 +80,15 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
             return _error(400, "limit: expected an integer")
         if not 1 <= limit <= MAX_LIMIT:
             return _error(400, f"limit: expected 1 to {MAX_LIMIT}")
+        try:
+            where = parse_filter(q)
+        except BadQuery as exc:
+            return _error(400, str(exc))
         writer = gw.store_writer
         await writer.flush(1.0)   # this process's latest changes are visible to its reads
         try:
-            calls, cursor = await writer.store.list_calls(limit, status=q.get("status") or None,
-                                                          cursor=q.get("cursor") or None)
+            calls, cursor = await writer.store.list_calls(limit, cursor=q.get("cursor") or None,
+                                                          where=where)
         except ValueError:
             return _error(400, "cursor: malformed")
         except StoreError as exc:

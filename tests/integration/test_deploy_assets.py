@@ -894,6 +894,12 @@ def test_system_deps_installs_haproxy_for_tests() -> None:
     assert "want+=(haproxy)" in test_block and "command -v haproxy" in test_block
 
 
+def test_system_deps_installs_chromium_for_the_console_tests() -> None:
+    script = (DEPLOY / "scripts" / "system-deps.sh").read_text()
+    test_block = script.split('if [ "${1:-runtime}" = "test" ]; then', 1)[1].split("\nfi", 1)[0]
+    assert "want+=(chromium)" in test_block and "command -v chromium" in test_block
+
+
 # --------------------------------------------------------------------------------------------
 
 
