@@ -20,6 +20,7 @@ class ServerConfig:
     max_calls: int = 500
     drain_timeout: float = 600.0
     max_body_bytes: int = 65536
+    body_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from ..config.backends import DTMF_SEND
 from ..gateway import Gateway
 from ..ops.logging import get_logger
 from ..store import StoreError
+from .request import read_body
 
 log = get_logger("patterd.admin")
 
@@ -56,10 +57,8 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
         return run
 
     async def body_of(request: web.Request) -> Any:
-        raw = await request.content.read(gw.config.server.max_body_bytes + 1)
-        if len(raw) > gw.config.server.max_body_bytes:
-            raise web.HTTPRequestEntityTooLarge(max_size=gw.config.server.max_body_bytes,
-                                                actual_size=len(raw))
+        server = gw.config.server
+        raw = await read_body(request, server.max_body_bytes, server.body_timeout)
         try:
             return json.loads(raw) if raw else {}
         except (ValueError, UnicodeDecodeError, RecursionError):

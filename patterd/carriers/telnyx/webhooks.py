@@ -71,7 +71,8 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier | None, rest: TelnyxRes
 
     @counted("telnyx", "voice")
     async def voice(request: web.Request) -> web.StreamResponse:
-        body = await read_body(request, gw.config.server.max_body_bytes)
+        server = gw.config.server
+        body = await read_body(request, server.max_body_bytes, server.body_timeout)
         if verifier is not None:
             reason = verifier.check(body, request.headers.get("telnyx-signature-ed25519", ""),
                                     request.headers.get("telnyx-timestamp", ""))

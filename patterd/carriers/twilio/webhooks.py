@@ -54,7 +54,8 @@ async def signed_params(request: web.Request, gw: Gateway, verifier: SignatureVe
 
     Repeated fields take part in the signature; for the handlers the last value wins.
     """
-    body = await read_body(request, gw.config.server.max_body_bytes)
+    server = gw.config.server
+    body = await read_body(request, server.max_body_bytes, server.body_timeout)
     signature = request.headers.get("X-Twilio-Signature", "")
     if not signature:
         raise _signature_failure(gw, "missing X-Twilio-Signature header")
