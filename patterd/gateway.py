@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from .call.dedupe import Deduper
+from .call.stream_gate import DialRefs
 from .call.registry import TERMINAL, CallRecord, CallRegistry
 from .config import Config
 from .ops.cost import COMPONENTS, apply_carrier_price, breakdown
@@ -61,6 +62,7 @@ class Gateway:
     retired: list[Any] = field(default_factory=list)  # backends replaced by a reload
     cluster: Any = None                               # cluster.ClusterNode (PostgreSQL store)
     supervisor: Supervisor = field(default_factory=Supervisor)  # the shared workers' keeper
+    dials: DialRefs = field(default_factory=DialRefs)  # which call each dial of ours became
 
     def __post_init__(self) -> None:
         self.registry = CallRegistry(max_call_seconds=self.config.agent.max_call_seconds)
@@ -98,14 +100,24 @@ class Gateway:
             except Exception as exc:  # noqa: BLE001 - logged; nothing else depends on it
                 log.warning("backends_close_failed", error=repr(exc))
 
-    async def first_delivery(self, key: tuple[Any, ...]) -> bool:
+    async def first_delivery(self, key: tuple[Any, ...], *, durable_for: float = 0.0) -> bool:
         """True the first time a webhook delivery is seen — by this process and, with
-        replicas, by any of them (a carrier's retry may land on another replica). When the
-        shared store cannot answer, it is processed (twice is better than never)."""
+        replicas, by any of them (a carrier's retry may land on another replica). With
+        ``durable_for`` (seconds) a single process remembers it in its store too, so that a
+        replay after a restart is still refused (a Telnyx event within its signature window,
+        a spent stream token). When the shared store cannot answer, it is processed (twice
+        is better than never)."""
         if not self.deduper.first_time(key):
             return False
         if self.cluster is None:
-            return True
+            if durable_for <= 0 or self.store_writer is None:
+                return True
+            try:
+                return bool(await self.store_writer.store.first_seen(
+                    "|".join(map(str, key)), durable_for))
+            except Exception as exc:  # noqa: BLE001 - fail open
+                log.warning("store_dedupe_failed", error=str(exc))
+                return True
         try:
             return bool(await self.cluster.first_delivery("|".join(map(str, key))))
         except Exception as exc:  # noqa: BLE001 - fail open

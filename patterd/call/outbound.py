@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass, field
 from collections.abc import Mapping
 from typing import Any
@@ -19,12 +20,14 @@ RING_TIMEOUT = 30  # seconds the callee's phone rings before the call counts as 
 
 @dataclass(frozen=True, slots=True)
 class OutboundCall:
-    """A call to place."""
+    """A call to place. ``stream_ref`` names this dial in its media-stream token until the
+    carrier has named the call (see :mod:`patterd.call.stream_gate`)."""
 
     to: str
     machine_detection: bool = False
     voicemail_message: str = ""
     variables: dict[str, str] = field(default_factory=dict)
+    stream_ref: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 def parse_outbound(doc: Any, *, default_amd: bool, default_voicemail: str,

@@ -154,6 +154,7 @@ def _read_server(s: Section) -> ServerConfig:
         drain_timeout=s.float("drain_timeout", 600.0, minimum=0),
         max_body_bytes=s.int("max_body_bytes", 65536, minimum=1024, maximum=16 * 1024 * 1024),
         body_timeout=s.float("body_timeout", 10.0, minimum=0.1, maximum=300),
+        media_start_timeout=s.float("media_start_timeout", 10.0, minimum=0.1, maximum=300),
     )
     s.done()
     return cfg

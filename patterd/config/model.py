@@ -21,6 +21,7 @@ class ServerConfig:
     drain_timeout: float = 600.0
     max_body_bytes: int = 65536
     body_timeout: float = 10.0
+    media_start_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ _PHONE = re.compile(r"(?<![\w.])(\+?)(\d{3,11})(\d{4})(?![\w])")
 _SECRET_NAMES = re.compile(r"(token|secret|password|api_key|apikey|authorization|signature)",
                            re.IGNORECASE)
 _SIP = re.compile(r"(sips?:)([^@\s]+)@")
+# A Telnyx media URL's per-call token grants that call's stream: never in a log line.
+_MEDIA_TOKEN = re.compile(r"(/media/telnyx/)[^\s/?#\"']+")
 
 
 def mask_phone(text: str) -> str:
@@ -29,6 +31,8 @@ def _mask_user(user: str) -> str:
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
+        if "/media/telnyx/" in value:
+            value = _MEDIA_TOKEN.sub(r"\1***", value)
         return mask_phone(value)
     if isinstance(value, dict):
         return {k: ("***" if _SECRET_NAMES.search(str(k)) else _scrub(v))

@@ -26,6 +26,10 @@ class Metrics:
         self.signature_failures = Counter("patterd_webhook_signature_failures",
                                           "Webhook or media requests with a bad signature",
                                           ["carrier"], registry=r)
+        self.media_refused = Counter("patterd_media_streams_refused",
+                                     "Media streams closed before serving a call, by reason "
+                                     "(token, replay, call_id, unservable, timeout)",
+                                     ["carrier", "reason"], registry=r)
         self.media_frames = Counter("patterd_media_frames", "Media frames by direction",
                                     ["direction"], registry=r)
         self.media_invalid = Counter("patterd_media_frames_invalid",

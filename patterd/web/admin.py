@@ -18,6 +18,7 @@ from ..call.outbound import parse_outbound
 from ..call.records import detail, summary  # noqa: F401 - summary re-exported
 from ..call.remote import steer
 from ..call.registry import CallRecord
+from ..carriers.ids import any_call_id, describe, valid_call_id
 from ..carriers.rest import RestError
 from ..config.backends import DTMF_SEND
 from ..gateway import Gateway
@@ -80,12 +81,19 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
         except RestError as exc:
             log.warning("dial_failed", to=call.to, status=exc.status, reason=exc.message)
             return _error(502, f"the carrier refused the call: {exc.message}")
+        if not valid_call_id(gw.carrier_name, call_id):
+            log.error("dial_answer_malformed", call_id=call_id[:80])
+            return _error(502, "the carrier answered without a valid call id")
+        gw.dials.bind(call.stream_ref, call_id)   # the stream's token names this dial
         rec = gw.registry.ensure(call_id, gw.carrier_name, direction="outbound",
                                  from_number=gw.config.phone_number, to_number=call.to)
         gw.registry.apply_status(call_id, gw.carrier_name, "queued")
+        # stream_ref: a replica (or this process after a restart) that gets the stream
+        # finds here which call the dial's token may carry.
         gw.registry.add_event(call_id, gw.carrier_name, "dial",
                               machine_detection=call.machine_detection,
-                              voicemail=bool(call.voicemail_message))
+                              voicemail=bool(call.voicemail_message),
+                              stream_ref=call.stream_ref)
         log.info("call_placed", call_id=call_id, to=call.to, amd=call.machine_detection)
         return web.json_response({"call_id": rec.call_id}, status=201)
 
@@ -114,7 +122,7 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
     async def record_or_404(request: web.Request) -> CallRecord:
         """The call from this process's registry, or — held by another replica — from the
         shared store."""
-        call_id = request.match_info["call_id"]
+        call_id = known_shape(request)
         rec = gw.registry.get(call_id)
         if rec is None:
             try:
@@ -131,14 +139,25 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
                                    content_type="application/json")
         return rec
 
+    def known_shape(request: web.Request) -> str:
+        """The path's call id, or 404 when it is not shaped like a carrier's call id
+        (nothing is looked up for it)."""
+        call_id = request.match_info["call_id"]
+        if not any_call_id(call_id):
+            raise web.HTTPNotFound(text=json.dumps({
+                "error": f"no such call (expected {describe('twilio')} or "
+                         f"{describe('telnyx')})"}), content_type="application/json")
+        return call_id
+
     async def get_call(request: web.Request) -> web.StreamResponse:
-        rec = gw.registry.get(request.match_info["call_id"])
+        call_id = known_shape(request)
+        rec = gw.registry.get(call_id)
         if rec is not None and gw.cluster is None:   # one process: its memory is freshest
             return web.json_response(detail(rec))
         if gw.cluster is not None:   # replicas: the store merges what each one saw
             await gw.store_writer.flush(1.0)
         try:
-            stored = await gw.store_writer.store.get_call(request.match_info["call_id"])
+            stored = await gw.store_writer.store.get_call(call_id)
         except StoreError as exc:
             if rec is not None:      # what this replica saw is better than nothing
                 return web.json_response(detail(rec))

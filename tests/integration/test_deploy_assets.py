@@ -888,6 +888,54 @@ def test_haproxy_config_carries_calls() -> None:
     assert [ln for ln in backend if ln.startswith("server ")], "no servers"
 
 
+def test_haproxy_logs_no_media_token_and_no_query(tmp_path: Path) -> None:
+    """The shipped config's log line names each request's method and path, but a Telnyx
+    media URL's per-call token is masked and query strings are left out."""
+    from tests.support.cluster import template_haproxy
+
+    backend_port, lb_port = free_port(), free_port()
+    backend = subprocess.Popen(
+        [sys.executable, "-c", "import http.server as h, sys\n"
+         "class H(h.BaseHTTPRequestHandler):\n"
+         "    def do_GET(self):\n"
+         "        self.send_response(200); self.send_header('Content-Length', '0');"
+         " self.end_headers()\n"
+         "    def log_message(self, *a): pass\n"
+         f"h.ThreadingHTTPServer(('127.0.0.1', {backend_port}), H).serve_forever()"])
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(template_haproxy(HAPROXY.read_text(), bind_port=lb_port,
+                                    servers=[("patterd-1", backend_port)],
+                                    socket_path=tmp_path / "admin.sock"))
+    log = tmp_path / "haproxy.log"
+    with log.open("wb") as sink:
+        lb = subprocess.Popen([haproxy(), "-db", "-f", str(cfg)], stdout=sink,
+                              stderr=subprocess.STDOUT)
+    try:
+        secret = "SECRETTOKENv3c2VjcmV0.dGFnLXRhZy10YWc"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                for path in (f"/media/telnyx/{secret}", "/webhooks/twilio/amd?ctx=c2VjcmV0"):
+                    with urllib.request.urlopen(f"http://127.0.0.1:{lb_port}{path}",
+                                                timeout=2) as resp:
+                        assert resp.status == 200
+                break
+            except (OSError, urllib.error.HTTPError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        time.sleep(0.3)
+    finally:
+        lb.terminate()
+        backend.terminate()
+        lb.wait(10)
+        backend.wait(10)
+    text = log.read_text(errors="replace")
+    assert '"GET /media/telnyx/*** HTTP/1.1"' in text, text[-2000:]
+    assert '"GET /webhooks/twilio/amd HTTP/1.1"' in text, text[-2000:]
+    assert secret not in text and "SECRET" not in text and "c2VjcmV0" not in text
+
+
 def test_system_deps_installs_haproxy_for_tests() -> None:
     script = (DEPLOY / "scripts" / "system-deps.sh").read_text()
     test_block = script.split('if [ "${1:-runtime}" = "test" ]; then', 1)[1].split("\nfi", 1)[0]

@@ -144,12 +144,21 @@ def test_telnyx_accepts_any_of_several_signatures() -> None:
 
 def test_stream_tokens_round_trip_and_refuse_forgeries() -> None:
     tokens = StreamTokens("KEY1")
-    token = tokens.mint("v3:abc-123", now=1000)
+    token = tokens.mint("v3:abc-123", "inbound", 300, now=1000)
     assert tokens.verify(token, now=1010) == "v3:abc-123"
+    grant = tokens.read(token, now=1010)
+    assert grant is not None and grant.direction == "inbound" and grant.expires == 1300
+    assert grant.dial_ref == "" and len(grant.tag) == 18
     assert StreamTokens("KEY2").verify(token, now=1010) is None      # other key
-    assert tokens.verify(token, now=1000 + 25 * 3600) is None         # expired
+    assert tokens.verify(token, now=1301) is None                     # expired
     payload, tag = token.split(".")
-    forged = StreamTokens("KEY1").mint("v3:other", now=1000).split(".")[0] + "." + tag
+    forged = StreamTokens("KEY1").mint("v3:other", "inbound", now=1000).split(".")[0] + "." + tag
     assert tokens.verify(forged, now=1010) is None
-    for junk in ("", ".", "a.b", "!!!.???", token + "x"):
+    for junk in ("", ".", "a.b", "!!!.???", token + "x", "x" * 5000):
         assert tokens.verify(junk, now=1010) is None
+    dialled = tokens.read(tokens.mint("out:ref-1", "outbound", now=1000), now=1010)
+    assert dialled is not None and dialled.dial_ref == "ref-1"
+    # Each carrier keys its tokens apart: a Twilio token is no Telnyx token, even with the
+    # same secret.
+    from patterd.carriers.twilio.stream_token import StreamTokens as TwilioTokens
+    assert TwilioTokens("KEY1").verify(token, now=1010) is None

@@ -39,13 +39,15 @@ class Carrier:
 
     def routes(self, gw: Gateway) -> list[web.RouteDef]:
         """The four Twilio webhooks."""
+        from .media_route import media_route
         from .signature import SignatureVerifier
+        from .stream_token import StreamTokens
         from .webhooks import make_routes
 
-        from .media_route import media_route
-
         verifier = SignatureVerifier(self.settings.auth_token, gw.config.server.public_url)
-        return [*make_routes(gw, verifier), media_route(gw, self.settings, verifier)]
+        tokens = StreamTokens(self.settings.auth_token)
+        return [*make_routes(gw, verifier, tokens),
+                media_route(gw, self.settings, verifier, tokens)]
 
     async def on_startup(self, gw: Gateway) -> None:
         """Start the price sweep; point ``phone_number`` at this daemon when

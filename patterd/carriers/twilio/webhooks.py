@@ -18,14 +18,15 @@ from ...ops.logging import get_logger
 from ...web.request import BadRequest, Forbidden, counted, parse_json, read_body
 from ...call.amd import on_verdict, session_for
 from ...config import TwilioSettings
+from ..ids import TWILIO_CALL_SID as CALL_SID
 from . import twiml
 from .price import fetch_later
 from .control import read_amd_context
 from .signature import SignatureVerifier
+from .stream_token import TOKEN_PARAM, StreamTokens
 
 log = get_logger("patterd.twilio")
 
-CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
 RECORDING_SID = re.compile(r"RE[0-9a-fA-F]{32}")
 CALL_STATUSES = frozenset({"queued", "initiated", "ringing", "in-progress", "answered",
                            *TERMINAL})
@@ -139,7 +140,8 @@ def _served_here(gw: Gateway, rec: Any) -> bool:
             or any(e.get("type") == "dial" for e in rec.events))
 
 
-def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
+def make_routes(gw: Gateway, verifier: SignatureVerifier, tokens: StreamTokens
+                ) -> list[web.RouteDef]:
     """The four routes under ``/webhooks/twilio``."""
     xml = "text/xml"
     media_url = stream_url(gw.config.server.public_url)
@@ -168,6 +170,7 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
             "direction": direction,
             "from": params.get("From", ""),
             "to": params.get("To", ""),
+            TOKEN_PARAM: tokens.mint(sid, direction),   # the stream may carry this call only
         })
         return web.Response(text=doc, content_type=xml)
 
