@@ -63,6 +63,7 @@ class Gateway:
     cluster: Any = None                               # cluster.ClusterNode (PostgreSQL store)
     supervisor: Supervisor = field(default_factory=Supervisor)  # the shared workers' keeper
     dials: DialRefs = field(default_factory=DialRefs)  # which call each dial of ours became
+    connections: Any = None                           # web.connections.ConnectionGuard (serve)
 
     def __post_init__(self) -> None:
         self.registry = CallRegistry(max_call_seconds=self.config.agent.max_call_seconds)

@@ -155,7 +155,16 @@ def _read_server(s: Section) -> ServerConfig:
         max_body_bytes=s.int("max_body_bytes", 65536, minimum=1024, maximum=16 * 1024 * 1024),
         body_timeout=s.float("body_timeout", 10.0, minimum=0.1, maximum=300),
         media_start_timeout=s.float("media_start_timeout", 10.0, minimum=0.1, maximum=300),
+        idle_timeout=s.float("idle_timeout", 15.0, minimum=0.1, maximum=3600),
+        max_connections=s.int("max_connections", 4096, minimum=16),
+        max_connections_per_ip=s.int("max_connections_per_ip", 1024, minimum=1),
     )
+    if cfg.max_connections <= cfg.max_calls:
+        s.problem("max_connections", f"expected more than server.max_calls ({cfg.max_calls}): "
+                                     "each live call holds one connection")
+    if cfg.max_connections_per_ip > cfg.max_connections:
+        s.problem("max_connections_per_ip", "expected at most server.max_connections "
+                                            f"({cfg.max_connections})")
     s.done()
     return cfg
 

@@ -22,6 +22,9 @@ class ServerConfig:
     max_body_bytes: int = 65536
     body_timeout: float = 10.0
     media_start_timeout: float = 10.0
+    idle_timeout: float = 15.0
+    max_connections: int = 4096
+    max_connections_per_ip: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
