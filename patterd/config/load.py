@@ -17,6 +17,7 @@ from .masking import mask_url
 from .model import (DEFAULT_SYSTEM_PROMPT, AdminConfig, AgentConfig, CarrierSettings, Config, LoggingConfig,
                     RecordingConfig, ServerConfig, StoreConfig, TelnyxSettings, TwilioSettings)
 from .reader import Problems, Section, environ, expand_env
+from .secrets import admin_token_problem, credential_problem
 
 TWILIO_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 MAX_RETENTION_DAYS = 36_500   # a century; beyond that "0" (forever) is what is meant
@@ -91,8 +92,10 @@ def build_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     st.done()
     ad = root.section("admin")
     admin = AdminConfig(ad.str("token") or env.get("PATTERD_ADMIN_TOKEN", ""))
-    if admin.token and len(admin.token) < 16:
-        ad.problem("token", "expected at least 16 characters (a random bearer token)")
+    if admin.token:
+        problem = admin_token_problem(admin.token)
+        if problem:
+            ad.problem("token", problem)
     ad.done()
     lg = root.section("logging")
     logging_cfg = LoggingConfig(
@@ -228,6 +231,8 @@ def twilio_settings(*, account_sid: str = "", auth_token: str = "",
                    f"got {sid[:6]!r}… ({len(sid)} characters)")
     if not token:
         out.append(f"{path}.auth_token: required (or set TWILIO_AUTH_TOKEN)")
+    elif credential_problem(token):
+        out.append(f"{path}.auth_token: {credential_problem(token)}")
     _check_api_url(api_base_url, f"{path}.api_base_url", out)
     if problems is None and out:
         raise ConfigError(out)
@@ -248,6 +253,8 @@ def telnyx_settings(*, api_key: str = "", connection_id: str = "", public_key: s
     pub = public_key or env.get("TELNYX_PUBLIC_KEY", "")
     if not key:
         out.append(f"{path}.api_key: required (or set TELNYX_API_KEY)")
+    elif credential_problem(key):
+        out.append(f"{path}.api_key: {credential_problem(key)}")
     if require_signature and not pub:
         out.append(f"{path}.public_key: required (or set TELNYX_PUBLIC_KEY): the base64 "
                    "Ed25519 key from the Telnyx portal, used to verify webhooks")

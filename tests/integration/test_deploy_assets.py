@@ -293,6 +293,27 @@ def test_systemd_env_example_configures_the_shipped_config() -> None:
         env_names_mentioned(UNIT_ENV) - DAEMON_VARS - config_vars()
 
 
+def test_no_deploy_example_carries_a_usable_admin_token(tmp_path: Path) -> None:
+    """The admin API places calls: no example ships a token one could run with (the old
+    placeholders are refused at start, exit 2 naming admin.token), and each example says how
+    to generate one."""
+    shipped = {UNIT_ENV: env_file(UNIT_ENV), COMPOSE_ENV: env_file(COMPOSE_ENV),
+               K8S / "secret.yaml": k8s_object("Secret")["stringData"]}
+    for path, values in shipped.items():
+        assert "PATTERD_ADMIN_TOKEN" not in values, path
+        assert "openssl rand -hex 32" in path.read_text(), path
+    unit_env = dict(v.split("=", 1) for v in unit_values("Environment"))
+    for placeholder in ("replace-with-a-long-random-token", "REPLACE_ME_long_random_admin_token",
+                        "changeme-changeme-changeme"):
+        out = subprocess.run(patterd_cmd("check", "--config", str(SHIPPED_CONFIG)),
+                             capture_output=True, text=True, timeout=60, cwd=ROOT,
+                             env=clean_env(**unit_env, **env_file(UNIT_ENV),
+                                           PATTERD_ADMIN_TOKEN=placeholder))
+        assert out.returncode == 2, out.stdout
+        assert "admin.token:" in out.stderr and "openssl rand -hex 32" in out.stderr, out.stderr
+        assert placeholder not in out.stderr                  # not echoed
+
+
 # The daemon under the unit's seccomp filter and W^X: a process that loads the same system-call
 # allow-list systemd builds from SystemCallFilter= (via libseccomp, EPERM for the rest, socket()
 # limited to RestrictAddressFamilies=) and the kernel's W^X policy (PR_SET_MDWE, the kernel's
