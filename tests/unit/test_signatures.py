@@ -142,6 +142,33 @@ def test_telnyx_accepts_any_of_several_signatures() -> None:
     assert v.check(body, f"{_sign(other, now, body)},garbage", str(now)) != ""
 
 
+def test_telnyx_tries_at_most_five_signatures() -> None:
+    """90 comma-separated candidates cost 90 Ed25519 verifications per unauthenticated
+    request: more than five are refused before any is tried."""
+    key, raw = _pair()
+    other, _ = _pair()
+    now = int(time.time())
+    v = TelnyxVerifier(base64.b64encode(raw).decode())
+    body = b"{}"
+    wrong = _sign(other, now, body)
+    assert v.check(body, ",".join([wrong] * 4 + [_sign(key, now, body)]), str(now)) == ""
+    reason = v.check(body, ",".join([wrong] * 89 + [_sign(key, now, body)]), str(now))
+    assert reason == "more than 5 signatures in telnyx-signature-ed25519"
+    calls = 0
+    real_verify = type(v._key).verify
+
+    def counting(self, *args):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        return real_verify(self, *args)
+    type(v._key).verify = counting   # type: ignore[method-assign]
+    try:
+        v.check(body, ",".join([wrong] * 90), str(now))
+    finally:
+        type(v._key).verify = real_verify   # type: ignore[method-assign]
+    assert calls == 0
+
+
 def test_stream_tokens_round_trip_and_refuse_forgeries() -> None:
     tokens = StreamTokens("KEY1")
     token = tokens.mint("v3:abc-123", "inbound", 300, now=1000)

@@ -19,12 +19,13 @@ from ...web.request import BadRequest, Forbidden, counted, parse_json, read_body
 from ..ids import TELNYX_CALL_CONTROL_ID as CALL_CONTROL_ID
 from ..rest import RestError
 from .rest import TelnyxRest, read_client_state
-from .signature import SignatureVerifier
+from .signature import TOLERANCE_SECONDS, SignatureVerifier
 from .stream_token import StreamTokens
 
 log = get_logger("patterd.telnyx")
 
 MEDIA_PATH = "/media/telnyx"
+REPLAY_WINDOW = 2 * TOLERANCE_SECONDS + 60   # a timestamp ±300 s around our clock, and slack
 # Telnyx hangup causes → our outcome names (patterd_calls_total{outcome}).
 HANGUP_OUTCOME = {
     "normal_clearing": "completed", "originator_cancel": "canceled", "timeout": "no_answer",
@@ -90,7 +91,9 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier | None, rest: TelnyxRes
         if event_type.startswith(("call.", "streaming.")) and not call_id \
                 and event_type != "call.recording.saved":
             raise BadRequest("data.payload.call_control_id: required for call events")
-        if not await gw.first_delivery(("telnyx", event_id)):
+        # Remembered in the store for as long as the signature may be replayed (a restart
+        # does not reopen the window).
+        if not await gw.first_delivery(("telnyx", event_id), durable_for=REPLAY_WINDOW):
             return web.json_response({"status": "duplicate"})
         followup = handle_event(gw, event_type, payload, call_id)
         resp = web.json_response({"status": "ok"})
