@@ -186,7 +186,8 @@ def check_public_url(url: str) -> str:
     return ""
 
 
-_TWILIO_KEYS = ("account_sid", "auth_token", "configure_number", "api_base_url")
+_TWILIO_KEYS = ("account_sid", "auth_token", "configure_number", "api_base_url", "signing_keys")
+SIGNING_KEY_ID = re.compile(r"[A-Za-z0-9_\-]{1,100}")
 _TELNYX_KEYS = ("api_key", "connection_id", "public_key", "api_base_url", "require_signature")
 
 
@@ -207,7 +208,8 @@ def read_carrier(c: Section, env: Mapping[str, str]) -> CarrierSettings:
         carrier = twilio_settings(
             account_sid=c.str("account_sid"), auth_token=c.str("auth_token"),
             configure_number=c.bool("configure_number", True),
-            api_base_url=c.str("api_base_url", "https://api.twilio.com"), env=env,
+            api_base_url=c.str("api_base_url", "https://api.twilio.com"),
+            signing_keys=c.str_map("signing_keys", expected="a signing key's secret"), env=env,
             problems=c.problems, path=c.path)
         wrong = {k: "a telnyx setting; this carrier is twilio"
                  for k in _TELNYX_KEYS if k not in _TWILIO_KEYS}
@@ -217,11 +219,26 @@ def read_carrier(c: Section, env: Mapping[str, str]) -> CarrierSettings:
 
 def twilio_settings(*, account_sid: str = "", auth_token: str = "",
                     configure_number: bool = True, api_base_url: str = "https://api.twilio.com",
+                    signing_keys: Mapping[str, str] | None = None,
                     env: Mapping[str, str] | None = None, problems: list[str] | None = None,
                     path: str = "carrier") -> TwilioSettings:
-    """Twilio settings with the environment fallback; problems are appended to ``problems``."""
+    """Twilio settings with the environment fallback; problems are appended to ``problems``.
+
+    ``signing_keys`` (SharedKey id → secret, several during a rotation) fall back to
+    ``TWILIO_SIGNING_KEYS``: ``id=secret`` pairs separated by commas."""
     env = environ() if env is None else env
     out: list[str] = [] if problems is None else problems
+    keys = dict(signing_keys or {})
+    if not keys and env.get("TWILIO_SIGNING_KEYS", "").strip():
+        keys = _signing_keys_from_env(env["TWILIO_SIGNING_KEYS"], f"{path}.signing_keys", out)
+    for key_id, secret in keys.items():
+        if not SIGNING_KEY_ID.fullmatch(key_id):
+            out.append(f"{path}.signing_keys: {key_id[:40]!r} is not a signing key id "
+                       "(letters, digits, _ and -, as Twilio shows it)")
+        elif not secret:
+            out.append(f"{path}.signing_keys.{key_id}: the secret is empty")
+        elif credential_problem(secret):
+            out.append(f"{path}.signing_keys.{key_id}: the secret {credential_problem(secret)}")
     sid = account_sid or env.get("TWILIO_ACCOUNT_SID", "")
     token = auth_token or env.get("TWILIO_AUTH_TOKEN", "")
     if not sid:
@@ -236,7 +253,21 @@ def twilio_settings(*, account_sid: str = "", auth_token: str = "",
     _check_api_url(api_base_url, f"{path}.api_base_url", out)
     if problems is None and out:
         raise ConfigError(out)
-    return TwilioSettings(sid, token, configure_number, api_base_url.rstrip("/"))
+    return TwilioSettings(sid, token, configure_number, api_base_url.rstrip("/"),
+                          MappingProxyType(keys))
+
+
+def _signing_keys_from_env(text: str, path: str, out: list[str]) -> dict[str, str]:
+    """``id=secret,id2=secret2`` (``TWILIO_SIGNING_KEYS``)."""
+    keys: dict[str, str] = {}
+    for n, pair in enumerate(text.split(","), 1):
+        key_id, sep, secret = pair.strip().partition("=")
+        if not sep:
+            out.append(f"{path}: TWILIO_SIGNING_KEYS entry {n}: expected id=secret "
+                       "(pairs separated by commas)")
+            continue
+        keys[key_id.strip()] = secret.strip()
+    return keys
 
 
 def telnyx_settings(*, api_key: str = "", connection_id: str = "", public_key: str = "",

@@ -35,6 +35,7 @@ class TwilioSettings:
     auth_token: str
     configure_number: bool = True
     api_base_url: str = "https://api.twilio.com"
+    signing_keys: Mapping[str, str] = field(default_factory=lambda: EMPTY)  # SharedKey id → secret
     provider: Literal["twilio"] = "twilio"
 
 

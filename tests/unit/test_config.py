@@ -302,3 +302,28 @@ def test_url_errors_do_not_show_the_password() -> None:
     assert "carrier.api_base_url: expected an http(s):// URL" in text
     assert "llm.base_url: expected" in text
     assert "hunter2" not in text and "hunter3" not in text and "bob:***@" in text
+
+
+def test_twilio_signing_keys_from_the_file_or_the_environment_and_masked() -> None:
+    from patterd.config.render import to_plain
+
+    keys = {"webhooks_sharedkey_01": "9f3c1a7e5b2d4c6e", "KSold": "1b3d5f7a9c2e4a6c"}
+    cfg = build_config(twilio_raw(carrier={"signing_keys": keys}), env={})
+    assert dict(cfg.carrier.signing_keys) == keys
+    env_cfg = build_config(twilio_raw(), env={
+        "TWILIO_SIGNING_KEYS": "webhooks_sharedkey_01=9f3c1a7e5b2d4c6e,KSold=1b3d5f7a9c2e4a6c"})
+    assert dict(env_cfg.carrier.signing_keys) == keys
+    shown = to_plain(cfg)["carrier"]["signing_keys"]
+    assert shown == {"webhooks_sharedkey_01": "********", "KSold": "********"}
+    assert problems_of(twilio_raw(carrier={"signing_keys": {"bad id!": "x" * 16}})) == [
+        "carrier.signing_keys: 'bad id!' is not a signing key id (letters, digits, _ and -, "
+        "as Twilio shows it)"]
+    assert problems_of(twilio_raw(carrier={"signing_keys": {"KS1": " "}})) == [
+        "carrier.signing_keys.KS1: the secret is blank (only whitespace)"]
+    assert problems_of(twilio_raw(), env={"TWILIO_SIGNING_KEYS": "KS1"}) == [
+        "carrier.signing_keys: TWILIO_SIGNING_KEYS entry 1: expected id=secret (pairs "
+        "separated by commas)"]
+    signer = TelnyxSigner()
+    assert problems_of(telnyx_raw(signer.public_key_b64,
+                                  carrier={"signing_keys": keys})) == [
+        "carrier.signing_keys: a twilio setting; this carrier is telnyx"]

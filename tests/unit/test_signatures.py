@@ -88,6 +88,42 @@ def test_verifier_rejects_wrong_token_tampering_and_empty() -> None:
     assert not v.verify("/h", [("a", "1")], "ünicode-garbage")
 
 
+def test_shared_key_signatures_as_documented_and_as_twilio_python_computes_them() -> None:
+    """Twilio's SharedKey signing (Webhook Settings, public beta): the same signed string
+    (URL, then each sorted name and value), HMAC-SHA256 with the key's secret, base64; the
+    settings header names the key and the algorithm."""
+    import hashlib
+    import hmac
+
+    v = SignatureVerifier("tok", "https://gw.example.com",
+                          {"webhooks_sharedkey_01": "new-secret", "KSold": "old-secret"})
+    url = "https://gw.example.com/webhooks/twilio/voice?x=1"
+    params = {"CallSid": "CA1", "From": "+15551112222", "AccountSid": "AC1"}
+    signed = url + "".join(k + params[k] for k in sorted(params))
+    by_hand = base64.b64encode(hmac.new(b"new-secret", signed.encode(), hashlib.sha256)
+                               .digest()).decode()
+    official = RequestValidator("new-secret").compute_signature(url, params, "HMAC_SHA256")
+    assert by_hand == official
+    header = "key=webhooks_sharedkey_01,algorithm=HMAC_SHA256"
+    items = list(params.items())
+    assert v.check("/webhooks/twilio/voice?x=1", items, official, settings=header) == ""
+    # Rotation: the other key signs too; the settings header's algorithm may be SHA1.
+    old = RequestValidator("old-secret").compute_signature(url, params, "HMAC_SHA1")
+    assert v.verify("/webhooks/twilio/voice?x=1", items, old,
+                    settings="key=KSold,algorithm=HMAC_SHA1")
+    # What must not pass.
+    assert "names a signing key not in carrier.signing_keys" in v.check(
+        "/webhooks/twilio/voice?x=1", items, official, settings="key=KSnope,algorithm=HMAC_SHA256")
+    assert "unsupported algorithm" in v.check(
+        "/webhooks/twilio/voice?x=1", items, official,
+        settings="key=webhooks_sharedkey_01,algorithm=HMAC_MD5")
+    assert v.check("/webhooks/twilio/voice?x=1", items, official) != ""     # no header: token
+    token_signed = RequestValidator("tok").compute_signature(url, params)
+    assert v.check("/webhooks/twilio/voice?x=1", items, token_signed, settings=header) != ""
+    assert v.verify("/webhooks/twilio/voice?x=1", items, token_signed)       # SHA1 unchanged
+    assert v.check("/webhooks/twilio/voice?x=2", items, official, settings=header) != ""
+
+
 # -- Telnyx ------------------------------------------------------------------------------------
 
 def _pair() -> tuple[SigningKey, bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 from aiohttp import web
@@ -19,16 +20,18 @@ log = get_logger("patterd.twilio")
 
 class Carrier:
     """The Twilio carrier. Arguments default to ``""`` and fall back to ``TWILIO_ACCOUNT_SID``
-    and ``TWILIO_AUTH_TOKEN``; missing credentials raise :class:`patterd.config.ConfigError`."""
+    and ``TWILIO_AUTH_TOKEN`` (``signing_keys``, SharedKey id → secret, to
+    ``TWILIO_SIGNING_KEYS``); missing credentials raise :class:`patterd.config.ConfigError`."""
 
     name: ClassVar[str] = "twilio"
 
     def __init__(self, account_sid: str = "", auth_token: str = "", *,
                  configure_number: bool = True,
-                 api_base_url: str = "https://api.twilio.com") -> None:
+                 api_base_url: str = "https://api.twilio.com",
+                 signing_keys: Mapping[str, str] | None = None) -> None:
         self.settings: TwilioSettings = twilio_settings(
             account_sid=account_sid, auth_token=auth_token, configure_number=configure_number,
-            api_base_url=api_base_url)
+            api_base_url=api_base_url, signing_keys=signing_keys)
 
     @classmethod
     def from_settings(cls, settings: TwilioSettings) -> Carrier:
@@ -44,7 +47,8 @@ class Carrier:
         from .stream_token import StreamTokens
         from .webhooks import make_routes
 
-        verifier = SignatureVerifier(self.settings.auth_token, gw.config.server.public_url)
+        verifier = SignatureVerifier(self.settings.auth_token, gw.config.server.public_url,
+                                     self.settings.signing_keys)
         tokens = StreamTokens(self.settings.auth_token)
         return [*make_routes(gw, verifier, tokens),
                 media_route(gw, self.settings, verifier, tokens)]

@@ -15,7 +15,7 @@ from ...ops.logging import get_logger
 from ...web.request import Forbidden
 from .control import TwilioControl
 from .media import TwilioMedia
-from .signature import SignatureVerifier
+from .signature import SETTINGS_HEADER, SignatureVerifier
 from .stream_token import TOKEN_PARAM, StreamTokens
 from .webhooks import MEDIA_PATH, stream_url
 
@@ -41,10 +41,12 @@ def media_route(gw: Gateway, settings: TwilioSettings, verifier: SignatureVerifi
 
     async def media(request: web.Request) -> web.StreamResponse:
         signature = request.headers.get("X-Twilio-Signature", "")
-        if not verifier.verify(request.raw_path, (), signature, scheme=scheme):
+        # Should a Webhook Rule apply a SharedKey to the stream URL, the upgrade names it too.
+        problem = verifier.check(request.raw_path, (), signature, scheme=scheme,
+                                 settings=request.headers.get(SETTINGS_HEADER, ""))
+        if problem:
             gw.metrics.signature_failures.labels("twilio").inc()
-            log.warning("twilio_media_signature_rejected",
-                        reason="missing" if not signature else "does not match")
+            log.warning("twilio_media_signature_rejected", reason=problem)
             raise Forbidden("bad or missing X-Twilio-Signature on the media stream")
         return await serve_media(request, gw, carrier="twilio", proto=TwilioMedia(),
                                  control=control, admit=admit)

@@ -22,7 +22,7 @@ from ..ids import TWILIO_CALL_SID as CALL_SID
 from . import twiml
 from .price import fetch_later
 from .control import read_amd_context
-from .signature import SignatureVerifier
+from .signature import SETTINGS_HEADER, SignatureVerifier
 from .stream_token import TOKEN_PARAM, StreamTokens
 
 log = get_logger("patterd.twilio")
@@ -58,6 +58,7 @@ async def signed_params(request: web.Request, gw: Gateway, verifier: SignatureVe
     server = gw.config.server
     body = await read_body(request, server.max_body_bytes, server.body_timeout)
     signature = request.headers.get("X-Twilio-Signature", "")
+    settings = request.headers.get(SETTINGS_HEADER, "")   # a SharedKey-signed webhook
     if not signature:
         raise _signature_failure(gw, "missing X-Twilio-Signature header")
     ctype = request.content_type
@@ -69,14 +70,16 @@ async def signed_params(request: web.Request, gw: Gateway, verifier: SignatureVe
         actual = hashlib.sha256(body).hexdigest()
         if not expected or not hmac.compare_digest(expected.encode(), actual.encode()):
             raise _signature_failure(gw, "bodySHA256 missing or not matching the body")
-        if not verifier.verify(request.raw_path, (), signature):
-            raise _signature_failure(gw, "signature does not match")
+        problem = verifier.check(request.raw_path, (), signature, settings=settings)
+        if problem:
+            raise _signature_failure(gw, problem)
         return _json_params(body)
     if ctype not in ("application/x-www-form-urlencoded", ""):
         raise BadRequest(f"expected application/x-www-form-urlencoded, got {ctype}")
     params = _form_params(body)
-    if not verifier.verify(request.raw_path, params, signature):
-        raise _signature_failure(gw, "signature does not match")
+    problem = verifier.check(request.raw_path, params, signature, settings=settings)
+    if problem:
+        raise _signature_failure(gw, problem)
     return dict(params)
 
 
