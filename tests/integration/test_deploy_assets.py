@@ -50,8 +50,9 @@ HAPROXY = DEPLOY / "haproxy" / "haproxy.cfg"
 # then the HTTP runner shuts down (5 s): every stop timeout must cover drain_timeout + 35 s.
 DRAIN_TAIL = 35
 # Variables the daemon or the shipped configs read (contract §1, §2; config/*.yaml).
-DAEMON_VARS = {"TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TELNYX_API_KEY",
-               "TELNYX_CONNECTION_ID", "TELNYX_PUBLIC_KEY", "PATTERD_ADMIN_TOKEN", "PATTERD_CONFIG"}
+DAEMON_VARS = {"TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_SIGNING_KEYS",
+               "TELNYX_API_KEY", "TELNYX_CONNECTION_ID", "TELNYX_PUBLIC_KEY", "PATTERD_ADMIN_TOKEN",
+               "PATTERD_CONFIG"}
 
 
 # --------------------------------------------------------------------------------------------
