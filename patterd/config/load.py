@@ -162,9 +162,6 @@ def _read_server(s: Section) -> ServerConfig:
         max_connections=s.int("max_connections", 4096, minimum=16),
         max_connections_per_ip=s.int("max_connections_per_ip", 1024, minimum=1),
     )
-    if cfg.max_connections <= cfg.max_calls:
-        s.problem("max_connections", f"expected more than server.max_calls ({cfg.max_calls}): "
-                                     "each live call holds one connection")
     if cfg.max_connections_per_ip > cfg.max_connections:
         s.problem("max_connections_per_ip", "expected at most server.max_connections "
                                             f"({cfg.max_connections})")
