@@ -33,8 +33,9 @@ def build_app(config: Config, carrier: Carrier, *, gateway: Gateway | None = Non
     gw = gateway or Gateway(config=config)
     gw.backends = backends
     # The webhook handlers read bodies themselves with their own limit; this is the backstop.
+    from .web.connections import mark_busy
     app = web.Application(client_max_size=config.server.max_body_bytes,
-                          middlewares=[_json_errors, backpressure.middleware])
+                          middlewares=[mark_busy, _json_errors, backpressure.middleware])
     app[GATEWAY] = gw
     app.add_routes(health.ROUTES)
     gw.carrier_name = carrier.name

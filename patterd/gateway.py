@@ -13,6 +13,7 @@ from aiohttp import web
 
 from .call.dedupe import Deduper
 from .call.live import CallEvents
+from .call.stream_gate import DialRefs
 from .call.registry import TERMINAL, CallRecord, CallRegistry
 from .config import Config
 from .ops.cost import COMPONENTS, apply_carrier_price, breakdown
@@ -74,6 +75,8 @@ class Gateway:
     bus: EventBus = field(default_factory=EventBus)   # live events (GET /v1/events)
     events: Any = None                                # call.live.CallEvents, on the registry
     tracer: Any = None                                # ops.otel.OtelTracer when tracing
+    dials: DialRefs = field(default_factory=DialRefs)  # which call each dial of ours became
+    connections: Any = None                           # web.connections.ConnectionGuard (serve)
 
     def __post_init__(self) -> None:
         self.registry = CallRegistry(max_call_seconds=self.config.agent.max_call_seconds)
@@ -126,13 +129,26 @@ class Gateway:
             except Exception as exc:  # noqa: BLE001 - logged; nothing else depends on it
                 log.warning("backends_close_failed", error=repr(exc))
 
-    async def first_delivery(self, key: tuple[Any, ...]) -> bool:
+    async def first_delivery(self, key: tuple[Any, ...], *, durable_for: float = 0.0) -> bool:
         """True the first time a webhook delivery is seen — by this process and, with
-        replicas, by any of them (a carrier's retry may land on another replica). When the
-        shared store cannot answer, it is processed (twice is better than never)."""
+        replicas, by any of them (a carrier's retry may land on another replica). With
+        ``durable_for`` (seconds) a single process remembers it in its store too, so that a
+        replay after a restart is still refused (a Telnyx event within its signature window,
+        a spent stream token). When the shared store cannot answer, it is processed (twice
+        is better than never)."""
         if not self.deduper.first_time(key):
             return False
-        if self.cluster is None or self._shared_store_paused():
+        if self.cluster is None:
+            if durable_for <= 0 or self.store_writer is None or self._shared_store_paused():
+                return True
+            try:
+                return bool(await _bounded(self.store_writer.store.first_seen(
+                    "|".join(map(str, key)), durable_for)))
+            except Exception as exc:  # noqa: BLE001 - fail open
+                self._pause_shared_store()
+                log.warning("store_dedupe_failed", error=str(exc) or type(exc).__name__)
+                return True
+        if self._shared_store_paused():
             return True
         try:
             return bool(await _bounded(self.cluster.first_delivery("|".join(map(str, key)))))

@@ -20,9 +20,11 @@ from .gateway import GATEWAY, Gateway
 from .ops.logging import get_logger
 from .reload import Reloader
 from .startup import StartupError
+from .web.connections import ConnectionGuard, GuardedSite, connection_limits
 
 log = get_logger("patterd.server")
 
+LINGER_SECONDS = 2.0
 DRAIN_GOODBYE = "We are closing this line for maintenance now. Please call again. Goodbye."
 
 
@@ -50,26 +52,32 @@ async def serve(config: Config, carrier: Carrier, *, config_path: str | Path | N
     ``on_ready(gateway)`` is called once the daemon listens."""
     gw = Gateway(config=config)
     app = build_app(config, carrier, gateway=gw)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=5.0)
+    runner = make_runner(app)
     await runner.setup()
+    srv = config.server
+    total, per_ip, nofile = connection_limits(srv.max_connections, srv.max_connections_per_ip,
+                                              srv.max_calls)
+    gw.connections = ConnectionGuard(total, per_ip, gw.metrics)
     # Everything loaded so far (models, modules, config) lives as long as the process: keep
     # it out of the collector so full collections stay short under load (measured: 56–95 ms
     # pauses at 400 calls without, ~21 ms with).
     gc.collect()
     gc.freeze()
-    site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
+    site = GuardedSite(runner, srv.host, srv.port, gw.connections, backlog=1024)
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
         why = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise StartupError("server", f"cannot listen on {config.server.host}:"
-                                     f"{config.server.port}: {why.lower()}",
-                           path=f"{config.server.host}:{config.server.port}") from exc
-    log.info("listening", host=config.server.host, port=config.server.port,
-             public_url=config.server.public_url, carrier=carrier.name,
-             phone_number=config.phone_number)
+        raise StartupError("server", f"cannot listen on {srv.host}:{srv.port}: {why.lower()}",
+                           path=f"{srv.host}:{srv.port}") from exc
+    log.info("listening", host=srv.host, port=srv.port, public_url=srv.public_url,
+             carrier=carrier.name, phone_number=config.phone_number, max_connections=total,
+             max_connections_per_ip=per_ip, nofile=nofile)
+    if total <= srv.max_calls:
+        log.warning("connection_limit_below_max_calls", max_connections=total,
+                    max_calls=srv.max_calls, nofile=nofile,
+                    detail="raise the file-descriptor limit (LimitNOFILE=, ulimit -n)")
     sd_notify("READY=1\nSTATUS=accepting calls")
 
     loop = asyncio.get_running_loop()
@@ -94,6 +102,19 @@ async def serve(config: Config, carrier: Carrier, *, config_path: str | Path | N
             loop.remove_signal_handler(sig)
         await runner.cleanup()
         log.info("stopped")
+
+
+def make_runner(app: web.Application) -> web.AppRunner:
+    """The daemon's aiohttp runner. A handler is not cancelled when its client hangs up (a
+    webhook half-processed would be worse); a client that hangs up mid-body is answered 499
+    by the body reader instead. After an early answer (408, 413) the rest of a body is read
+    and dropped for at most ``LINGER_SECONDS``. A connection with no complete request head
+    ``server.idle_timeout`` seconds after it opened or after its previous answer is closed
+    (aiohttp's keep-alive timer: idle keep-alive and slow heads alike)."""
+    idle = app[GATEWAY].config.server.idle_timeout
+    return web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0,
+                         handler_cancellation=False, lingering_time=LINGER_SECONDS,
+                         keepalive_timeout=idle)
 
 
 async def drain(gw: Gateway) -> None:
@@ -137,4 +158,4 @@ def _start_watchdog(gw: Gateway) -> asyncio.Task[None] | None:
     return gw.supervise("systemd_watchdog", ping)
 
 
-__all__ = ["serve", "drain", "sd_notify", "GATEWAY"]
+__all__ = ["serve", "drain", "make_runner", "sd_notify", "GATEWAY"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -10,7 +11,7 @@ from aiohttp import WSMsgType, web
 
 from ..audio.codecs import get_codec
 from ..carriers.base import (AudioIn, CallControl, MalformedFrame, MediaProtocol, StreamStarted,
-                             StreamStopped)
+                             StreamStopped, UnservableStart)
 from ..ops.logging import get_logger
 from ..ops.trace import CURRENT, CallTrace
 from .recorder import CallRecorder, finish_recorder, start_recorder
@@ -25,21 +26,23 @@ log = get_logger("patterd.media")
 MAX_FRAME_BYTES = 1 << 20
 
 
-async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
-                      proto: MediaProtocol, control: CallControl,
-                      expected_call_id: str = "",
-                      check_start: Callable[[StreamStarted], str] | None = None,
-                      ws: web.WebSocketResponse | None = None) -> web.WebSocketResponse:
-    """Accept an (already authenticated) media socket and run the call on it.
+Admit = Callable[[StreamStarted], Awaitable[str]]
 
-    ``expected_call_id``: the call the URL's token was minted for; a ``start`` naming another
-    call closes the socket. ``check_start`` may refuse a start for another reason. ``ws``: a
-    socket already accepted (one that authenticated in its first message).
+
+async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
+                      proto: MediaProtocol, control: CallControl, admit: Admit,
+                      ws: web.WebSocketResponse | None = None) -> web.WebSocketResponse:
+    """Accept a media socket and run the call on it once ``admit`` accepts its ``start``
+    (``""``; otherwise the reason, and the socket is closed with 4403). A socket with no
+    ``start`` within ``server.media_start_timeout`` is closed (4408), as is one whose
+    ``start`` cannot be served (4400/4415, see :class:`UnservableStart`). ``ws``: a socket
+    already accepted (one that authenticated in its first message).
     """
     if ws is None:
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, autoping=True,
                                    compress=False)
         await ws.prepare(request)
+    overdue = _close_unstarted_later(ws, gw, carrier)
     session: CallSession | None = None
     recorder: CallRecorder | None = None
     log_context: dict[str, Any] = {}
@@ -54,8 +57,13 @@ async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
                 continue
             try:
                 event = proto.parse(msg.data)
-            except MalformedFrame:
+            except MalformedFrame as exc:
                 invalid.inc()
+                if session is None and isinstance(exc, UnservableStart):
+                    gw.metrics.media_refused.labels(carrier, "unservable").inc()
+                    log.warning("media_start_refused", carrier=carrier, reason=str(exc))
+                    await ws.close(code=exc.code, message=str(exc).encode()[:120])
+                    break
                 continue
             if session is not None:
                 if type(event) is AudioIn:    # the hot path
@@ -69,13 +77,9 @@ async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
                     session.on_event(event)
                 continue
             if isinstance(event, StreamStarted):
-                problem = ""
-                if expected_call_id and event.call_id != expected_call_id:
-                    problem = "start names another call than the stream token"
-                elif check_start is not None:
-                    problem = check_start(event)
+                overdue.cancel()   # admitting has its own bound
+                problem = await admit(event)
                 if problem:
-                    log.warning("media_start_refused", carrier=carrier, reason=problem)
                     await ws.close(code=4403, message=problem.encode()[:120])
                     break
                 unsupported = _unsupported_codec(event)
@@ -101,6 +105,7 @@ async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
     except Exception as exc:  # noqa: BLE001 - a bug in this call: it alone ends, recorded
         gw.supervisor.report("media", exc, call_id=session.call_id if session else "")
     finally:
+        overdue.cancel()
         if session is not None:
             session.stream_ended()
             gw.sessions.discard(session)
@@ -127,6 +132,21 @@ async def serve_media(request: web.Request, gw: Gateway, *, carrier: str,
             CURRENT.reset(trace_token)
     return ws
 
+
+
+def _close_unstarted_later(ws: web.WebSocketResponse, gw: Gateway, carrier: str
+                           ) -> asyncio.TimerHandle:
+    """Close ``ws`` if no ``start`` has come ``server.media_start_timeout`` seconds from now
+    (junk frames do not count)."""
+    timeout = gw.config.server.media_start_timeout
+
+    def close() -> None:
+        gw.metrics.media_refused.labels(carrier, "timeout").inc()
+        log.debug("media_start_timeout", carrier=carrier, timeout=timeout)
+        gw.spawn(ws.close(code=4408, message=f"no start within {timeout:g} s".encode()),
+                 name="media-start-timeout")
+
+    return asyncio.get_running_loop().call_later(timeout, close)
 
 
 def _unsupported_codec(event: StreamStarted) -> str:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass, field
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..backends.llm.rules import fill
+from ..carriers.ids import valid_call_id
 from ..carriers.rest import RestError, is_loopback
 from ..config.backends import E164
 from ..config.masking import mask_url
@@ -28,13 +30,15 @@ MIN_RING, MAX_RING = 5, 600   # what both carriers accept (Twilio Timeout, Telny
 
 @dataclass(frozen=True, slots=True)
 class OutboundCall:
-    """A call to place."""
+    """A call to place. ``stream_ref`` names this dial in its media-stream token until the
+    carrier has named the call (see :mod:`patterd.call.stream_gate`)."""
 
     to: str
     machine_detection: bool = False
     voicemail_message: str = ""
     variables: dict[str, str] = field(default_factory=dict)
     ring_timeout: int = RING_TIMEOUT
+    stream_ref: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 def parse_outbound(doc: Any, *, default_amd: bool, default_voicemail: str,
@@ -121,11 +125,17 @@ async def place_call(gw: Gateway, call: OutboundCall) -> str:
     except RestError as exc:
         log.warning("dial_failed", to=call.to, status=exc.status, reason=exc.message)
         raise CallError(dial_failure(exc, gw.config.carrier.api_base_url)) from exc
+    if not valid_call_id(gw.carrier_name, call_id):
+        log.error("dial_answer_malformed", call_id=call_id[:80])
+        raise CallError("the carrier answered without a valid call id")
+    gw.dials.bind(call.stream_ref, call_id)   # the stream's token names this dial
     rec = gw.registry.ensure(call_id, gw.carrier_name, direction="outbound",
                              from_number=gw.config.phone_number, to_number=call.to)
     gw.registry.apply_status(call_id, gw.carrier_name, "queued")
+    # stream_ref: a replica (or this process after a restart) that gets the stream finds
+    # here which call the dial's token may carry.
     gw.registry.add_event(call_id, gw.carrier_name, "dial",
                           machine_detection=call.machine_detection,
-                          voicemail=bool(call.voicemail_message))
+                          voicemail=bool(call.voicemail_message), stream_ref=call.stream_ref)
     log.info("call_placed", call_id=call_id, to=call.to, amd=call.machine_detection)
     return rec.call_id

@@ -82,6 +82,15 @@ class MalformedFrame(ValueError):
     """A frame that is not valid for the carrier's media protocol."""
 
 
+class UnservableStart(MalformedFrame):
+    """A ``start`` frame no call can be served from (no call id, audio we cannot decode):
+    the socket is closed with ``code`` (4400, or 4415 for the audio format) and the reason."""
+
+    def __init__(self, reason: str, code: int = 4400) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
 class MediaProtocol(Protocol):
     """A carrier's media-stream translator: frames in, events out, and frames to send.
 

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from .base import (AudioIn, DtmfIn, Ignored, MalformedFrame, MarkPlayed, MediaEvent,
-                   StreamStarted, StreamStopped)
+                   StreamStarted, StreamStopped, UnservableStart)
 
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 _INBOUND = frozenset({"inbound", "inbound_track"})
@@ -36,7 +36,12 @@ class JsonFrames:
                 return Ignored("outbound track")
             return AudioIn(b64_payload(media.get("payload")))
         if event == "start":
-            return self._start(msg)
+            try:
+                return self._start(msg)
+            except UnservableStart:
+                raise
+            except MalformedFrame as exc:
+                raise UnservableStart(f"start: {exc}") from None
         if event == "dtmf":
             digit = field_obj(msg, "dtmf").get("digit")
             if not isinstance(digit, str) or digit not in DTMF_DIGITS:

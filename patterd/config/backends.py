@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from .hints import unquoted_number_hint
 from .masking import mask_url
+from .secrets import credential_problem
 from .model import (DEFAULT_RULES, NO_RULES_FALLBACK, SECRET_OPTION_NAMES, AgentConfig,
                     BackendConfig, Rule, RuleAction, ToolConfig)
 from .reader import Section
@@ -116,6 +117,8 @@ def _read_provider(sec: Section, layer: str, agent: AgentConfig, env: Mapping[st
         if not values["api_key"] and not values.get("base_url") and not token:
             sec.problem("api_key", f"required for {name} (or set {spec.env_key}, "
                                    "or a base_url for a server that needs no key)")
+    if values.get("api_key") and credential_problem(values["api_key"]):
+        sec.problem("api_key", credential_problem(values["api_key"]))
     if "base_url" in spec.common:
         url = values.get("base_url") or spec.base_url
         if not re.fullmatch(r"(https?|wss?)://[^\s/]+(/\S*)?", url):
@@ -157,6 +160,8 @@ def _read_provider(sec: Section, layer: str, agent: AgentConfig, env: Mapping[st
     if name == "webhook" and not options.get("secret"):
         sec.problem("secret", "required for the webhook provider: requests are signed with it "
                               "(X-Patterd-Signature) so your endpoint can trust them")
+    elif options.get("secret") and credential_problem(str(options["secret"])):
+        sec.problem("secret", credential_problem(str(options["secret"])))
     rules: tuple[Rule, ...] = ()
     fallback = ""
     if name == "rules":
@@ -269,6 +274,8 @@ def _read_tools(sec: Section) -> list[ToolConfig]:
             max_response_bytes=t.int("max_response_bytes", 65536, minimum=1,
                                      maximum=10 * 1024 * 1024),
             allow_private=allow_private, secret=t.str("secret"))
+        if tool.secret and credential_problem(tool.secret):
+            t.problem("secret", credential_problem(tool.secret))
         t.done()
         tools.append(tool)
     return tools

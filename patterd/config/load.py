@@ -23,6 +23,7 @@ from .model import (DEFAULT_SYSTEM_PROMPT, AdminConfig, AgentConfig, CarrierSett
                     RecordingConfig, ServerConfig, StoreConfig, TelemetryConfig, TelnyxSettings,
                     TwilioSettings)
 from .reader import Problems, Section, environ, expand_env
+from .secrets import admin_token_problem, credential_problem
 
 TWILIO_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 MAX_RETENTION_DAYS = 36_500   # a century; beyond that "0" (forever) is what is meant
@@ -140,8 +141,10 @@ def build_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     st.done()
     ad = root.section("admin")
     admin = AdminConfig(ad.str("token") or env.get("PATTERD_ADMIN_TOKEN", ""))
-    if admin.token and len(admin.token) < 16:
-        ad.problem("token", "expected at least 16 characters (a random bearer token)")
+    if admin.token:
+        problem = admin_token_problem(admin.token)
+        if problem:
+            ad.problem("token", problem)
     ad.done()
     lg = root.section("logging")
     logging_cfg = LoggingConfig(
@@ -231,7 +234,15 @@ def _read_server(s: Section) -> ServerConfig:
         max_calls=s.int("max_calls", 500, minimum=1),
         drain_timeout=s.float("drain_timeout", 600.0, minimum=0),
         max_body_bytes=s.int("max_body_bytes", 65536, minimum=1024, maximum=16 * 1024 * 1024),
+        body_timeout=s.float("body_timeout", 10.0, minimum=0.1, maximum=300),
+        media_start_timeout=s.float("media_start_timeout", 10.0, minimum=0.1, maximum=300),
+        idle_timeout=s.float("idle_timeout", 15.0, minimum=0.1, maximum=3600),
+        max_connections=s.int("max_connections", 4096, minimum=16),
+        max_connections_per_ip=s.int("max_connections_per_ip", 1024, minimum=1),
     )
+    if cfg.max_connections_per_ip > cfg.max_connections:
+        s.problem("max_connections_per_ip", "expected at most server.max_connections "
+                                            f"({cfg.max_connections})")
     s.done()
     return cfg
 
@@ -250,7 +261,8 @@ def check_public_url(url: str) -> str:
     return ""
 
 
-_TWILIO_KEYS = ("account_sid", "auth_token", "configure_number", "api_base_url")
+_TWILIO_KEYS = ("account_sid", "auth_token", "configure_number", "api_base_url", "signing_keys")
+SIGNING_KEY_ID = re.compile(r"[A-Za-z0-9_\-]{1,100}")
 _TELNYX_KEYS = ("api_key", "connection_id", "public_key", "api_base_url", "require_signature")
 
 
@@ -271,7 +283,8 @@ def read_carrier(c: Section, env: Mapping[str, str]) -> CarrierSettings:
         carrier = twilio_settings(
             account_sid=c.str("account_sid"), auth_token=c.str("auth_token"),
             configure_number=c.bool("configure_number", True),
-            api_base_url=c.str("api_base_url", "https://api.twilio.com"), env=env,
+            api_base_url=c.str("api_base_url", "https://api.twilio.com"),
+            signing_keys=c.str_map("signing_keys", expected="a signing key's secret"), env=env,
             problems=c.problems, path=c.path)
         wrong = {k: "a telnyx setting; this carrier is twilio"
                  for k in _TELNYX_KEYS if k not in _TWILIO_KEYS}
@@ -281,13 +294,28 @@ def read_carrier(c: Section, env: Mapping[str, str]) -> CarrierSettings:
 
 def twilio_settings(*, account_sid: str = "", auth_token: str = "",
                     configure_number: bool = True, api_base_url: str = "https://api.twilio.com",
+                    signing_keys: Mapping[str, str] | None = None,
                     env: Mapping[str, str] | None = None, problems: list[str] | None = None,
                     path: str = "carrier", check_format: bool = True) -> TwilioSettings:
     """Twilio settings with the environment fallback; problems are appended to ``problems``
     (raised as :class:`ConfigError` without it). ``check_format=False`` checks only that the
-    credentials are there (a ``Twilio(...)`` object; :func:`carrier_problems` at serve)."""
+    credentials are there (a ``Twilio(...)`` object; :func:`carrier_problems` at serve).
+
+    ``signing_keys`` (SharedKey id → secret, several during a rotation) fall back to
+    ``TWILIO_SIGNING_KEYS``: ``id=secret`` pairs separated by commas."""
     env = environ() if env is None else env
     out: list[str] = [] if problems is None else problems
+    keys = dict(signing_keys or {})
+    if not keys and env.get("TWILIO_SIGNING_KEYS", "").strip():
+        keys = _signing_keys_from_env(env["TWILIO_SIGNING_KEYS"], f"{path}.signing_keys", out)
+    for key_id, secret in keys.items():
+        if not SIGNING_KEY_ID.fullmatch(key_id):
+            out.append(f"{path}.signing_keys: {key_id[:40]!r} is not a signing key id "
+                       "(letters, digits, _ and -, as Twilio shows it)")
+        elif not secret:
+            out.append(f"{path}.signing_keys.{key_id}: the secret is empty")
+        elif credential_problem(secret):
+            out.append(f"{path}.signing_keys.{key_id}: the secret {credential_problem(secret)}")
     sid = account_sid or env.get("TWILIO_ACCOUNT_SID", "")
     token = auth_token or env.get("TWILIO_AUTH_TOKEN", "")
     if not sid:
@@ -297,11 +325,27 @@ def twilio_settings(*, account_sid: str = "", auth_token: str = "",
                    f"got {sid[:6]!r}… ({len(sid)} characters)")
     if not token:
         out.append(f"{path}.auth_token: required (or set TWILIO_AUTH_TOKEN)")
+    elif credential_problem(token):
+        out.append(f"{path}.auth_token: {credential_problem(token)}")
     if check_format:
         _check_api_url(api_base_url, f"{path}.api_base_url", out)
     if problems is None and out:
         raise ConfigError(out)
-    return TwilioSettings(sid, token, configure_number, api_base_url.rstrip("/"))
+    return TwilioSettings(sid, token, configure_number, api_base_url.rstrip("/"),
+                          MappingProxyType(keys))
+
+
+def _signing_keys_from_env(text: str, path: str, out: list[str]) -> dict[str, str]:
+    """``id=secret,id2=secret2`` (``TWILIO_SIGNING_KEYS``)."""
+    keys: dict[str, str] = {}
+    for n, pair in enumerate(text.split(","), 1):
+        key_id, sep, secret = pair.strip().partition("=")
+        if not sep:
+            out.append(f"{path}: TWILIO_SIGNING_KEYS entry {n}: expected id=secret "
+                       "(pairs separated by commas)")
+            continue
+        keys[key_id.strip()] = secret.strip()
+    return keys
 
 
 def telnyx_settings(*, api_key: str = "", connection_id: str = "", public_key: str = "",
@@ -320,6 +364,8 @@ def telnyx_settings(*, api_key: str = "", connection_id: str = "", public_key: s
     pub = public_key or env.get("TELNYX_PUBLIC_KEY", "")
     if not key:
         out.append(f"{path}.api_key: required (or set TELNYX_API_KEY)")
+    elif credential_problem(key):
+        out.append(f"{path}.api_key: {credential_problem(key)}")
     if require_signature and not pub:
         out.append(f"{path}.public_key: required (or set TELNYX_PUBLIC_KEY): the base64 "
                    "Ed25519 key from the Telnyx portal, used to verify webhooks")

@@ -21,6 +21,11 @@ class ServerConfig:
     max_calls: int = 500
     drain_timeout: float = 600.0
     max_body_bytes: int = 65536
+    body_timeout: float = 10.0
+    media_start_timeout: float = 10.0
+    idle_timeout: float = 15.0
+    max_connections: int = 4096
+    max_connections_per_ip: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +36,7 @@ class TwilioSettings:
     auth_token: str = field(repr=False)   # a secret: never in a repr (logs, tracebacks)
     configure_number: bool = True
     api_base_url: str = "https://api.twilio.com"
+    signing_keys: Mapping[str, str] = field(default_factory=lambda: EMPTY)  # SharedKey id → secret
     provider: Literal["twilio"] = "twilio"
 
 

@@ -17,6 +17,7 @@ from .masking import mask_url
 from .model import BackendConfig, Config, Rule
 
 SECRET_KEYS = frozenset({"auth_token", "api_key", "token", "secret"}) | SECRET_OPTIONS
+SECRET_MAPS = frozenset({"signing_keys"})   # mappings whose every value is a secret
 
 
 def mask_secret(value: str) -> str:
@@ -78,6 +79,8 @@ def _plain(value: Any, key: str = "") -> Any:
             out[f.name] = _plain(item, f.name)
         return out
     if isinstance(value, Mapping):
+        if key in SECRET_MAPS:   # names are not secret, their values are
+            return {str(k): mask_secret(str(v)) for k, v in value.items()}
         return {str(k): _plain(v, str(k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]

@@ -32,6 +32,18 @@ class Metrics:
         self.signature_failures = Counter("patterd_webhook_signature_failures",
                                           "Webhook or media requests with a bad signature",
                                           ["carrier"], registry=r)
+        self.media_refused = Counter("patterd_media_streams_refused",
+                                     "Media streams closed before serving a call, by reason "
+                                     "(token, replay, call_id, unservable, timeout)",
+                                     ["carrier", "reason"], registry=r)
+        self.connections_open = Gauge("patterd_connections_open",
+                                      "Inbound connections open", registry=r)
+        self.connections_refused = Counter(
+            "patterd_connections_refused", "Inbound connections refused at a limit (none "
+            "idle to close for room)", ["limit"], registry=r)
+        self.connections_evicted = Counter(
+            "patterd_connections_evicted", "Idle inbound connections (no request in "
+            "progress) closed to make room for a new one", registry=r)
         self.media_frames = Counter("patterd_media_frames", "Media frames by direction",
                                     ["direction"], registry=r)
         self.media_invalid = Counter("patterd_media_frames_invalid",
@@ -77,6 +89,8 @@ class Metrics:
             self.signature_failures.labels(carrier)
         for worker in WORKERS:
             self.internal_errors.labels(worker)
+        for limit in ("max_connections", "max_connections_per_ip"):
+            self.connections_refused.labels(limit)
         self.frames_rx = self.media_frames.labels("rx")
         self.frames_tx = self.media_frames.labels("tx")
 

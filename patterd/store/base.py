@@ -69,6 +69,11 @@ class Store(abc.ABC):
         return True
 
     @abc.abstractmethod
+    async def first_seen(self, key: str, ttl: float) -> bool:
+        """True the first time ``key`` is offered within ``ttl`` seconds (and it is remembered
+        for that long, across restarts and replicas); False when it was seen already."""
+
+    @abc.abstractmethod
     async def unpriced_calls(self, carrier: str, ended_from: float, ended_before: float,
                              limit: int = 100) -> list[str]:
         """Ids of ``carrier``'s calls that ended in ``[ended_from, ended_before)``, were

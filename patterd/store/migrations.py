@@ -124,11 +124,25 @@ _PROCESSES = """CREATE TABLE processes (
     reaped_by   TEXT
 )"""
 
+# Keys seen once (a Telnyx event id within its replay window, a spent media-stream token), so
+# that a replay after a restart is still refused; rows past ``expires_at`` are deleted lazily.
+_SEEN = """CREATE TABLE seen_keys (
+    key         TEXT PRIMARY KEY,
+    expires_at  {FLOAT} NOT NULL
+)"""
+
 MIGRATIONS = MIGRATIONS + (
     Migration(
         3, "processes writing the store",
         sqlite=(_PROCESSES.format(FLOAT="REAL"),),
         postgresql=(_PROCESSES.format(FLOAT="DOUBLE PRECISION"),),
+    ),
+    Migration(
+        4, "keys seen once",
+        sqlite=(_SEEN.format(FLOAT="REAL"),
+                "CREATE INDEX seen_keys_expires_idx ON seen_keys (expires_at)"),
+        postgresql=(_SEEN.format(FLOAT="DOUBLE PRECISION"),
+                    "CREATE INDEX seen_keys_expires_idx ON seen_keys (expires_at)"),
     ),
 )
 

@@ -68,6 +68,11 @@ def from_database(exc: BaseException) -> bool:
 
 
 PART_LOCK = "SELECT pg_advisory_xact_lock(hashtext($1))"
+# A key that expired may be claimed again; expired rows are deleted now and then.
+FIRST_SEEN = """INSERT INTO seen_keys (key, expires_at) VALUES ($1, $2::float8 + $3::float8)
+ON CONFLICT (key) DO UPDATE SET expires_at = EXCLUDED.expires_at
+WHERE seen_keys.expires_at < $2::float8 RETURNING 1"""
+FORGET_SEEN = "DELETE FROM seen_keys WHERE expires_at < $1"
 JOB_LOCK = "SELECT pg_try_advisory_lock(hashtext('patterd-job:' || $1))"
 JOB_UNLOCK = "SELECT pg_advisory_unlock(hashtext('patterd-job:' || $1))"
 
@@ -81,6 +86,7 @@ class PostgresStore(Store):
         self._pool = pool
         self.where = where
         self._closed = False
+        self._seen_checks = 0
         self.writer = writer_name()   # this process among the replicas writing the calls
 
     @classmethod
@@ -168,6 +174,15 @@ class PostgresStore(Store):
             if not from_database(exc):
                 raise   # a bug of ours (say in merging), not an outage: the writer contains it
             raise classify(exc, self.where) from exc
+
+    async def first_seen(self, key: str, ttl: float) -> bool:
+        """See ``Store.first_seen``."""
+        now = time.time()
+        rows = await self._fetch(FIRST_SEEN, key, now, float(ttl))
+        self._seen_checks += 1
+        if self._seen_checks % 1000 == 0:
+            await self._fetch(FORGET_SEEN, now)
+        return bool(rows)
 
     async def unpriced_calls(self, carrier: str, ended_from: float, ended_before: float,
                              limit: int = 100) -> list[str]:

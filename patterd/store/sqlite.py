@@ -179,6 +179,14 @@ class SqliteStore(Store):
         return conn.execute(sql, params).fetchall()
 
     @staticmethod
+    def _first_seen(conn: sqlite3.Connection, key: str, ttl: float) -> bool:
+        now = time.time()
+        conn.execute("DELETE FROM seen_keys WHERE expires_at < ?", (now,))
+        cur = conn.execute("INSERT OR IGNORE INTO seen_keys (key, expires_at) VALUES (?, ?)",
+                           (key, now + ttl))
+        return cur.rowcount == 1
+
+    @staticmethod
     def _unpriced(conn: sqlite3.Connection, params: tuple[Any, ...]) -> list[str]:
         return [r[0] for r in conn.execute(Q.unpriced, params).fetchall()]
 
@@ -227,6 +235,10 @@ class SqliteStore(Store):
         rows = [(row[0], dumps(r), row) for r in records for row in (to_row(r),)]
         if rows:
             await self._run(self._upsert, writer or self.writer, rows)
+
+    async def first_seen(self, key: str, ttl: float) -> bool:
+        """See ``Store.first_seen``."""
+        return await self._run(self._first_seen, key, float(ttl))
 
     async def unpriced_calls(self, carrier: str, ended_from: float, ended_before: float,
                              limit: int = 100) -> list[str]:

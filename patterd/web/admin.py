@@ -17,12 +17,14 @@ from ..call.outbound import CallError, parse_outbound, place_call
 from ..call.records import detail, summary  # noqa: F401 - summary re-exported
 from ..call.remote import holder, steer
 from ..call.registry import CallRecord
+from ..carriers.ids import any_call_id, describe, valid_call_id
 from ..config.backends import DTMF_SEND
 from ..gateway import Gateway
 from ..ops.logging import get_logger
 from ..store import StoreError
 from .auth import Handler, bearer_guard  # noqa: F401 - Handler re-exported
 from .console_api import BadQuery, parse_filter
+from .request import read_body
 
 log = get_logger("patterd.admin")
 
@@ -46,10 +48,8 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
     guarded = bearer_guard(token)
 
     async def body_of(request: web.Request) -> Any:
-        raw = await request.content.read(gw.config.server.max_body_bytes + 1)
-        if len(raw) > gw.config.server.max_body_bytes:
-            raise web.HTTPRequestEntityTooLarge(max_size=gw.config.server.max_body_bytes,
-                                                actual_size=len(raw))
+        server = gw.config.server
+        raw = await read_body(request, server.max_body_bytes, server.body_timeout)
         try:
             return json.loads(raw) if raw else {}
         except (ValueError, UnicodeDecodeError, RecursionError):
@@ -101,7 +101,7 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
     async def record_or_404(request: web.Request) -> CallRecord:
         """The call from this process's registry, or — held by another replica — from the
         shared store."""
-        call_id = request.match_info["call_id"]
+        call_id = known_shape(request)
         rec = gw.registry.get(call_id)
         if rec is None:
             try:
@@ -121,15 +121,26 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
                                    content_type="application/json")
         return rec
 
+    def known_shape(request: web.Request) -> str:
+        """The path's call id, or 404 when it is not shaped like a carrier's call id
+        (nothing is looked up for it)."""
+        call_id = request.match_info["call_id"]
+        if not any_call_id(call_id):
+            raise web.HTTPNotFound(text=json.dumps({
+                "error": f"no such call (expected {describe('twilio')} or "
+                         f"{describe('telnyx')})"}), content_type="application/json")
+        return call_id
+
     async def get_call(request: web.Request) -> web.StreamResponse:
-        rec = gw.registry.get(request.match_info["call_id"])
+        call_id = known_shape(request)
+        rec = gw.registry.get(call_id)
         adopted = rec is not None and rec.adopted    # a dead process's call: see its part
         if rec is not None and gw.cluster is None and not adopted:
             return web.json_response(detail(rec))    # one process: its memory is freshest
         if gw.cluster is not None or adopted:   # the store merges what each writer saw
             await gw.store_writer.flush(1.0)
         try:
-            stored = await gw.store_writer.store.get_call(request.match_info["call_id"])
+            stored = await gw.store_writer.store.get_call(call_id)
         except StoreError as exc:
             if rec is not None:      # what this replica saw is better than nothing
                 return web.json_response(detail(rec))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from functools import wraps
@@ -44,18 +45,55 @@ def parse_json(body: bytes | str) -> Any:
     return doc
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The raw body, refusing (413) anything over ``limit`` bytes before reading it all."""
+class ClientGone(web.HTTPClientError):
+    """The client closed the connection before its body was read (nobody hears the answer;
+    counted as ``499``, nginx's "client closed request", never as a server error)."""
+
+    status_code = 499
+
+    def __init__(self) -> None:
+        super().__init__(text=json.dumps({"error": "the client closed the connection"}),
+                         content_type="application/json")
+
+
+async def read_body(request: web.Request, limit: int, timeout: float | None = None) -> bytes:
+    """The whole raw body: 413 for anything over ``limit`` bytes (before reading it all when
+    ``Content-Length`` says so), 408 when it has not all arrived within ``timeout`` seconds,
+    :class:`ClientGone` when the client hangs up mid-body.
+
+    ``request.content.read(n)`` returns only what has arrived so far: a body sent in several
+    TCP segments (no buffering proxy in front) is read to its end here.
+    """
     length = request.content_length
     if length is not None and length > limit:
         raise _too_large(limit)
     try:
-        body = await request.content.read(limit + 1)
+        async with asyncio.timeout(timeout):
+            body = await _read_up_to(request.content, limit + 1)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            text=json.dumps({"error": f"the body did not arrive within {timeout:g} s"}),
+            content_type="application/json", headers={"Connection": "close"}) from None
     except (HttpProcessingError, RequestPayloadError):
         raise BadRequest("body could not be read (bad Content-Encoding or framing)") from None
+    except ConnectionError:
+        raise ClientGone() from None
     if len(body) > limit:
         raise _too_large(limit)
     return body
+
+
+async def _read_up_to(stream: Any, n: int) -> bytes:
+    """Read until EOF or ``n`` bytes, whichever comes first."""
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        chunk = await stream.read(n - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
 def _too_large(limit: int) -> web.HTTPRequestEntityTooLarge:

@@ -44,7 +44,7 @@ def test_version() -> None:
 
 
 def test_check_prints_effective_config_with_secrets_masked(tmp_path: Path) -> None:
-    path = write_config(tmp_path, twilio_raw(admin={"token": "admin-token-0123456789"}))
+    path = write_config(tmp_path, twilio_raw(admin={"token": "admin-token-0123456789abcdef"}))
     out = patterd("check", "--config", str(path))
     assert out.returncode == 0, out.stderr
     shown = yaml.safe_load(out.stdout)

@@ -50,8 +50,9 @@ HAPROXY = DEPLOY / "haproxy" / "haproxy.cfg"
 # then the HTTP runner shuts down (5 s): every stop timeout must cover drain_timeout + 35 s.
 DRAIN_TAIL = 35
 # Variables the daemon or the shipped configs read (contract §1, §2; config/*.yaml).
-DAEMON_VARS = {"TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TELNYX_API_KEY",
-               "TELNYX_CONNECTION_ID", "TELNYX_PUBLIC_KEY", "PATTERD_ADMIN_TOKEN", "PATTERD_CONFIG"}
+DAEMON_VARS = {"TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_SIGNING_KEYS",
+               "TELNYX_API_KEY", "TELNYX_CONNECTION_ID", "TELNYX_PUBLIC_KEY", "PATTERD_ADMIN_TOKEN",
+               "PATTERD_CONFIG"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,6 +292,27 @@ def test_systemd_env_example_configures_the_shipped_config() -> None:
     assert shown["store"]["url"].startswith("sqlite:////var/lib/patterd/")
     assert env_names_mentioned(UNIT_ENV) <= DAEMON_VARS | config_vars(), \
         env_names_mentioned(UNIT_ENV) - DAEMON_VARS - config_vars()
+
+
+def test_no_deploy_example_carries_a_usable_admin_token(tmp_path: Path) -> None:
+    """The admin API places calls: no example ships a token one could run with (the old
+    placeholders are refused at start, exit 2 naming admin.token), and each example says how
+    to generate one."""
+    shipped = {UNIT_ENV: env_file(UNIT_ENV), COMPOSE_ENV: env_file(COMPOSE_ENV),
+               K8S / "secret.yaml": k8s_object("Secret")["stringData"]}
+    for path, values in shipped.items():
+        assert "PATTERD_ADMIN_TOKEN" not in values, path
+        assert "openssl rand -hex 32" in path.read_text(), path
+    unit_env = dict(v.split("=", 1) for v in unit_values("Environment"))
+    for placeholder in ("replace-with-a-long-random-token", "REPLACE_ME_long_random_admin_token",
+                        "changeme-changeme-changeme"):
+        out = subprocess.run(patterd_cmd("check", "--config", str(SHIPPED_CONFIG)),
+                             capture_output=True, text=True, timeout=60, cwd=ROOT,
+                             env=clean_env(**unit_env, **env_file(UNIT_ENV),
+                                           PATTERD_ADMIN_TOKEN=placeholder))
+        assert out.returncode == 2, out.stdout
+        assert "admin.token:" in out.stderr and "openssl rand -hex 32" in out.stderr, out.stderr
+        assert placeholder not in out.stderr                  # not echoed
 
 
 # The daemon under the unit's seccomp filter and W^X: a process that loads the same system-call
@@ -886,6 +908,54 @@ def test_haproxy_config_carries_calls() -> None:
     assert "option forwardfor" in frontend
     assert any("X-Forwarded-Proto" in ln for ln in frontend)
     assert [ln for ln in backend if ln.startswith("server ")], "no servers"
+
+
+def test_haproxy_logs_no_media_token_and_no_query(tmp_path: Path) -> None:
+    """The shipped config's log line names each request's method and path, but a Telnyx
+    media URL's per-call token is masked and query strings are left out."""
+    from tests.support.cluster import template_haproxy
+
+    backend_port, lb_port = free_port(), free_port()
+    backend = subprocess.Popen(
+        [sys.executable, "-c", "import http.server as h, sys\n"
+         "class H(h.BaseHTTPRequestHandler):\n"
+         "    def do_GET(self):\n"
+         "        self.send_response(200); self.send_header('Content-Length', '0');"
+         " self.end_headers()\n"
+         "    def log_message(self, *a): pass\n"
+         f"h.ThreadingHTTPServer(('127.0.0.1', {backend_port}), H).serve_forever()"])
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(template_haproxy(HAPROXY.read_text(), bind_port=lb_port,
+                                    servers=[("patterd-1", backend_port)],
+                                    socket_path=tmp_path / "admin.sock"))
+    log = tmp_path / "haproxy.log"
+    with log.open("wb") as sink:
+        lb = subprocess.Popen([haproxy(), "-db", "-f", str(cfg)], stdout=sink,
+                              stderr=subprocess.STDOUT)
+    try:
+        secret = "SECRETTOKENv3c2VjcmV0.dGFnLXRhZy10YWc"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                for path in (f"/media/telnyx/{secret}", "/webhooks/twilio/amd?ctx=c2VjcmV0"):
+                    with urllib.request.urlopen(f"http://127.0.0.1:{lb_port}{path}",
+                                                timeout=2) as resp:
+                        assert resp.status == 200
+                break
+            except (OSError, urllib.error.HTTPError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        time.sleep(0.3)
+    finally:
+        lb.terminate()
+        backend.terminate()
+        lb.wait(10)
+        backend.wait(10)
+    text = log.read_text(errors="replace")
+    assert '"GET /media/telnyx/*** HTTP/1.1"' in text, text[-2000:]
+    assert '"GET /webhooks/twilio/amd HTTP/1.1"' in text, text[-2000:]
+    assert secret not in text and "SECRET" not in text and "c2VjcmV0" not in text
 
 
 def test_system_deps_installs_haproxy_for_tests() -> None:

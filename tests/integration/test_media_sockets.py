@@ -12,6 +12,7 @@ import pytest
 from patterd.carriers.telnyx.stream_token import StreamTokens
 from patterd.carriers.twilio.signature import compute_signature
 from tests.conftest import TELNYX_KEY, config, gateway_of, telnyx_raw, twilio_raw
+from tests.support.media_client import twilio_token
 from tests.support.signing import TWILIO_SID, TWILIO_TOKEN, call_sid
 
 WSS = "wss://voice.example.com/media/twilio"
@@ -36,8 +37,8 @@ async def test_twilio_media_needs_a_valid_signature(daemon) -> None:  # type: ig
 
 async def test_telnyx_media_needs_the_calls_token(daemon, telnyx_signer) -> None:  # type: ignore[no-untyped-def]
     client = await daemon(config(telnyx_raw(telnyx_signer.public_key_b64)))
-    good = StreamTokens(TELNYX_KEY).mint("v3:call-a")
-    for token in ("nope", StreamTokens("other-key").mint("v3:call-a"), good + "x"):
+    good = StreamTokens(TELNYX_KEY).mint("v3:call-a", "inbound")
+    for token in ("nope", StreamTokens("other-key").mint("v3:call-a", "inbound"), good + "x"):
         with pytest.raises(aiohttp.WSServerHandshakeError) as info:
             await client.ws_connect(f"/media/telnyx/{token}")
         assert info.value.status == 403
@@ -62,7 +63,7 @@ async def test_unknown_and_malformed_frames_are_counted_and_ignored(daemon) -> N
     await ws.send_bytes(b"\x00\x01")
     await ws.send_str(json.dumps({"event": "start", "streamSid": "MZ1", "start": {
         "streamSid": "MZ1", "callSid": call_sid(1), "accountSid": TWILIO_SID,
-        "customParameters": {"call_id": call_sid(1)},
+        "customParameters": {"call_id": call_sid(1), "stream_token": twilio_token(call_sid(1))},
         "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}))
     await ws.send_str('{"event":"dtmf","dtmf":{"digit":"?"}}')
     await ws.send_str(json.dumps({"event": "media", "media": {
@@ -90,7 +91,7 @@ async def test_telnyx_stream_in_a_codec_we_cannot_decode_ends_the_call(  # type:
     raw = telnyx_raw(telnyx_signer.public_key_b64)
     raw["carrier"]["api_base_url"] = base
     client = await daemon(config(raw))
-    token = StreamTokens(TELNYX_KEY).mint("v3:call-g722")
+    token = StreamTokens(TELNYX_KEY).mint("v3:call-g722", "inbound")
     ws = await client.ws_connect(f"/media/telnyx/{token}")
     await ws.send_str(json.dumps({"event": "start", "stream_id": "s", "start": {
         "call_control_id": "v3:call-g722", "media_format": {"encoding": "G722",

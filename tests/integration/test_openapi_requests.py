@@ -428,12 +428,14 @@ async def test_telnyx_mock_refuses_missing_auth(wire: Wire, mocks: SimpleNamespa
 
 def _twilio_control(wire: Wire, mocks: SimpleNamespace):  # type: ignore[no-untyped-def]
     from patterd.carriers.twilio.control import TwilioControl
+    from patterd.carriers.twilio.stream_token import StreamTokens
     from patterd.config import build_config
     cfg = build_config({"server": {"public_url": PUBLIC_URL}, "phone_number": PHONE,
                         "carrier": {"provider": "twilio", "account_sid": ACCOUNT_SID,
                                     "auth_token": AUTH_TOKEN, "configure_number": False,
                                     "api_base_url": mocks.twilio.url}}, env={})
-    return TwilioControl(wire.session, cfg.carrier, cfg, "wss://voice.example.com/media/twilio")
+    return TwilioControl(wire.session, cfg.carrier, cfg, "wss://voice.example.com/media/twilio",
+                         StreamTokens(AUTH_TOKEN))
 
 
 def _only_repeated_key_complaints(wire: Wire, mock: Mock, repeated: set[str]) -> Exchange:

@@ -88,6 +88,25 @@ async def test_duplicate_delivery_is_processed_once(daemon, telnyx_signer, fake_
     assert [r.path.rsplit("/", 1)[-1] for r in fake.requests] == ["answer"]
 
 
+async def test_a_replay_after_a_restart_is_still_a_duplicate(daemon, telnyx_signer,  # type: ignore[no-untyped-def]
+                                                             fake_telnyx, tmp_path) -> None:
+    """A signed event replayed within its 300 s window after the daemon restarted on its
+    SQLite store is not processed again (the call is not answered twice)."""
+    fake, base = fake_telnyx
+    store = {"url": f"sqlite:///{tmp_path / 'calls.db'}"}
+    body = telnyx_event("call.initiated", initiated(), event_id="evt-before-restart")
+    headers = telnyx_signer.sign(body)
+    first = await start(daemon, telnyx_signer, base, store=store)
+    assert (await (await first.post(HOOK, data=body, headers=headers)).json())["status"] == "ok"
+    await wait_for(lambda: fake.applied)
+    await first.close()
+    again = await start(daemon, telnyx_signer, base, store=store)
+    resp = await again.post(HOOK, data=body, headers=headers)
+    assert resp.status == 200 and (await resp.json())["status"] == "duplicate"
+    await asyncio.sleep(0.2)
+    assert fake.applied == [(CCID, "answer")]
+
+
 async def test_answer_is_retried_on_5xx_with_the_same_command_id(daemon, telnyx_signer,  # type: ignore[no-untyped-def]
                                                                  fake_telnyx) -> None:
     fake, base = fake_telnyx

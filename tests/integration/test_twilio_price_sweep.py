@@ -59,6 +59,9 @@ async def seed(url: str, *sids: str, ended_ago: float = 1200.0) -> None:
         await store.upsert_calls(recs)
 
 
+LOST, LATER = "CA" + "b2" * 16, "CA" + "a1" * 16   # read through /v1: CallSid-shaped
+
+
 def fetches(fake: FakeTwilio, sid: str) -> int:
     return len([r for r in fake.requests if r.method == "GET"
                 and r.path.endswith(f"/{sid}.json")])
@@ -73,11 +76,11 @@ async def test_a_call_priced_nowhere_gets_twilios_price(
         daemon, fake_twilio, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     fake, base = fake_twilio
     url = f"sqlite:///{tmp_path}/calls.db"
-    await seed(url, "CAlost", "CAgone", "CAeuro", "CAlater")
+    await seed(url, LOST, "CAgone", "CAeuro", LATER)
     await seed(url, "CArecent", ended_ago=10.0)        # its own process may still fetch it
-    fake.complete_call("CAlost", "-0.0200", duration=60)
+    fake.complete_call(LOST, "-0.0200", duration=60)
     fake.complete_call("CAeuro", "-0.0150", price_unit="EUR")
-    fake.complete_call("CAlater", "-0.0100", after=0.6)   # Twilio has no price yet at first
+    fake.complete_call(LATER, "-0.0100", after=0.6)   # Twilio has no price yet at first
     fake.complete_call("CArecent", "-0.0100")
     # CAgone: Twilio answers 404
     with capture_logs() as logs:
@@ -85,26 +88,26 @@ async def test_a_call_priced_nowhere_gets_twilios_price(
         store = gateway_of(client).store_writer.store
 
         async def priced() -> bool:
-            got = [await store.get_call(s) for s in ("CAlost", "CAlater")]
+            got = [await store.get_call(s) for s in (LOST, LATER)]
             return all(g["cost"]["carrier_source"] == "carrier" for g in got)
         await until(priced)
-        rounds = fetches(fake, "CAlater")
+        rounds = fetches(fake, LATER)
         await until(lambda: asyncio.sleep(0.3, result=True))   # a few more rounds
-    lost = await store.get_call("CAlost")
+    lost = await store.get_call(LOST)
     assert lost["cost"]["carrier"] == 0.02 and lost["cost"]["total"] == pytest.approx(0.026)
     assert lost["cost"]["stt"] == 0.002 and lost["transcript"]     # nothing else changed
-    assert (await store.get_call("CAlater"))["cost"]["carrier"] == 0.01
+    assert (await store.get_call(LATER))["cost"]["carrier"] == 0.01
     assert rounds >= 2                                  # null at first, asked again
-    assert fetches(fake, "CAlost") == 1                 # priced: never asked again
-    assert fetches(fake, "CAlater") == rounds
+    assert fetches(fake, LOST) == 1                 # priced: never asked again
+    assert fetches(fake, LATER) == rounds
     assert fetches(fake, "CAgone") == 1                 # 404: given up
     assert fetches(fake, "CAeuro") == 1                 # another currency: kept the estimate
     assert (await store.get_call("CAeuro"))["cost"]["carrier_source"] == "estimate"
     assert fetches(fake, "CArecent") == 0               # too recent for the sweep
-    detail = await (await client.get("/v1/calls/CAlost", headers=AUTH)).json()
+    detail = await (await client.get(f"/v1/calls/{LOST}", headers=AUTH)).json()
     assert detail["cost"]["carrier"] == 0.02
     swept = [e for e in logs if e["event"] == "twilio_price" and e["attempt"] == "sweep"]
-    assert sorted(e["call_id"] for e in swept) == ["CAlater", "CAlost"]
+    assert sorted(e["call_id"] for e in swept) == [LATER, LOST]
 
 
 async def test_a_store_outage_fails_a_round_not_the_loop(
@@ -136,7 +139,7 @@ async def test_a_store_outage_fails_a_round_not_the_loop(
 async def test_replicas_sweep_one_at_a_time_and_ask_twilio_once(
         daemon, fake_twilio, pg_url: str) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     fake, base = fake_twilio
-    sids = [f"CAcluster{n}" for n in range(6)]
+    sids = [f"CA{n:032x}" for n in range(100, 106)]   # CallSids: /v1 reads no other shape
     await seed(pg_url, *sids)
     for sid in sids:
         fake.complete_call(sid, "-0.0300")

@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import xml.etree.ElementTree as ET
 
+import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from twilio.request_validator import RequestValidator
 
+from patterd.config import build_config
 from tests.conftest import config, gateway_of, twilio_raw
 from tests.support.signing import PUBLIC_URL, call_sid, twilio_form
 
@@ -237,3 +241,63 @@ async def test_configure_number_failure_is_logged_and_daemon_serves(daemon, fake
         raise AssertionError("no configure_number_failed warning logged")
     assert (await client.get("/readyz")).status == 200
     assert (await post(client, VOICE, voice_params())).status == 200
+
+
+SHARED = ("webhooks_sharedkey_01J7ZQ3X", "9f3c1a7e5b2d4c6e8a0b1d3f5e7c9a2b")
+ROTATED = ("KSa1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6", "1b3d5f7a9c2e4a6c8e0b2d4f6a8c0e2a")
+
+
+async def test_shared_key_signed_webhooks_are_accepted_per_key(daemon) -> None:  # type: ignore[no-untyped-def]
+    """A Twilio Webhook Rule that applies a SharedKey Setting: HMAC-SHA256 with that key's
+    secret, named in X-Twilio-Webhooks-Signature-Settings (twilio-python signs it here). Two
+    keys configured (a rotation): either is accepted; anything else is 403 and counted."""
+    client = await daemon(config(twilio_raw(carrier={"signing_keys": dict([SHARED, ROTATED])})))
+    for key in (SHARED, ROTATED):
+        body, headers = twilio_form(PUBLIC_URL + VOICE, voice_params(), shared_key=key)
+        resp = await client.post(VOICE, data=body, headers=headers)
+        assert resp.status == 200, await resp.text()
+    status = "/webhooks/twilio/status"
+    body, headers = twilio_form(PUBLIC_URL + status, {"CallSid": call_sid(2),
+                                                      "CallStatus": "ringing"}, shared_key=SHARED)
+    assert (await client.post(status, data=body, headers=headers)).status == 204
+    assert (await post(client, VOICE, voice_params())).status == 200      # the auth token still
+    refused = [
+        twilio_form(PUBLIC_URL + VOICE, voice_params(), shared_key=("KSunknown", SHARED[1])),
+        twilio_form(PUBLIC_URL + VOICE, voice_params(), shared_key=(SHARED[0], "wrong")),
+    ]
+    body, headers = twilio_form(PUBLIC_URL + VOICE, voice_params(), shared_key=SHARED)
+    headers.pop("X-Twilio-Webhooks-Signature-Settings")   # then it is checked with the token
+    refused.append((body, headers))
+    body, headers = twilio_form(PUBLIC_URL + VOICE, voice_params(), shared_key=SHARED)
+    headers["X-Twilio-Webhooks-Signature-Settings"] = f"key={SHARED[0]},algorithm=HMAC_SHA512"
+    refused.append((body, headers))
+    body, headers = twilio_form(PUBLIC_URL + VOICE, voice_params())     # token-signed …
+    headers["X-Twilio-Webhooks-Signature-Settings"] = f"key={SHARED[0]},algorithm=HMAC_SHA256"
+    refused.append((body, headers))                                     # … naming a key
+    for body, headers in refused:
+        resp = await client.post(VOICE, data=body, headers=headers)
+        assert resp.status == 403, await resp.text()
+    assert await metric(client, "patterd_webhook_signature_failures_total",
+                        carrier="twilio") == len(refused)
+
+
+async def test_shared_key_from_the_environment_signs_the_media_upgrade_too(daemon) -> None:  # type: ignore[no-untyped-def]
+    """TWILIO_SIGNING_KEYS=id=secret,… when the file sets none. Should a Rule apply a SharedKey
+    to the stream URL, the upgrade's settings header is honoured like a webhook's."""
+    cfg = build_config(twilio_raw(), env={"TWILIO_SIGNING_KEYS": f"{SHARED[0]}={SHARED[1]}, "
+                                                        f"{ROTATED[0]}={ROTATED[1]}"})
+    assert dict(cfg.carrier.signing_keys) == dict([SHARED, ROTATED])
+    client = await daemon(cfg)
+    body, headers = twilio_form(PUBLIC_URL + VOICE, voice_params(), shared_key=ROTATED)
+    assert (await client.post(VOICE, data=body, headers=headers)).status == 200
+    wss = "wss://voice.example.com/media/twilio"
+    sig = RequestValidator(SHARED[1]).compute_signature(wss, {}, "HMAC_SHA256")
+    ws = await client.ws_connect("/media/twilio", headers={
+        "X-Twilio-Signature": sig,
+        "X-Twilio-Webhooks-Signature-Settings": f"key={SHARED[0]},algorithm=HMAC_SHA256"})
+    await ws.close()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect("/media/twilio", headers={
+            "X-Twilio-Signature": sig,
+            "X-Twilio-Webhooks-Signature-Settings": "key=KSother,algorithm=HMAC_SHA256"})
+    assert info.value.status == 403

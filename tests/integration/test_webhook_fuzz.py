@@ -50,6 +50,7 @@ from patterd.app import build_app
 from patterd.gateway import GATEWAY
 from patterd.ops.logging import configure_logging
 from patterd.patter import carrier_for
+from patterd.carriers.ids import TELNYX_CALL_CONTROL_ID
 from tests.conftest import PHONE, TELNYX_KEY, config, telnyx_raw, twilio_raw
 from tests.support.fake_carriers import FakeTelnyx
 from tests.support.signing import (PUBLIC_URL, TWILIO_SID, TWILIO_TOKEN, TelnyxSigner, call_sid,
@@ -888,8 +889,8 @@ def telnyx_allowed(body: bytes) -> tuple[set[int], str | None]:
         allowed.add(400)
     ccid = payload.get("call_control_id")
     if ccid is not None and not (isinstance(ccid, str)
-                                 and re.fullmatch(r"[A-Za-z0-9:_\-.=+/]{1,256}", ccid)):
-        return {400}, None  # a call id that cannot be one (the daemon says so)
+                                 and TELNYX_CALL_CONTROL_ID.fullmatch(ccid)):
+        return {400}, None  # not a call_control_id (v3:… / v2:…): the daemon says so
     if not (isinstance(ccid, str) and ccid):
         if event_type.startswith("call.") and event_type != "call.recording.saved":
             return {400}, None  # a call event must name its call

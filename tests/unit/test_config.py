@@ -201,11 +201,51 @@ def test_configure_number_needs_phone_number() -> None:
                                 "true (an E.164 number like +15550001234)"]
 
 
-def test_admin_token_falls_back_to_env_and_must_be_long() -> None:
-    cfg = build_config(twilio_raw(), env={"PATTERD_ADMIN_TOKEN": "x" * 20})
-    assert cfg.admin.token == "x" * 20
-    assert problems_of(twilio_raw(admin={"token": "short"})) == [
-        "admin.token: expected at least 16 characters (a random bearer token)"]
+def test_admin_token_falls_back_to_env_and_must_be_a_real_secret() -> None:
+    token = "7d1e0b9a4c2f6e8d3b5a1c9f0e2d4b6a"            # openssl rand -hex 16
+    cfg = build_config(twilio_raw(), env={"PATTERD_ADMIN_TOKEN": token})
+    assert cfg.admin.token == token
+    refused = {
+        "replace-with-a-long-random-token": "placeholder (contains 'replace')",
+        "REPLACE_ME_long_random_admin_token": "placeholder (contains 'replace')",
+        "changeme": "placeholder (contains 'changeme')",
+        "your-long-random-token-goes-here": "placeholder (contains 'random')",
+        "short": "at least 24 characters",
+        "x" * 40: "fewer than 10 different characters",
+        "0123456789abcdef0123456789abcdef": "one short piece repeated",
+        "abcdefghijklmnopqrstuvwxyz0123": "mostly a run",
+        "   ": "blank",
+        "7d1e0b9a4c2f 6e8d3b5a1c9f0e2d4b6a": "whitespace",
+    }
+    for value, why in refused.items():
+        for raw, env in ((twilio_raw(admin={"token": value}), {}),
+                         (twilio_raw(), {"PATTERD_ADMIN_TOKEN": value})):
+            problems = problems_of(raw, env)
+            assert len(problems) == 1 and problems[0].startswith("admin.token: "), problems
+            assert why in problems[0] and "openssl rand -hex 32" in problems[0], problems
+            # never echoed (beyond the placeholder word it is)
+            assert value.strip() == "" or value not in problems[0] or value in why
+
+
+def test_blank_or_whitespace_credentials_are_refused() -> None:
+    assert problems_of(twilio_raw(carrier={"auth_token": " "})) == [
+        "carrier.auth_token: is blank (only whitespace)"]
+    raw = twilio_raw()
+    del raw["carrier"]["auth_token"]
+    assert problems_of(raw, env={"TWILIO_AUTH_TOKEN": " "}) == [
+        "carrier.auth_token: is blank (only whitespace)"]
+    assert problems_of(twilio_raw(carrier={"auth_token": "tok en"})) == [
+        "carrier.auth_token: contains whitespace (a copy-paste accident?)"]
+    signer = TelnyxSigner()
+    assert problems_of(telnyx_raw(signer.public_key_b64, carrier={"api_key": "\t"})) == [
+        "carrier.api_key: is blank (only whitespace)"]
+    assert problems_of(twilio_raw(stt={"provider": "deepgram", "api_key": "  "})) == [
+        "stt.api_key: is blank (only whitespace)"]
+    assert problems_of(twilio_raw(stt={"provider": "deepgram"}), env={"DEEPGRAM_API_KEY": " "}
+                       ) == ["stt.api_key: is blank (only whitespace)"]
+    assert problems_of(twilio_raw(llm={"provider": "webhook", "url": "https://x.example/t",
+                                       "secret": " "})) == [
+        "llm.secret: is blank (only whitespace)"]
 
 
 def test_phone_number_is_kept() -> None:
@@ -262,3 +302,28 @@ def test_url_errors_do_not_show_the_password() -> None:
     assert "carrier.api_base_url: expected an http(s):// URL" in text
     assert "llm.base_url: expected" in text
     assert "hunter2" not in text and "hunter3" not in text and "bob:***@" in text
+
+
+def test_twilio_signing_keys_from_the_file_or_the_environment_and_masked() -> None:
+    from patterd.config.render import to_plain
+
+    keys = {"webhooks_sharedkey_01": "9f3c1a7e5b2d4c6e", "KSold": "1b3d5f7a9c2e4a6c"}
+    cfg = build_config(twilio_raw(carrier={"signing_keys": keys}), env={})
+    assert dict(cfg.carrier.signing_keys) == keys
+    env_cfg = build_config(twilio_raw(), env={
+        "TWILIO_SIGNING_KEYS": "webhooks_sharedkey_01=9f3c1a7e5b2d4c6e,KSold=1b3d5f7a9c2e4a6c"})
+    assert dict(env_cfg.carrier.signing_keys) == keys
+    shown = to_plain(cfg)["carrier"]["signing_keys"]
+    assert shown == {"webhooks_sharedkey_01": "********", "KSold": "********"}
+    assert problems_of(twilio_raw(carrier={"signing_keys": {"bad id!": "x" * 16}})) == [
+        "carrier.signing_keys: 'bad id!' is not a signing key id (letters, digits, _ and -, "
+        "as Twilio shows it)"]
+    assert problems_of(twilio_raw(carrier={"signing_keys": {"KS1": " "}})) == [
+        "carrier.signing_keys.KS1: the secret is blank (only whitespace)"]
+    assert problems_of(twilio_raw(), env={"TWILIO_SIGNING_KEYS": "KS1"}) == [
+        "carrier.signing_keys: TWILIO_SIGNING_KEYS entry 1: expected id=secret (pairs "
+        "separated by commas)"]
+    signer = TelnyxSigner()
+    assert problems_of(telnyx_raw(signer.public_key_b64,
+                                  carrier={"signing_keys": keys})) == [
+        "carrier.signing_keys: a twilio setting; this carrier is telnyx"]

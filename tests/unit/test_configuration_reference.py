@@ -215,7 +215,9 @@ def test_environment_fallbacks_are_the_readers(carrier: str) -> None:
     have none ignore the environment."""
     doc = documented()
     rows = {**doc[("carrier", carrier)], "admin.token": doc[("", "")]["admin.token"]}
-    values = {"TWILIO_ACCOUNT_SID": TWILIO_SID, "TELNYX_PUBLIC_KEY": PUBLIC_KEY}
+    values = {"TWILIO_ACCOUNT_SID": TWILIO_SID, "TELNYX_PUBLIC_KEY": PUBLIC_KEY,
+              "TWILIO_SIGNING_KEYS": "webhooks_sharedkey_1=Zq8vR2xL9pT4mW7nB3cY6dF1"}
+    read_as = {"TWILIO_SIGNING_KEYS": {"webhooks_sharedkey_1": "Zq8vR2xL9pT4mW7nB3cY6dF1"}}
     for key, row in rows.items():
         if row.env == "—":
             continue
@@ -226,8 +228,9 @@ def test_environment_fallbacks_are_the_readers(carrier: str) -> None:
         value = values.get(var, f"value-of-{var}-0123456789")
         cfg = build_config(raw, env={var: value})
         obj = cfg.carrier if section == "carrier" else getattr(cfg, section)
-        assert getattr(obj, name) == value, key
+        assert getattr(obj, name) == read_as.get(var, value), key
     documented_vars = {r.env.strip("`") for r in rows.values() if r.env != "—"}
-    expected = ({"TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"} if carrier == "twilio" else
+    expected = ({"TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_SIGNING_KEYS"}
+                if carrier == "twilio" else
                 {"TELNYX_API_KEY", "TELNYX_CONNECTION_ID", "TELNYX_PUBLIC_KEY"})
     assert documented_vars == expected | {"PATTERD_ADMIN_TOKEN"}

@@ -29,6 +29,59 @@ def test_mask_phone_keeps_last_four() -> None:
     assert mask_phone("CA0123456789abcdef") == "CA0123456789abcdef"  # ids untouched
 
 
+def test_mask_phone_in_every_common_written_form() -> None:
+    assert mask_phone("call from (415) 555-9878 now") == "call from (***) ***-9878 now"
+    assert mask_phone("+1 415 555 9880") == "+* *** *** 9880"
+    assert mask_phone("+44 20 7946 0958") == "+** ** **** 0958"
+    assert mask_phone("415-555-9878, 415.555.9878") == "***-***-9878, ***.***.9878"
+    assert mask_phone("+1 (415) 555-9878 or 020 7946 0958") == (
+        "+* (***) ***-9878 or *** **** 0958")
+    # Not phone numbers: dates, times, addresses, ids, amounts.
+    for text in ("2026-12-07T14:21:57.738Z", "192.168.100.200", "127.0.0.1:8000",
+                 "b0e6224c-c81c-11f0-afbb-02420aef93a0", "-0.0085", "latency 120 300 600",
+                 "v3:2EC-70CTEjlUq3tDM0CxKXIt5-5N4iP4wo7_-PfH-qub97Sk4EqO5w", "+00:00"):
+        assert mask_phone(text) == text
+
+
+def test_telnyx_media_tokens_never_reach_a_log_line(capsys) -> None:  # type: ignore[no-untyped-def]
+    configure_logging("info", "json")
+    url = "wss://voice.example.com/media/telnyx/Q0Exfml.tag-tag_TAG"
+    get_logger("t").info("answer", stream_url=url, detail=f"GET /media/telnyx/abc.def?x=1")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    doc = json.loads(line)
+    assert doc["stream_url"] == "wss://voice.example.com/media/telnyx/***"
+    assert doc["detail"] == "GET /media/telnyx/***?x=1"
+    structlog.reset_defaults()
+
+
+async def test_malformed_requests_are_not_error_lines(capsys) -> None:  # type: ignore[no-untyped-def]
+    """The review made 641 ERROR lines with 12,000 bad requests: now one warning per 10 s."""
+    import asyncio
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    configure_logging("info", "json")
+    server = TestServer(web.Application(), host="127.0.0.1")
+    await server.start_server()
+    try:
+        for bad in (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+                    b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: zz\r\n\r\n") * 5:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(bad)
+            assert b" 400 " in (await asyncio.wait_for(reader.read(), 5)).split(b"\r\n")[0]
+            writer.close()
+    finally:
+        await server.close()
+    lines = [json.loads(ln) for ln in capsys.readouterr().err.splitlines() if ln.startswith("{")]
+    assert not [ln for ln in lines if ln.get("level") in ("error", "critical")], lines
+    warned = [ln for ln in lines if ln.get("event") == "http_requests_malformed"]
+    assert len(warned) == 1 and warned[0]["level"] == "warning" and warned[0]["last_reason"]
+    assert "exception" not in warned[0]
+    structlog.reset_defaults()
+
+
 def test_log_lines_are_json_masked_and_secret_free(capsys) -> None:  # type: ignore[no-untyped-def]
     configure_logging("info", "json")
     get_logger("t").info("call", caller="+15550001234", auth_token="s3cret",

@@ -88,6 +88,42 @@ def test_verifier_rejects_wrong_token_tampering_and_empty() -> None:
     assert not v.verify("/h", [("a", "1")], "ünicode-garbage")
 
 
+def test_shared_key_signatures_as_documented_and_as_twilio_python_computes_them() -> None:
+    """Twilio's SharedKey signing (Webhook Settings, public beta): the same signed string
+    (URL, then each sorted name and value), HMAC-SHA256 with the key's secret, base64; the
+    settings header names the key and the algorithm."""
+    import hashlib
+    import hmac
+
+    v = SignatureVerifier("tok", "https://gw.example.com",
+                          {"webhooks_sharedkey_01": "new-secret", "KSold": "old-secret"})
+    url = "https://gw.example.com/webhooks/twilio/voice?x=1"
+    params = {"CallSid": "CA1", "From": "+15551112222", "AccountSid": "AC1"}
+    signed = url + "".join(k + params[k] for k in sorted(params))
+    by_hand = base64.b64encode(hmac.new(b"new-secret", signed.encode(), hashlib.sha256)
+                               .digest()).decode()
+    official = RequestValidator("new-secret").compute_signature(url, params, "HMAC_SHA256")
+    assert by_hand == official
+    header = "key=webhooks_sharedkey_01,algorithm=HMAC_SHA256"
+    items = list(params.items())
+    assert v.check("/webhooks/twilio/voice?x=1", items, official, settings=header) == ""
+    # Rotation: the other key signs too; the settings header's algorithm may be SHA1.
+    old = RequestValidator("old-secret").compute_signature(url, params, "HMAC_SHA1")
+    assert v.verify("/webhooks/twilio/voice?x=1", items, old,
+                    settings="key=KSold,algorithm=HMAC_SHA1")
+    # What must not pass.
+    assert "names a signing key not in carrier.signing_keys" in v.check(
+        "/webhooks/twilio/voice?x=1", items, official, settings="key=KSnope,algorithm=HMAC_SHA256")
+    assert "unsupported algorithm" in v.check(
+        "/webhooks/twilio/voice?x=1", items, official,
+        settings="key=webhooks_sharedkey_01,algorithm=HMAC_MD5")
+    assert v.check("/webhooks/twilio/voice?x=1", items, official) != ""     # no header: token
+    token_signed = RequestValidator("tok").compute_signature(url, params)
+    assert v.check("/webhooks/twilio/voice?x=1", items, token_signed, settings=header) != ""
+    assert v.verify("/webhooks/twilio/voice?x=1", items, token_signed)       # SHA1 unchanged
+    assert v.check("/webhooks/twilio/voice?x=2", items, official, settings=header) != ""
+
+
 # -- Telnyx ------------------------------------------------------------------------------------
 
 def _pair() -> tuple[SigningKey, bytes]:
@@ -142,14 +178,50 @@ def test_telnyx_accepts_any_of_several_signatures() -> None:
     assert v.check(body, f"{_sign(other, now, body)},garbage", str(now)) != ""
 
 
+def test_telnyx_tries_at_most_five_signatures() -> None:
+    """90 comma-separated candidates cost 90 Ed25519 verifications per unauthenticated
+    request: more than five are refused before any is tried."""
+    key, raw = _pair()
+    other, _ = _pair()
+    now = int(time.time())
+    v = TelnyxVerifier(base64.b64encode(raw).decode())
+    body = b"{}"
+    wrong = _sign(other, now, body)
+    assert v.check(body, ",".join([wrong] * 4 + [_sign(key, now, body)]), str(now)) == ""
+    reason = v.check(body, ",".join([wrong] * 89 + [_sign(key, now, body)]), str(now))
+    assert reason == "more than 5 signatures in telnyx-signature-ed25519"
+    calls = 0
+    real_verify = type(v._key).verify
+
+    def counting(self, *args):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        return real_verify(self, *args)
+    type(v._key).verify = counting   # type: ignore[method-assign]
+    try:
+        v.check(body, ",".join([wrong] * 90), str(now))
+    finally:
+        type(v._key).verify = real_verify   # type: ignore[method-assign]
+    assert calls == 0
+
+
 def test_stream_tokens_round_trip_and_refuse_forgeries() -> None:
     tokens = StreamTokens("KEY1")
-    token = tokens.mint("v3:abc-123", now=1000)
+    token = tokens.mint("v3:abc-123", "inbound", 300, now=1000)
     assert tokens.verify(token, now=1010) == "v3:abc-123"
+    grant = tokens.read(token, now=1010)
+    assert grant is not None and grant.direction == "inbound" and grant.expires == 1300
+    assert grant.dial_ref == "" and len(grant.tag) == 18
     assert StreamTokens("KEY2").verify(token, now=1010) is None      # other key
-    assert tokens.verify(token, now=1000 + 25 * 3600) is None         # expired
+    assert tokens.verify(token, now=1301) is None                     # expired
     payload, tag = token.split(".")
-    forged = StreamTokens("KEY1").mint("v3:other", now=1000).split(".")[0] + "." + tag
+    forged = StreamTokens("KEY1").mint("v3:other", "inbound", now=1000).split(".")[0] + "." + tag
     assert tokens.verify(forged, now=1010) is None
-    for junk in ("", ".", "a.b", "!!!.???", token + "x"):
+    for junk in ("", ".", "a.b", "!!!.???", token + "x", "x" * 5000):
         assert tokens.verify(junk, now=1010) is None
+    dialled = tokens.read(tokens.mint("out:ref-1", "outbound", now=1000), now=1010)
+    assert dialled is not None and dialled.dial_ref == "ref-1"
+    # Each carrier keys its tokens apart: a Twilio token is no Telnyx token, even with the
+    # same secret.
+    from patterd.carriers.twilio.stream_token import StreamTokens as TwilioTokens
+    assert TwilioTokens("KEY1").verify(token, now=1010) is None

@@ -245,8 +245,9 @@ async def post_stream(session: aiohttp.ClientSession, url: str, *, body: bytes,
         if "event-stream" in ctype:
             return resp
         resp.close()
-        raise BackendError("llm", provider, f"expected an event stream, got {ctype or 'no '}"
-                           "content type", status=resp.status, retryable=False)
+        got = f"content type {ctype!r}" if ctype else "no content type"
+        raise BackendError("llm", provider, f"expected an event stream, got {got}",
+                           status=resp.status, retryable=False)
     try:
         async with asyncio.timeout_at(max(deadline, asyncio.get_running_loop().time() + 1.0)):
             raw = await resp.content.read(MAX_ERROR_BODY)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
@@ -77,9 +77,11 @@ def browser_call_route(gw: Gateway) -> list[web.RouteDef]:
         log.info("browser_call", call_id=call_id)
         try:
             await ws.send_str(json.dumps({"event": "connected", "call_id": call_id}))
+            async def admit(start: Any) -> str:   # the page's start names the call it was given
+                return "" if start.call_id == call_id else "start names another call"
+
             media = asyncio.ensure_future(serve_media(
-                request, gw, carrier=CARRIER, proto=proto, control=control,
-                expected_call_id=call_id, ws=ws))
+                request, gw, carrier=CARRIER, proto=proto, control=control, admit=admit, ws=ws))
             try:
                 await asyncio.shield(media)
             except asyncio.CancelledError:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from ...call.outbound import OutboundCall
 from ...config import Config, TelnyxSettings
 from ..rest import ErrorHook, RestError, SessionSource
 from .rest import TelnyxRest, client_state
-from .stream_token import StreamTokens
-
-OUTBOUND_REF = "out:"  # stream tokens of outbound calls name a reference, not a call id yet
+from .stream_token import OUTBOUND_REF, STREAM_TTL, StreamTokens
 
 
 class TelnyxControl:
@@ -56,7 +53,7 @@ class TelnyxControl:
         if not self._settings.connection_id:
             raise RestError(0, "config", "carrier.connection_id (or TELNYX_CONNECTION_ID) is "
                                          "needed to place Telnyx calls")
-        ref = OUTBOUND_REF + uuid.uuid4().hex
+        ref = call.stream_ref
         state: dict[str, Any] = {"direction": "outbound", "ref": ref, "to": call.to,
                                  "from": self._from}
         if call.machine_detection:
@@ -68,7 +65,8 @@ class TelnyxControl:
         body: dict[str, Any] = {
             "connection_id": self._settings.connection_id, "to": call.to, "from": self._from,
             "timeout_secs": call.ring_timeout,
-            "stream_url": self._stream_url(self._tokens.mint(ref)),
+            "stream_url": self._stream_url(self._tokens.mint(
+                OUTBOUND_REF + ref, "outbound", call.ring_timeout + STREAM_TTL)),
             "stream_track": "inbound_track", "stream_bidirectional_mode": "rtp",
             "stream_bidirectional_codec": "PCMU", "stream_bidirectional_target_legs": "self",
             "client_state": client_state(state),

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ...call.media_socket import serve_media
+from ...call.stream_gate import admit_start
+from ...carriers.base import StreamStarted
 from ...config import TelnyxSettings
 from ...ops.logging import get_logger
 from ...web.request import Forbidden
-from ...carriers.base import StreamStarted
-from .control import OUTBOUND_REF, TelnyxControl
+from .control import TelnyxControl
 from .media import TelnyxMedia
 from .rest import read_client_state
 from .stream_token import StreamTokens
@@ -32,22 +33,23 @@ def media_route(gw: Gateway, settings: TelnyxSettings, tokens: StreamTokens) -> 
                                          on_error=gw.carrier_error("telnyx"))
 
     async def media(request: web.Request) -> web.StreamResponse:
-        call_id = tokens.verify(request.match_info["token"])
-        if call_id is None:
+        grant = tokens.read(request.match_info["token"])
+        if grant is None:
             gw.metrics.signature_failures.labels("telnyx").inc()
             log.warning("telnyx_media_token_rejected")
             raise Forbidden("bad or expired media stream token")
-        if call_id.startswith(OUTBOUND_REF):
-            # Dialled by us: the call id did not exist yet; the client_state names the dial.
-            def same_dial(start: StreamStarted) -> str:
-                state = read_client_state(start.parameters.get("client_state"))
-                if state and state.get("ref") != call_id:
-                    return "start belongs to another outbound call than the stream token"
-                return ""
 
-            return await serve_media(request, gw, carrier="telnyx", proto=TelnyxMedia(),
-                                     control=control, check_start=same_dial)
+        async def admit(start: StreamStarted) -> str:
+            # A dialled call's client_state (ours, echoed by Telnyx) must name the same dial.
+            state = read_client_state(start.parameters.get("client_state"))
+            if grant.dial_ref and state.get("ref") not in (None, grant.dial_ref):
+                gw.metrics.media_refused.labels("telnyx", "token").inc()
+                log.warning("media_start_refused", carrier="telnyx",
+                            reason="client_state names another dial than the stream token")
+                return "the stream token was issued for another call"
+            return await admit_start(gw, "telnyx", grant, start)
+
         return await serve_media(request, gw, carrier="telnyx", proto=TelnyxMedia(),
-                                 control=control, expected_call_id=call_id)
+                                 control=control, admit=admit)
 
     return web.get(MEDIA_PATH + "/{token}", media)

@@ -6,7 +6,6 @@ through REST afterwards (answer, reject, …).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -19,15 +18,16 @@ from ...gateway import Gateway
 from ...ops.logging import get_logger
 from ...web.backpressure import admit
 from ...web.request import BadRequest, Forbidden, counted, parse_json, read_body
+from ..ids import TELNYX_CALL_CONTROL_ID as CALL_CONTROL_ID
 from ..rest import RestError
 from .rest import TelnyxRest, read_client_state
-from .signature import SignatureVerifier
+from .signature import TOLERANCE_SECONDS, SignatureVerifier
 from .stream_token import StreamTokens
 
 log = get_logger("patterd.telnyx")
 
 MEDIA_PATH = "/media/telnyx"
-CALL_CONTROL_ID = re.compile(r"[A-Za-z0-9:_\-.=+/]{1,256}")
+REPLAY_WINDOW = 2 * TOLERANCE_SECONDS + 60   # a timestamp ±300 s around our clock, and slack
 # Telnyx hangup causes → our outcome names (patterd_calls_total{outcome}).
 HANGUP_OUTCOME = {
     "normal_clearing": "completed", "originator_cancel": "canceled", "timeout": "no_answer",
@@ -41,6 +41,12 @@ def stream_url(public_url: str, token: str) -> str:
     parts = urlsplit(public_url)
     scheme = "wss" if parts.scheme == "https" else "ws"
     return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}{MEDIA_PATH}/{quote(token)}"
+
+
+def mask_stream_token(url: str) -> str:
+    """``…/media/telnyx/***``: a stream URL without its token."""
+    head, found, _ = url.partition(MEDIA_PATH + "/")
+    return head + found + "***" if found else url
 
 
 def parse_event(body: bytes) -> tuple[str, str, dict[str, Any]]:
@@ -73,7 +79,8 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier | None, rest: TelnyxRes
 
     @counted("telnyx", "voice")
     async def voice(request: web.Request) -> web.StreamResponse:
-        body = await read_body(request, gw.config.server.max_body_bytes)
+        server = gw.config.server
+        body = await read_body(request, server.max_body_bytes, server.body_timeout)
         if verifier is not None:
             reason = verifier.check(body, request.headers.get("telnyx-signature-ed25519", ""),
                                     request.headers.get("telnyx-timestamp", ""))
@@ -87,7 +94,9 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier | None, rest: TelnyxRes
                 and event_type != "call.recording.saved":
             raise BadRequest("data.payload.call_control_id: required for call events")
         await admit(request, gw, call_id, opens_call=event_type == "call.initiated")
-        if not await gw.first_delivery(("telnyx", event_id)):
+        # Remembered in the store for as long as the signature may be replayed (a restart
+        # does not reopen the window).
+        if not await gw.first_delivery(("telnyx", event_id), durable_for=REPLAY_WINDOW):
             return web.json_response({"status": "duplicate"})
         followup = handle_event(gw, event_type, payload, call_id)
         resp = web.json_response({"status": "ok"})
@@ -108,6 +117,8 @@ def handle_event(gw: Gateway, event_type: str, payload: dict[str, Any], call_id:
     if event_type == "call.initiated":
         direction = "outbound" if payload.get("direction") == "outgoing" else "inbound"
         if direction == "outbound":
+            if isinstance(state.get("ref"), str):   # our dial (client_state is ours, signed)
+                gw.dials.bind(state["ref"], call_id)
             gw.registry.ensure(call_id, "telnyx", direction=direction,
                                from_number=_text(payload, "from"), to_number=_text(payload, "to"),
                                leg_id=_text(payload, "call_leg_id"))
@@ -164,6 +175,8 @@ def handle_event(gw: Gateway, event_type: str, payload: dict[str, Any], call_id:
     known = bool(call_id) and gw.registry.get(call_id) is not None
     if record_id:
         detail = {k: payload[k] for k in _DETAIL_KEYS if k in payload}
+        if isinstance(detail.get("stream_url"), str):   # its token stays out of the record
+            detail["stream_url"] = mask_stream_token(detail["stream_url"])
         gw.registry.add_event(record_id, "telnyx", kind, event_type=event_type, **detail)
     if event_type == "streaming.stopped" and call_id and session_for(gw, call_id) is None:
         # No stream here: unless the call's end is reported (or a live process holds it),
@@ -222,7 +235,7 @@ def _stream_failed(gw: Gateway, payload: dict[str, Any], call_id: str) -> Any:
 
 async def _answer(gw: Gateway, rest: TelnyxRest, tokens: StreamTokens, call_id: str,
                   direction: str) -> None:
-    url = stream_url(gw.config.server.public_url, tokens.mint(call_id))
+    url = stream_url(gw.config.server.public_url, tokens.mint(call_id, direction))
     try:
         resp = await rest.answer(call_id, url, {"call_id": call_id, "direction": direction})
     except RestError as exc:   # counted by the client's on_error hook

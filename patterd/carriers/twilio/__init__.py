@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 from aiohttp import web
@@ -24,17 +25,20 @@ class Carrier:
     URL is reported when the daemon starts (``Patter.serve()``; ``patterd check`` for a file).
 
     What it was given (or read) is readable under the same names: ``account_sid``,
-    ``auth_token``, ``configure_number``, ``api_base_url``. Equal settings make equal
-    carriers; the repr never shows the auth token."""
+    ``auth_token``, ``configure_number``, ``api_base_url``, ``signing_keys`` (SharedKey id →
+    secret, falling back to ``TWILIO_SIGNING_KEYS``). Equal settings make equal carriers; the
+    repr never shows the auth token or a signing secret."""
 
     name: ClassVar[str] = "twilio"
 
     def __init__(self, account_sid: str = "", auth_token: str = "", *,
                  configure_number: bool = True,
-                 api_base_url: str = "https://api.twilio.com") -> None:
+                 api_base_url: str = "https://api.twilio.com",
+                 signing_keys: Mapping[str, str] | None = None) -> None:
         self.settings: TwilioSettings = twilio_settings(
             account_sid=account_sid, auth_token=auth_token, configure_number=configure_number,
-            api_base_url=api_base_url, check_format=False)
+            api_base_url=api_base_url, signing_keys=signing_keys,
+            check_format=False)
 
     @property
     def account_sid(self) -> str:
@@ -56,6 +60,11 @@ class Carrier:
         """Twilio's REST API (or a local stand-in, such as the simulator's)."""
         return self.settings.api_base_url
 
+    @property
+    def signing_keys(self) -> Mapping[str, str]:
+        """SharedKey signing keys (id → secret), as given or read from ``TWILIO_SIGNING_KEYS``."""
+        return self.settings.signing_keys
+
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and other.settings == self.settings  # type: ignore[attr-defined]
 
@@ -71,13 +80,16 @@ class Carrier:
 
     def routes(self, gw: Gateway) -> list[web.RouteDef]:
         """The four Twilio webhooks."""
+        from .media_route import media_route
         from .signature import SignatureVerifier
+        from .stream_token import StreamTokens
         from .webhooks import make_routes
 
-        from .media_route import media_route
-
-        verifier = SignatureVerifier(self.settings.auth_token, gw.config.server.public_url)
-        return [*make_routes(gw, verifier), media_route(gw, self.settings, verifier)]
+        verifier = SignatureVerifier(self.settings.auth_token, gw.config.server.public_url,
+                                     self.settings.signing_keys)
+        tokens = StreamTokens(self.settings.auth_token)
+        return [*make_routes(gw, verifier, tokens),
+                media_route(gw, self.settings, verifier, tokens)]
 
     async def on_startup(self, gw: Gateway) -> None:
         """Start the price sweep; point ``phone_number`` at this daemon when

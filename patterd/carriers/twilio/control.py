@@ -9,6 +9,7 @@ from ...call.outbound import OutboundCall, stream_parameters
 from ...config import Config, TwilioSettings
 from ..rest import ErrorHook, SessionSource
 from .rest import TwilioRest
+from .stream_token import OUTBOUND_REF, STREAM_TTL, TOKEN_PARAM, StreamTokens
 from .twiml import connect_stream
 
 
@@ -38,8 +39,10 @@ class TwilioControl:
     stop_keeps_call_up = False
 
     def __init__(self, session: SessionSource, settings: TwilioSettings, config: Config,
-                 stream_url: str, on_error: ErrorHook | None = None) -> None:
+                 stream_url: str, tokens: StreamTokens, on_error: ErrorHook | None = None
+                 ) -> None:
         self._rest = TwilioRest(session, settings, on_error)
+        self._tokens = tokens
         self._config = config
         self._caller_id = config.phone_number
         self._stream_url = stream_url
@@ -54,8 +57,11 @@ class TwilioControl:
         return await self._rest.transfer(call_id, target, self._caller_id)
 
     async def send_dtmf(self, call_id: str, digits: str, parameters: dict[str, str]) -> bool:
-        """``<Play digits>`` then ``<Connect><Stream>`` again, marked as a resumed stream."""
-        params = {**parameters, "resumed": "1"}
+        """``<Play digits>`` then ``<Connect><Stream>`` again, marked as a resumed stream,
+        with a stream token of its own."""
+        direction = parameters.get("direction") or "inbound"
+        params = {**parameters, "resumed": "1",
+                  TOKEN_PARAM: self._tokens.mint(call_id, direction)}
         return await self._rest.send_dtmf(call_id, digits, self._stream_url, params)
 
     async def start_recording(self, call_id: str, channels: str) -> str:
@@ -70,6 +76,8 @@ class TwilioControl:
     async def dial(self, call: OutboundCall) -> str:
         """``POST /Calls.json`` with the stream inline; returns the CallSid."""
         params = stream_parameters(call, self._caller_id)
+        params[TOKEN_PARAM] = self._tokens.mint(OUTBOUND_REF + call.stream_ref, "outbound",
+                                                RING_TIMEOUT + STREAM_TTL)
         form = [("To", call.to), ("From", self._caller_id),
                 ("Twiml", connect_stream(self._stream_url, params)),
                 ("StatusCallback", f"{self._base}/webhooks/twilio/status"),

@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Any
 
-from ..base import MalformedFrame, StreamStarted
+from ..base import MalformedFrame, StreamStarted, UnservableStart
 from ..frames import JsonFrames, field_obj, str_params
 
 
@@ -30,7 +30,8 @@ class TwilioMedia(JsonFrames):
         fmt = start.get("mediaFormat") or {}
         encoding = fmt.get("encoding", "audio/x-mulaw") if isinstance(fmt, dict) else ""
         if encoding != "audio/x-mulaw":
-            raise MalformedFrame(f"start.mediaFormat.encoding: unsupported {encoding!r}")
+            raise UnservableStart(f"start.mediaFormat.encoding: unsupported {encoding!r}"[:100],
+                                  code=4415)
         self.stream_sid = sid
         self._prefix = ('{"event":"media","streamSid":' + json.dumps(sid)
                         + ',"media":{"payload":"')

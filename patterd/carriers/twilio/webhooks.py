@@ -19,14 +19,15 @@ from ...web.backpressure import admit
 from ...web.request import BadRequest, Forbidden, counted, parse_json, read_body
 from ...call.amd import on_verdict, session_for
 from ...config import TwilioSettings
+from ..ids import TWILIO_CALL_SID as CALL_SID
 from . import twiml
 from .price import fetch_later
 from .control import read_amd_context
-from .signature import SignatureVerifier
+from .signature import SETTINGS_HEADER, SignatureVerifier
+from .stream_token import TOKEN_PARAM, StreamTokens
 
 log = get_logger("patterd.twilio")
 
-CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
 RECORDING_SID = re.compile(r"RE[0-9a-fA-F]{32}")
 CALL_STATUSES = frozenset({"queued", "initiated", "ringing", "in-progress", "answered",
                            *TERMINAL})
@@ -55,8 +56,10 @@ async def signed_params(request: web.Request, gw: Gateway, verifier: SignatureVe
 
     Repeated fields take part in the signature; for the handlers the last value wins.
     """
-    body = await read_body(request, gw.config.server.max_body_bytes)
+    server = gw.config.server
+    body = await read_body(request, server.max_body_bytes, server.body_timeout)
     signature = request.headers.get("X-Twilio-Signature", "")
+    settings = request.headers.get(SETTINGS_HEADER, "")   # a SharedKey-signed webhook
     if not signature:
         raise _signature_failure(gw, "missing X-Twilio-Signature header")
     ctype = request.content_type
@@ -68,14 +71,16 @@ async def signed_params(request: web.Request, gw: Gateway, verifier: SignatureVe
         actual = hashlib.sha256(body).hexdigest()
         if not expected or not hmac.compare_digest(expected.encode(), actual.encode()):
             raise _signature_failure(gw, "bodySHA256 missing or not matching the body")
-        if not verifier.verify(request.raw_path, (), signature):
-            raise _signature_failure(gw, "signature does not match")
+        problem = verifier.check(request.raw_path, (), signature, settings=settings)
+        if problem:
+            raise _signature_failure(gw, problem)
         return _json_params(body)
     if ctype not in ("application/x-www-form-urlencoded", ""):
         raise BadRequest(f"expected application/x-www-form-urlencoded, got {ctype}")
     params = _form_params(body)
-    if not verifier.verify(request.raw_path, params, signature):
-        raise _signature_failure(gw, "signature does not match")
+    problem = verifier.check(request.raw_path, params, signature, settings=settings)
+    if problem:
+        raise _signature_failure(gw, problem)
     return dict(params)
 
 
@@ -139,7 +144,8 @@ def _served_here(gw: Gateway, rec: Any) -> bool:
             or any(e.get("type") == "dial" for e in rec.events))
 
 
-def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
+def make_routes(gw: Gateway, verifier: SignatureVerifier, tokens: StreamTokens
+                ) -> list[web.RouteDef]:
     """The four routes under ``/webhooks/twilio``."""
     xml = "text/xml"
     media_url = stream_url(gw.config.server.public_url)
@@ -169,6 +175,7 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier) -> list[web.RouteDef]:
             "direction": direction,
             "from": params.get("From", ""),
             "to": params.get("To", ""),
+            TOKEN_PARAM: tokens.mint(sid, direction),   # the stream may carry this call only
         })
         return web.Response(text=doc, content_type=xml)
 

@@ -320,7 +320,23 @@ async def check_unpriced_calls_are_the_billed_estimates(url: str, raw: Raw) -> N
         assert await store.unpriced_calls("telnyx", BASE, BASE + 500) == ["v3:telnyx"]
 
 
+async def check_first_seen_survives_a_reopen_and_expires(url: str, raw: Raw) -> None:
+    """A key is first seen once per ``ttl`` — also by the next process on the database (a
+    replay after a restart) — and may be seen again once its time is up."""
+    async with await open_store(url) as store:
+        assert await store.first_seen("telnyx|evt-1", 300) is True
+        assert await store.first_seen("telnyx|evt-1", 300) is False
+        assert await store.first_seen("telnyx|evt-2", 0.2) is True
+    async with await open_store(url) as store:
+        assert await store.first_seen("telnyx|evt-1", 300) is False
+        time.sleep(0.3)
+        assert await store.first_seen("telnyx|evt-2", 300) is True    # expired: new again
+        assert await store.first_seen("telnyx|evt-2", 300) is False
+    assert len(await raw("SELECT key FROM seen_keys")) == 2
+
+
 CHECKS = [check_round_trip, check_awkward_values, check_upsert_replaces, check_list_matches_admin,
           check_migrations_idempotent, check_sweep, check_writer_coalesces_and_rejects,
           check_a_restarted_writer_never_erases_the_record, check_a_row_from_before_parts_is_kept,
-          check_carrier_price_joins_any_record, check_unpriced_calls_are_the_billed_estimates]
+          check_carrier_price_joins_any_record, check_unpriced_calls_are_the_billed_estimates,
+          check_first_seen_survives_a_reopen_and_expires]

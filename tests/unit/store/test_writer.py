@@ -37,6 +37,9 @@ class FlakyStore(Store):
         self.batches.append([r["call_id"] for r in records])
         await self.inner.upsert_calls(records, writer)
 
+    async def first_seen(self, key: str, ttl: float) -> bool:
+        return await self.inner.first_seen(key, ttl)
+
     async def unpriced_calls(self, carrier: str, ended_from: float, ended_before: float,
                              limit: int = 100) -> list[str]:
         return await self.inner.unpriced_calls(carrier, ended_from, ended_before, limit)
