@@ -254,7 +254,9 @@ def _record(gw: Gateway, rec: CallRecord, outcome: str, reason: str,
             except (TypeError, ValueError):
                 log.warning("lost_call_meter_unreadable", call_id=rec.call_id)
     if rec.status not in TERMINAL and ended is not None:
-        rec.status = "completed"        # the carrier says it is over (now or already)
+        # The carrier says it is over (now or already): its status, and why in the history —
+        # in the same write that ends the record (no await from here on).
+        gw.registry.apply_status(rec.call_id, rec.carrier, "completed", via="hangup")
     gw.price_call(rec)
     if not gw.finish_call(rec.call_id, rec.carrier, outcome):
         # The carrier's report of the end reached this process first (the dead process's

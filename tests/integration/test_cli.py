@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -128,20 +129,38 @@ def test_serve_then_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
     assert events.index("listening") < events.index("draining") and events[-1] == "stopped"
 
 
+def _log_until(proc: subprocess.Popen[str], event: str, timeout: float) -> list[str]:
+    """The daemon's stderr lines up to and including the first with ``event``."""
+    assert proc.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.2)
+        if not ready:
+            continue
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("{") and json.loads(line).get("event") == event:
+            return lines
+    raise AssertionError(f"no {event!r} in the daemon's log: {lines[-5:]}")
+
+
 def test_sighup_reload_good_and_bad(tmp_path: Path) -> None:
     proc, _, path = _serve(tmp_path)
     raw = yaml.safe_load(path.read_text())
     raw["agent"] = {"first_message": "Reloaded hello"}
     path.write_text(yaml.safe_dump(raw))
     proc.send_signal(signal.SIGHUP)
-    time.sleep(0.5)
+    seen = _log_until(proc, "reloaded", timeout=30)    # the providers restart: seconds
     path.write_text("server: [oops")
     proc.send_signal(signal.SIGHUP)
-    time.sleep(0.5)
+    seen += _log_until(proc, "reload_rejected", timeout=30)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=15)
     assert proc.returncode == 0
-    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    events = [json.loads(line) for line in seen + err.splitlines() if line.startswith("{")]
     names = [e["event"] for e in events]
     assert "reloaded" in names and "reload_rejected" in names
     # The agent changed, so the providers were restarted in the background (the bad file

@@ -136,7 +136,7 @@ def test_equality_and_repr_never_show_a_secret(monkeypatch: pytest.MonkeyPatch) 
     telnyx = Telnyx(api_key="KEY-secret-telnyx", public_key=key)
     assert telnyx == Telnyx(api_key="KEY-secret-telnyx", public_key=key) and telnyx != a
     phone = Patter(carrier=a, phone_number=PHONE, webhook_url="voice.example.com",
-                   admin={"token": "admin-secret-token-0123"},
+                   admin={"token": "Qm7xK2pV9wR4tY8nL3cZ6bH1"},
                    llm={"provider": "openai", "tools": [
                        {"name": "lookup", "description": "d", "url": "https://t.example.com",
                         "secret": "tool-secret-value"}]},
@@ -144,7 +144,7 @@ def test_equality_and_repr_never_show_a_secret(monkeypatch: pytest.MonkeyPatch) 
     agent = phone.agent(llm={"provider": "webhook", "url": "https://a.example.com/turn",
                              "secret": "webhook-secret-value"})
     shown = " ".join(repr(x) for x in (a, telnyx, phone, phone.config, agent, a.settings))
-    for secret in ("arg-secret-token", "KEY-secret-telnyx", "admin-secret-token-0123",
+    for secret in ("arg-secret-token", "KEY-secret-telnyx", "Qm7xK2pV9wR4tY8nL3cZ6bH1",
                    "sk-env-secret-key", "tool-secret-value", "webhook-secret-value"):
         assert secret not in shown
     assert TWILIO_SID[:6] in repr(a)

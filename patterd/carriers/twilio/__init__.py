@@ -69,7 +69,9 @@ class Carrier:
         return type(other) is type(self) and other.settings == self.settings  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
-        return hash(self.settings)
+        st = self.settings      # (its signing keys are a read-only mapping: not hashable)
+        return hash((st.account_sid, st.auth_token, st.configure_number, st.api_base_url,
+                     tuple(sorted(st.signing_keys.items()))))
 
     @classmethod
     def from_settings(cls, settings: TwilioSettings) -> Carrier:
