@@ -77,7 +77,7 @@ class TwilioControl:
         """``POST /Calls.json`` with the stream inline; returns the CallSid."""
         params = stream_parameters(call, self._caller_id)
         params[TOKEN_PARAM] = self._tokens.mint(OUTBOUND_REF + call.stream_ref, "outbound",
-                                                RING_TIMEOUT + STREAM_TTL)
+                                                call.ring_timeout + STREAM_TTL)
         form = [("To", call.to), ("From", self._caller_id),
                 ("Twiml", connect_stream(self._stream_url, params)),
                 ("StatusCallback", f"{self._base}/webhooks/twilio/status"),
