@@ -50,7 +50,7 @@ def _end(trace: CallTrace, gw: Any, session: Any) -> None:
         "patterd.call.outcome": (rec.outcome if rec is not None else "") or session.outcome
         or "",
         "patterd.media_seconds": round(session.duration, 3),
-        "patterd.turns": len(session.turn_latencies),
+        "patterd.turns": len(session.record.turns),
     }
     cost = rec.cost if rec is not None else None
     if isinstance(cost, dict):

@@ -25,7 +25,8 @@ from tests.support.media_client import until
 from tests.support.signing import TelnyxSigner
 
 HOST = socket.gethostname()
-SAID = "one two three four five six"        # 3 s of speech, 0.5 s a word
+SAID = "one two three four five six"
+TWILIO_LOST = "CA" + "0123456789abcdef" * 2     # a call of the other carrier        # 3 s of speech, 0.5 s a word
 
 
 def part(call_id: str, carrier: str, transcript: list[dict[str, Any]], *, streaming: bool,
@@ -61,7 +62,7 @@ async def seed(path: Path, beat_at: float, live_pid: int) -> dict[str, str]:
                   "seconds": 3.0}]
         await store.upsert_calls([part("v3:lost", "telnyx", lines, streaming=True,
                                        at=beat_at - 1.0),
-                                  part("CAlost", "twilio", lines[:1], streaming=True,
+                                  part(TWILIO_LOST, "twilio", lines[:1], streaming=True,
                                        at=beat_at - 1.0)], writer=dead)
         await store.upsert_calls([part("v3:kept", "telnyx", lines[:1], streaming=True,
                                        at=beat_at)], writer=live)
@@ -108,7 +109,7 @@ async def test_startup_ends_the_calls_a_dead_process_held_and_no_other(
         # The live process's call and the other carrier's are not touched.
         await asyncio.sleep(0.3)
         assert [c for c, a in fake.applied if a == "hangup"] == ["v3:lost"]
-        for call_id in ("v3:kept", "CAlost"):
+        for call_id in ("v3:kept", TWILIO_LOST):
             other = await (await client.get(f"/v1/calls/{call_id}", headers=AUTH)).json()
             assert other["ended_at"] is None and other.get("outcome") is None, other
         # The dead process stays listed while a call it held waits for a Twilio daemon.

@@ -76,7 +76,10 @@ def check_answered(rec: dict[str, Any], carrier: str) -> None:
     assert rec["dtmf"] == "9"
     assert "completed" in [h["status"] for h in rec["status_history"]]
     assert any(e["type"] == "hangup" for e in rec["events"])
-    assert [set(t) for t in rec["turns"]] == [{"response"}, {"response"}]
+    # each turn's waterfall: the spoken one went through endpointing and STT, the key did not
+    spoken, keyed = rec["turns"]
+    assert {"response", "endpointing", "stt", "llm_first_token", "tts_first_byte"} <= set(spoken)
+    assert "response" in keyed and "stt" not in keyed and "endpointing" not in keyed
     cost = rec["cost"]
     assert cost["currency"] == "USD" and cost["carrier_source"] == "estimate"
     assert cost["billed_seconds"] == 60 and cost["carrier"] > 0
