@@ -56,6 +56,8 @@ PHRASES = {
     "support": "support please", "help": "I need help", "goodbye": "goodbye",
 }
 TRANSFER_PHRASES = ("sales", "pricing", "support", "help")
+TRANSFER_KEYS = {"sales": "1", "pricing": "1", "support": "2", "help": "2"}  # the same rules
+REPEAT_AFTER = 10.0                     # a transfer asked for by voice, not done by then: key
 MULTI_KEY = "*42"                       # a rule of the soak's config (Keypad gathers it)
 KEY_GAP = 0.3
 LISTEN_SILENCE = 0.8                    # the agent is done after this much silence
@@ -145,9 +147,15 @@ class Plan:
         if e == "keypad":
             return [Dtmf(r.choice(("*", "*4")), gap=KEY_GAP), Wait(r.uniform(0.0, 1.0))]
         if e in ("transfer", "transfer_cut"):
-            first: Step = (v.say[r.choice(TRANSFER_PHRASES)] if r.random() < 0.6
-                           else Dtmf(r.choice("12")))
+            phrase = r.choice(TRANSFER_PHRASES)
+            spoken = r.random() < 0.6
+            first: Step = v.say[phrase] if spoken else Dtmf(TRANSFER_KEYS[phrase])
             if e == "transfer":
+                if spoken:
+                    # The offline STT mishears a phrase now and then (the agent answers with
+                    # its fallback): the caller then presses the key, as a real one would.
+                    # Transferred first, the call is over before the key is due.
+                    return [first, Wait(REPEAT_AFTER), Dtmf(TRANSFER_KEYS[phrase]), Wait(30.0)]
                 return [first, Wait(30.0)]          # the daemon transfers long before
             return [first, WaitForAgentSpeech(delay=r.uniform(0.1, 1.2), timeout=REPLY_TIMEOUT)]
         if e == "agent_hangup":

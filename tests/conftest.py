@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -52,6 +54,36 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+_LOCAL_NAMES = {"localhost", "localhost.localdomain", socket.gethostname()}
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _loopback_only(host: Any, *args: Any, **kwargs: Any) -> Any:
+    """socket.getaddrinfo for the tests: names and addresses off this machine are refused at
+    once (tests talk only to 127.0.0.1 / ::1; a default cloud URL left in a test config would
+    otherwise wait for a timeout, or reach the internet)."""
+    name = host.decode() if isinstance(host, bytes) else host
+    if name is not None and name not in _LOCAL_NAMES:
+        try:
+            local = ipaddress.ip_address(name.split("%")[0]).is_loopback or \
+                ipaddress.ip_address(name.split("%")[0]).is_unspecified
+        except ValueError:
+            local = False
+        if not local:
+            raise socket.gaierror(socket.EAI_NONAME,
+                                  f"the tests talk only to 127.0.0.1 and ::1, not {name}")
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_network_off_this_machine():  # type: ignore[no-untyped-def]
+    """In this process, every name lookup off the machine fails fast (daemons run in child
+    processes are given local URLs by their tests)."""
+    socket.getaddrinfo = _loopback_only
+    yield
+    socket.getaddrinfo = _real_getaddrinfo
 
 
 @pytest.fixture(autouse=True)
