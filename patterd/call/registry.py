@@ -222,10 +222,15 @@ class CallRegistry:
         if rec is None:
             return
         rec.dirty = False
+        now = time.time()
         if rec.ended_at is not None:
-            self._settled[call_id] = None
-            self._settled.move_to_end(call_id)
-        self._evict_due(time.time())
+            if rec.ended_at + self.evict_after <= now and call_id not in self._held:
+                self._settled.pop(call_id, None)   # its grace is over already: it goes now
+                self._drop(call_id, rec)
+            else:   # (queued in the order calls settle, which is about the order they end)
+                self._settled[call_id] = None
+                self._settled.move_to_end(call_id)
+        self._evict_due(now)
 
     def evicted(self, call_id: str) -> Evicted | None:
         """The tombstone of ``call_id`` when it was evicted (and not brought back)."""
@@ -257,8 +262,9 @@ class CallRegistry:
         return rec
 
     def _evict_due(self, now: float) -> None:
-        """Evict the settled ended calls whose grace is over (oldest settled first; one
-        settled later waits at most ``evict_after`` behind an earlier one)."""
+        """Evict the settled ended calls whose grace is over, oldest settled first (a call
+        settled after its grace went at once: those queued are in about the order of their
+        ends)."""
         settled = self._settled
         while settled:
             call_id = next(iter(settled))
