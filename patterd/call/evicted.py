@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = get_logger("patterd.registry")
 
 
-def _floats(value: Any, default: float) -> float:
+def _float(value: Any, default: float) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -53,14 +53,14 @@ def record_from_part(part: Mapping[str, Any]) -> CallRecord:
         from_number=str(part.get("from") or ""), to_number=str(part.get("to") or ""),
         status=str(part.get("status") or "completed"),
         status_sequence=max(sequences, default=-1),
-        created_at=_floats(part.get("created_at"), time.time()),
-        ended_at=None if ended is None else _floats(ended, time.time()),
+        created_at=_float(part.get("created_at"), time.time()),
+        ended_at=None if ended is None else _float(ended, time.time()),
         outcome=str(part.get("outcome") or ""),
         history=history, events=_list(part.get("events")),
         transcript=_list(part.get("transcript")), turns=_list(part.get("turns")),
         cost=cost, counted=True, timed=True)
     if cost is not None:   # what was billed (a served call's media time, or the carrier's)
-        rec.media_seconds = _floats(cost.get("billed_seconds"), 0.0)
+        rec.media_seconds = _float(cost.get("billed_seconds"), 0.0)
     return rec
 
 
