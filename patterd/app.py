@@ -107,6 +107,7 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
             on_swept=gw.registry.forget_ended_before, supervisor=gw.supervisor))
         gw.registry.on_change = lambda rec: writer.submit(
             snapshot(rec, gw.registry.held(rec.call_id)))
+        writer.on_settled = gw.registry.settled   # stored ended calls may leave memory
         if store.kind == "postgresql":   # replicas share calls: ownership, commands, reaper
             await _join_cluster(gw)
         gw.http = aiohttp.ClientSession(
@@ -138,6 +139,7 @@ def _lifecycle(carrier: Carrier):  # type: ignore[no-untyped-def]
             await asyncio.gather(*gw.tasks, return_exceptions=True)
         await gw.http.close()
         gw.registry.on_change = None
+        writer.on_settled = None
         await writer.close(timeout=5.0)   # what is still pending is written before exit
         await store.close()
         if tracer is not None:            # the last spans go out (the exporter blocks)

@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from .call.dedupe import Deduper
+from .call.evicted import recall
 from .call.live import CallEvents
 from .call.stream_gate import DialRefs
 from .call.registry import TERMINAL, CallRecord, CallRegistry
@@ -156,6 +157,12 @@ class Gateway:
             self._pause_shared_store()
             log.warning("cluster_dedupe_failed", error=str(exc) or type(exc).__name__)
             return True
+
+    async def recall(self, call_id: str) -> CallRecord | None:
+        """This process's record of ``call_id``, read back from the store if it was evicted
+        from memory after its end (a late callback then merges into the stored record and
+        the call stays over); None when unknown here. See :mod:`patterd.call.evicted`."""
+        return await recall(self, call_id, _bounded)
 
     def _shared_store_paused(self) -> bool:
         return time.monotonic() < self.shared_store_skip_until

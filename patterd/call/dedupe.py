@@ -1,4 +1,12 @@
-"""Remembering recent delivery keys so a redelivered webhook is processed once."""
+"""Remembering recent delivery keys so a redelivered webhook is processed once.
+
+Carriers redeliver within minutes (Twilio within 15 s of the first try, Telnyx within about a
+minute; see :mod:`patterd.web.backpressure`), so a key is kept ``TTL`` seconds (10 minutes)
+and at most ``MAX_ENTRIES`` keys are kept (the oldest go first): memory stays bounded under
+any rate of webhooks. What must be refused for longer (a Telnyx event within its signature's
+replay window, a spent stream token) is remembered in the store as well
+(``Gateway.first_delivery(durable_for=…)``).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +14,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
+TTL = 600.0             # seconds a key is remembered
+MAX_ENTRIES = 100_000   # keys remembered at most (~25 MB at worst)
+
 
 class Deduper:
     """A bounded, time-limited set of keys already seen."""
 
     __slots__ = ("_seen", "_max", "_ttl", "_clock")
 
-    def __init__(self, max_entries: int = 200_000, ttl: float = 6 * 3600,
+    def __init__(self, max_entries: int = MAX_ENTRIES, ttl: float = TTL,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._seen: OrderedDict[Hashable, float] = OrderedDict()
         self._max = max_entries

@@ -1,7 +1,15 @@
 """This process's view of the calls it has seen: state, status history and carrier events.
 
-Persistence to the shared store comes with the store; until then the registry is bounded so
-that a long-running daemon keeps a flat memory profile.
+Memory stays flat under churn. With a store (``on_change`` feeds the store writer), an ended
+call is *evicted* — dropped from memory — once the store writer says its latest snapshot is
+stored (:meth:`CallRegistry.settled`) and ``evict_after`` seconds have passed since its end
+(late carrier callbacks and prices within that grace merge in memory). A record with changes
+not yet stored, or whose media stream is still open here, is never evicted. What remains of
+an evicted call is a small tombstone (:class:`Evicted`, for ``tomb_seconds``): enough that a
+late callback never makes it a live call again (:meth:`CallRegistry.ensure` gives back an ended
+stand-in, never written) and that the gateway knows to bring the stored record back
+(:meth:`CallRegistry.restore`, see :mod:`patterd.call.evicted`). Without a store nothing is
+ever settled: the registry holds at most ``max_records`` records, ended ones dropped first.
 """
 
 from __future__ import annotations
@@ -9,93 +17,37 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from ..ops.cost import Usage
+from ..ops.logging import get_logger
+from .call_record import (GENERIC_OUTCOMES, MAX_EVENTS_PER_CALL, TERMINAL, CallRecord,
+                          Evicted, most_specific)
 
-TERMINAL = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
-MAX_EVENTS_PER_CALL = 500
-# Outcomes that say no more than "the call ended" (as the store's merge of replicas' parts).
-GENERIC_OUTCOMES = frozenset({"", "completed"})
+log = get_logger("patterd.registry")
 
-
-def most_specific(*outcomes: str) -> str:
-    """The first outcome that says more than "completed" (the session's ``transferred`` over
-    the carrier's hang-up); else ``completed`` when one is given; else ``""``."""
-    for outcome in outcomes:
-        if outcome not in GENERIC_OUTCOMES:
-            return outcome
-    return "completed" if "completed" in outcomes else ""
-
-
-@dataclass(slots=True)
-class CallRecord:
-    """What we know of one call."""
-
-    call_id: str
-    carrier: str
-    direction: str = "inbound"
-    from_number: str = ""
-    to_number: str = ""
-    status: str = "initiated"
-    status_sequence: int = -1
-    created_at: float = field(default_factory=time.time)
-    updated_at: float = field(default_factory=time.time)
-    ended_at: float | None = None
-    outcome: str = ""
-    history: list[dict[str, Any]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    leg_id: str = ""          # Telnyx call_leg_id (recording events name only the leg)
-    usage: Usage = field(default_factory=Usage)     # metered across the call's ended streams
-    media_seconds: float = 0.0
-    # The streams of the call open in this process: their usage and media seconds so far,
-    # refreshed as their lines are written (the store's snapshot carries the sum, so that a
-    # crash loses at most what was metered since the last line).
-    streams: dict[int, tuple[Usage, float]] = field(default_factory=dict)
-    billed_from_carrier: bool = False   # media_seconds is the carrier's duration (no stream)
-    cost: dict[str, Any] | None = None
-    carrier_price: float | None = None              # the carrier's own figure, when reported
-    transcript: list[dict[str, Any]] = field(default_factory=list)
-    turns: list[dict[str, Any]] = field(default_factory=list)
-    # How the call ends, as learnt before it is settled: what the carrier reported while our
-    # media stream was still open, and what the gateway set out to do (e.g. a voicemail
-    # hang-up whose REST answer races the carrier's report).
-    carrier_outcome: str = ""
-    expected: str = ""
-    timed: bool = False       # observed in patterd_call_duration_seconds
-    counted: bool = False     # counted in patterd_calls_total
-    # Taken over from a process that died holding the call: what that process wrote is in
-    # its own part of the stored record, so the store's merge, not this, is the account.
-    adopted: bool = False
-
-    @property
-    def live(self) -> bool:
-        """Not yet in a terminal state."""
-        return self.ended_at is None
-
-    def metered(self) -> tuple[Usage, float]:
-        """Usage and media seconds so far: the ended streams' and the open ones'."""
-        if not self.streams:
-            return self.usage, self.media_seconds
-        usage, seconds = Usage(), self.media_seconds
-        usage.add(self.usage)
-        for used, stream_seconds in self.streams.values():
-            usage.add(used)
-            seconds += stream_seconds
-        return usage, seconds
+#: Seconds after its end that a stored call stays in memory (late callbacks merge there).
+EVICT_AFTER = 60.0
+#: Seconds after its end that an evicted call's tombstone is kept.
+TOMB_SECONDS = 3600.0
 
 
 class CallRegistry:
     """Calls by carrier call id, bounded in size; ended calls are evicted first."""
 
-    def __init__(self, max_records: int = 50_000, max_call_seconds: float = 3600.0) -> None:
+    def __init__(self, max_records: int = 50_000, max_call_seconds: float = 3600.0, *,
+                 evict_after: float = EVICT_AFTER, tomb_seconds: float = TOMB_SECONDS) -> None:
         self._calls: dict[str, CallRecord] = {}
         self._live: OrderedDict[str, CallRecord] = OrderedDict()    # oldest first
         self._ended: OrderedDict[str, None] = OrderedDict()         # in the order they ended
         self._max = max_records
         self._max_call_seconds = max_call_seconds
         self._next_sweep = 0.0
+        self.evict_after = evict_after
+        self.tomb_seconds = tomb_seconds
+        # Ended calls whose latest snapshot is stored, in the order they were settled.
+        self._settled: OrderedDict[str, None] = OrderedDict()
+        self._evicted: OrderedDict[str, Evicted] = OrderedDict()    # in eviction order
+        self.evictions = 0                                          # calls evicted so far
         self._legs: dict[str, str] = {}
         self._held: dict[str, int] = {}     # call id → media streams open in this process
         self.on_change: Callable[[CallRecord], None] | None = None  # e.g. the store writer
@@ -110,9 +62,20 @@ class CallRegistry:
         """The record for ``call_id``, created on first sight; empty fields never overwrite."""
         rec = self._calls.get(call_id)
         if rec is None:
-            rec = CallRecord(call_id=call_id, carrier=carrier)
-            self._calls[call_id] = rec
-            self._live[call_id] = rec
+            gone = self._evicted.pop(call_id, None)
+            if gone is not None:
+                # A late update of an evicted call the gateway did not bring back (the store
+                # could not be read): it stays over, and this stand-in is never written.
+                log.warning("evicted_call_update_not_stored", call_id=call_id)
+                rec = gone.stand_in(call_id, carrier)
+                self._calls[call_id] = rec
+                self._ended[call_id] = None
+                self._settled[call_id] = None
+            else:
+                rec = CallRecord(call_id=call_id, carrier=carrier)
+                self._calls[call_id] = rec
+                self._live[call_id] = rec
+                self._evict_due(time.time())
             self._trim()
         for key, value in fields.items():
             if value not in (None, ""):
@@ -124,8 +87,17 @@ class CallRegistry:
         return rec
 
     def touch(self, rec: CallRecord) -> None:
-        """Tell the store (if any) and the watchers the record changed; never blocks."""
-        if self.on_change is not None:
+        """Tell the store (if any) and the watchers the record changed; never blocks.
+
+        An evicted record that something still held (say a price fetch) and changed comes
+        back: it is whole, and its change is written like any other."""
+        if self._calls.get(rec.call_id) is not rec and self._evicted.pop(rec.call_id, None):
+            self._calls[rec.call_id] = rec
+            self._ended[rec.call_id] = None
+            if rec.leg_id:
+                self._legs[rec.leg_id] = rec.call_id
+        if self.on_change is not None and not rec.stub:
+            rec.dirty = True
             self.on_change(rec)
         for watch in self.watchers:
             watch(rec)
@@ -230,6 +202,7 @@ class CallRegistry:
                 if rec.created_at > limit:
                     break
                 self._close(rec, "expired", now)
+            self._evict_due(now)
         return len(self._live)
 
     def _close(self, rec: CallRecord, outcome: str, now: float) -> None:
@@ -238,6 +211,89 @@ class CallRegistry:
         self._live.pop(rec.call_id, None)
         self._ended[rec.call_id] = None
         self.touch(rec)
+
+    # -- eviction of stored ended calls -------------------------------------------------------
+
+    def settled(self, call_id: str) -> None:
+        """The store writer's hook: the latest snapshot of ``call_id`` is stored (no newer
+        one is waiting). An ended call then becomes evictable, ``evict_after`` seconds after
+        its end."""
+        rec = self._calls.get(call_id)
+        if rec is None:
+            return
+        rec.dirty = False
+        now = time.time()
+        if rec.ended_at is not None:
+            if rec.ended_at + self.evict_after <= now and call_id not in self._held:
+                self._settled.pop(call_id, None)   # its grace is over already: it goes now
+                self._drop(call_id, rec)
+            else:   # (queued in the order calls settle, which is about the order they end)
+                self._settled[call_id] = None
+                self._settled.move_to_end(call_id)
+        self._evict_due(now)
+
+    def evicted(self, call_id: str) -> Evicted | None:
+        """The tombstone of ``call_id`` when it was evicted (and not brought back)."""
+        return self._evicted.get(call_id)
+
+    def call_of_leg(self, leg_id: str) -> str:
+        """The call id of the Telnyx leg ``leg_id``, held or evicted; ``""`` if unknown."""
+        return self._legs.get(leg_id, "") if leg_id else ""
+
+    def restore(self, rec: CallRecord) -> CallRecord:
+        """Bring back an evicted call's ``rec`` as read from the store (so that a late
+        update merges into it and the whole record is written again); the one held
+        meanwhile, if any, wins. The restored record is settled: it is what is stored."""
+        held = self._calls.get(rec.call_id)
+        if held is not None:
+            return held
+        gone = self._evicted.pop(rec.call_id, None)
+        if gone is not None and gone.leg_id and not rec.leg_id:
+            rec.leg_id = gone.leg_id
+        if rec.ended_at is None:   # (an evicted call had ended: its part says so)
+            rec.ended_at = gone.ended_at if gone is not None else time.time()
+        rec.dirty = False
+        self._calls[rec.call_id] = rec
+        self._ended[rec.call_id] = None
+        self._settled[rec.call_id] = None
+        if rec.leg_id:
+            self._legs[rec.leg_id] = rec.call_id
+        self._trim()
+        return rec
+
+    def _evict_due(self, now: float) -> None:
+        """Evict the settled ended calls whose grace is over, oldest settled first (a call
+        settled after its grace went at once: those queued are in about the order of their
+        ends)."""
+        settled = self._settled
+        while settled:
+            call_id = next(iter(settled))
+            rec = self._calls.get(call_id)
+            if rec is None or rec.ended_at is None or rec.dirty or call_id in self._held:
+                del settled[call_id]     # changed since (settled again once written) or gone
+                continue
+            if rec.ended_at + self.evict_after > now:
+                break
+            del settled[call_id]
+            self._drop(call_id, rec)
+        self._prune_tombs(now)
+
+    def _drop(self, call_id: str, rec: CallRecord) -> None:
+        """Forget an ended record, keeping its tombstone."""
+        del self._calls[call_id]
+        self._ended.pop(call_id, None)
+        self._evicted[call_id] = Evicted(rec)
+        self.evictions += 1
+
+    def _prune_tombs(self, now: float) -> None:
+        tombs, limit = self._evicted, now - self.tomb_seconds
+        while tombs:
+            call_id, gone = next(iter(tombs.items()))
+            if gone.ended_at >= limit and len(tombs) <= self._max:
+                break
+            del tombs[call_id]
+            if gone.leg_id and self._legs.get(gone.leg_id) == call_id:
+                del self._legs[gone.leg_id]
 
     def forget_ended_before(self, cutoff: float) -> int:
         """Drop the records of calls that ended before ``cutoff`` (wall-clock seconds), as
@@ -252,9 +308,19 @@ class CallRegistry:
             self._ended.popitem(last=False)
             if rec is not None:
                 del self._calls[call_id]
+                self._settled.pop(call_id, None)
                 if rec.leg_id:
                     self._legs.pop(rec.leg_id, None)
                 dropped += 1
+        # Tombstones of calls the store no longer has: a late update is a new record.
+        tombs = self._evicted
+        while tombs:
+            call_id, gone = next(iter(tombs.items()))
+            if gone.ended_at >= cutoff:
+                break
+            del tombs[call_id]
+            if gone.leg_id and self._legs.get(gone.leg_id) == call_id:
+                del self._legs[gone.leg_id]
         return dropped
 
     def __len__(self) -> int:
@@ -270,12 +336,24 @@ class CallRegistry:
         return list(self._calls.values())
 
     def _trim(self) -> None:
-        """Evict the longest-ended records first, then (all live) the oldest: O(1) each."""
+        """Evict the longest-ended records first, then (all live) the oldest: O(1) each.
+        With a store, an ended one leaves its tombstone (its snapshot, if not stored yet,
+        waits in the store writer)."""
         while len(self._calls) > self._max:
             if self._ended:
                 call_id, _ = self._ended.popitem(last=False)
             else:
                 call_id, _ = self._live.popitem(last=False)
             rec = self._calls.pop(call_id, None)
-            if rec is not None and rec.leg_id:
+            self._settled.pop(call_id, None)
+            if rec is None:
+                continue
+            if rec.ended_at is not None and self.on_change is not None:
+                self._evicted[call_id] = Evicted(rec)
+                self._prune_tombs(time.time())
+            elif rec.leg_id:
                 self._legs.pop(rec.leg_id, None)
+
+
+__all__ = ["EVICT_AFTER", "GENERIC_OUTCOMES", "MAX_EVENTS_PER_CALL", "TERMINAL",
+           "TOMB_SECONDS", "CallRecord", "CallRegistry", "Evicted", "most_specific"]

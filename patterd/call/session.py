@@ -412,8 +412,8 @@ async def end_if_still_up(gw: Any, control: Any, call_id: str, carrier: str) -> 
     status in the record) within ``STOP_GRACE`` seconds of the stream stopping."""
     await asyncio.sleep(STOP_GRACE)
     rec = gw.registry.get(call_id)
-    if rec is not None and rec.status in TERMINAL:
-        return
+    if (rec is not None and rec.status in TERMINAL) or gw.registry.evicted(call_id) is not None:
+        return    # (an evicted call is over, and stored)
     if gw.cluster is not None and gw.store_writer is not None:
         try:   # the carrier's report may have reached another replica
             stored = await gw.store_writer.store.get_call(call_id)

@@ -12,6 +12,10 @@ snapshots are pending, the writer is *backed up*: the webhook door
 record until the queue is down to ``resume_at`` again, and ``/readyz`` answers 503. Live
 calls' own snapshots are always taken (at most one per live call).
 
+Once a call's latest snapshot is stored (none newer waits), ``on_settled(call_id)`` is told
+(the call registry's :meth:`~patterd.call.registry.CallRegistry.settled`: an ended call may
+then leave memory).
+
 The task runs under the process's :class:`~patterd.ops.supervise.Supervisor` (component
 ``store``): a bug while writing (any exception that is not a ``StoreError``) is reported and
 contained to the record that causes it, which is set aside and retried on its own schedule;
@@ -25,6 +29,7 @@ import contextlib
 import random
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +89,8 @@ class StoreWriter:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._down_since: float | None = None
+        # Told of each call whose latest snapshot was stored (none newer waits); never raises.
+        self.on_settled: Callable[[str], None] | None = None
 
     @property
     def pending(self) -> int:
@@ -305,6 +312,8 @@ class StoreWriter:
             failure = exc
         else:
             self.written += len(batch)
+            for call_id, _ in batch:
+                self._settled(call_id)
             batch.clear()
             return
         if len(batch) == 1:
@@ -325,11 +334,21 @@ class StoreWriter:
                 self._failed(call_id, record, exc, failed_before)
             else:
                 self.written += 1
+                self._settled(call_id)
             del batch[0]
         if not isinstance(failure, StoreDataError) and not culprits:
             # No single record raises it (a bug in batching itself?): reported once.
             self.supervisor.report(COMPONENT, failure, batch=size,
                                    detail="batch write failed; its records written one by one")
+
+    def _settled(self, call_id: str) -> None:
+        """Tell ``on_settled`` that ``call_id``'s snapshot just stored is its latest."""
+        if self.on_settled is None or self.holds(call_id):
+            return
+        try:
+            self.on_settled(call_id)
+        except Exception as exc:  # noqa: BLE001 - the writer goes on whatever the hook does
+            self.supervisor.report(COMPONENT, exc, call_id=call_id, detail="on_settled")
 
     def _failed(self, call_id: str, record: dict[str, Any], exc: Exception,
                 failed_before: dict[str, int]) -> None:

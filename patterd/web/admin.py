@@ -100,7 +100,7 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
 
     async def record_or_404(request: web.Request) -> CallRecord:
         """The call from this process's registry, or — held by another replica — from the
-        shared store."""
+        shared store. A call that ended (evicted from memory since) is a 409, as when held."""
         call_id = known_shape(request)
         rec = gw.registry.get(call_id)
         if rec is None:
@@ -108,6 +108,10 @@ def admin_routes(gw: Gateway) -> list[web.RouteDef]:
                 stored = await gw.store_writer.store.get_call(call_id)
             except StoreError:
                 stored = None
+            if stored is not None and stored.get("ended_at") is not None:
+                raise web.HTTPConflict(text=json.dumps({
+                    "error": f"the call has ended ({stored.get('outcome') or 'completed'})"}),
+                    content_type="application/json")
             if stored is not None and stored.get("ended_at") is None:
                 rec = gw.registry.ensure(call_id, stored.get("carrier") or gw.carrier_name,
                                          direction=stored.get("direction"),

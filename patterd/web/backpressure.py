@@ -98,9 +98,9 @@ def _served_here(gw: Gateway, call_id: str) -> bool:
     callbacks that follow such a call (completed, recording, AMD) belong to traffic this
     process took in through the door; they are as many as the calls it served."""
     rec = gw.registry.get(call_id)
-    if rec is None:
-        return False
+    if rec is None:   # evicted from memory since its end (the store holds it)?
+        gone = gw.registry.evicted(call_id)
+        return gone is not None and gone.served and time.time() - gone.ended_at < SERVED_GRACE
     if rec.ended_at is None:
         return True
-    return (rec.media_seconds > 0 and not rec.billed_from_carrier
-            and time.time() - rec.ended_at < SERVED_GRACE)
+    return rec.served_here and time.time() - rec.ended_at < SERVED_GRACE

@@ -114,6 +114,22 @@ def test_deduper_first_time_then_repeat_then_expiry() -> None:
     assert len(d) <= 3
 
 
+def test_deduper_defaults_cover_carrier_retries_and_stay_bounded() -> None:
+    from patterd.call import dedupe
+    now = [0.0]
+    d = Deduper(clock=lambda: now[0])
+    assert d.first_time(("twilio-status", "CA1", "completed", 3))
+    now[0] = dedupe.TTL - 1                      # a carrier's retry, minutes later: refused
+    assert not d.first_time(("twilio-status", "CA1", "completed", 3))
+    now[0] = dedupe.TTL + 1                      # forgotten after ten minutes
+    assert d.first_time(("twilio-status", "CA1", "completed", 3))
+    assert dedupe.TTL == 600 and dedupe.MAX_ENTRIES <= 100_000
+    small = Deduper(max_entries=100, clock=lambda: now[0])
+    for n in range(1000):                        # a burst within the TTL: the oldest go
+        small.first_time(n)
+    assert len(small) == 100
+
+
 def test_registry_orders_by_sequence_and_terminal_is_final() -> None:
     reg = CallRegistry()
     assert reg.apply_status("CA1", "twilio", "ringing", 1)

@@ -98,6 +98,8 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier | None, rest: TelnyxRes
         # does not reopen the window).
         if not await gw.first_delivery(("telnyx", event_id), durable_for=REPLAY_WINDOW):
             return web.json_response({"status": "duplicate"})
+        # A call evicted from memory since its end comes back from the store, still over.
+        await gw.recall(call_id or gw.registry.call_of_leg(_text(payload, "call_leg_id")))
         followup = handle_event(gw, event_type, payload, call_id)
         resp = web.json_response({"status": "ok"})
         if followup is not None:

@@ -125,7 +125,9 @@ async def fetch_price(gw: Gateway, rest: TwilioRest, rec: CallRecord,
                 log.warning("twilio_price_not_usd", call_id=call_id, price=price,
                             price_unit=unit)
                 return None
-            gw.carrier_priced(rec, price)
+            # The registry's record now: the call may have been evicted from memory since
+            # (and read back by a late callback); ``rec`` itself comes back if it was not.
+            gw.carrier_priced(await gw.recall(call_id) or rec, price)
             log.info("twilio_price", call_id=call_id, price=price, price_unit=unit,
                      attempt=attempt)
             return price

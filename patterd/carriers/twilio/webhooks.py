@@ -155,16 +155,17 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier, tokens: StreamTokens
         params = await signed_params(request, gw, verifier)
         sid = _require(params, "CallSid", CALL_SID)
         direction = _direction(params)
-        known = gw.registry.get(sid)
-        await admit(request, gw, sid, opens_call=known is None)
-        if known is None and not gw.accepting:
+        # (an evicted call is over: a late copy of its first webhook does not open it again)
+        known = gw.registry.get(sid) is not None or gw.registry.evicted(sid) is not None
+        await admit(request, gw, sid, opens_call=not known)
+        if not known and not gw.accepting:
             reason = "draining" if gw.draining else "at capacity"
             if await gw.first_delivery(("twilio-reject", sid)):
                 gw.registry.ensure(sid, "twilio", direction=direction)
                 gw.finish_call(sid, "twilio", "rejected")
                 log.info("call_rejected", call_id=sid, reason=reason)
             return web.Response(text=twiml.reject("busy"), content_type=xml)
-        if known is None:
+        if not known:
             gw.registry.ensure(sid, "twilio", direction=direction,
                                from_number=params.get("From", ""),
                                to_number=params.get("To", ""))
@@ -189,6 +190,7 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier, tokens: StreamTokens
         await admit(request, gw, sid)
         if not await gw.first_delivery(("twilio-status", sid, state, seq)):
             return web.Response(status=204)
+        await gw.recall(sid)   # a call evicted from memory since its end: back, still over
         direction = _direction(params)
         rec = gw.registry.ensure(sid, "twilio", direction=direction)
         served = _served_here(gw, rec)
@@ -217,6 +219,7 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier, tokens: StreamTokens
         duration = _int_or_none(params, "RecordingDuration")
         await admit(request, gw, sid)
         if await gw.first_delivery(("twilio-recording", sid, rec_sid, state)):
+            await gw.recall(sid)
             gw.registry.add_event(sid, "twilio", "recording", recording_id=rec_sid,
                                   status=state, url=params.get("RecordingUrl", ""),
                                   duration=duration,
@@ -232,6 +235,7 @@ def make_routes(gw: Gateway, verifier: SignatureVerifier, tokens: StreamTokens
         took = _int_or_none(params, "MachineDetectionDuration")
         await admit(request, gw, sid)
         if await gw.first_delivery(("twilio-amd", sid, verdict)):
+            await gw.recall(sid)
             gw.registry.add_event(sid, "twilio", "amd", verdict=verdict, duration_ms=took)
             log.info("amd_result", call_id=sid, verdict=verdict)
             # The voicemail text rides in the signed callback URL (any replica can act).

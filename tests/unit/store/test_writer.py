@@ -403,3 +403,54 @@ async def test_retention_loop_sweeps_and_survives_failures(flaky: FlakyStore) ->
         with pytest.raises(asyncio.CancelledError):
             await task
     assert [c["call_id"] for c in (await flaky.list_calls(5))[0]] == ["CAnew"]
+
+
+async def test_on_settled_is_told_only_once_a_calls_latest_snapshot_is_stored(
+        flaky: FlakyStore) -> None:
+    settled: list[tuple[str, int]] = []
+    writer = StoreWriter(flaky, retry_base=0.01, retry_max=0.02)
+    writer.on_settled = lambda call_id: settled.append((call_id, writer.written))
+    rec = make_call("CAv", BASE)
+    flaky.gate = asyncio.Event()
+    writer.submit(record_of(rec))                      # v1, held in flight
+    await until(lambda: flaky.attempts == 1)
+    rec.status, rec.ended_at = "completed", BASE + 10
+    writer.submit(record_of(rec))                      # v2 comes while v1 is written
+    flaky.gate.set()
+    assert await writer.flush(5)
+    assert flaky.batches == [["CAv"], ["CAv"]]
+    assert settled == [("CAv", 2)]                     # not after v1: v2 was waiting
+    assert (await flaky.get_call("CAv"))["status"] == "completed"
+    await writer.close()
+
+
+async def test_a_rejected_or_unwritten_snapshot_never_settles(flaky: FlakyStore) -> None:
+    settled: list[str] = []
+    writer = StoreWriter(flaky, retry_base=0.01, retry_max=0.02)
+    writer.on_settled = settled.append
+    writer.submit({**record_of(make_call("CAbad", BASE)), "created_at": "not a time"})
+    assert await writer.flush(5) and writer.rejected == 1
+    flaky.down = True
+    writer.submit(record_of(make_call("CAdown", BASE)))
+    await until(lambda: writer.failed_attempts >= 1)
+    assert settled == []
+    flaky.down = False
+    assert await writer.flush(5)
+    assert settled == ["CAdown"]
+    await writer.close()
+
+
+async def test_an_on_settled_hook_that_raises_is_reported_and_the_writer_goes_on(
+        flaky: FlakyStore) -> None:
+    supervisor = Supervisor()
+    writer = StoreWriter(flaky, supervisor=supervisor)
+
+    def broken(call_id: str) -> None:
+        raise RuntimeError("hook bug")
+
+    writer.on_settled = broken
+    for name in ("CAh1", "CAh2"):
+        writer.submit(record_of(make_call(name, BASE)))
+    assert await writer.flush(5) and writer.written == 2
+    assert supervisor.errors["store"] == 2
+    await writer.close()
