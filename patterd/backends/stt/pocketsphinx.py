@@ -122,6 +122,8 @@ class PocketsphinxSTT(STT):
     processes (default: one per core, at most 4) serve every call of the daemon.
     """
 
+    name = "pocketsphinx"
+
     def __init__(self, cfg: "BackendConfig", agent: "AgentConfig | None" = None,
                  llm: "BackendConfig | None" = None, *, workers: int | None = None) -> None:
         rules = tuple(cfg.rules) + (tuple(llm.rules) if llm is not None else ())
