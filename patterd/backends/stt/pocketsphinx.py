@@ -247,7 +247,8 @@ class PocketsphinxSTT(STT):
         if not self._closed and idle is self._idle:
             self._track(asyncio.ensure_future(self._replace(idle, worker)))
 
-    async def _replace(self, idle: "asyncio.Queue[DecoderProcess | None]", dead: DecoderProcess) -> None:
+    async def _replace(self, idle: "asyncio.Queue[DecoderProcess | None]",
+                       dead: DecoderProcess) -> None:
         """Start a decoder in place of ``dead``; retried with back-off until it starts or
         the provider closes (the pool never shrinks for good)."""
         await dead.reap()
