@@ -76,7 +76,7 @@ async def test_a_call_is_a_tree_of_spans_with_providers_latency_and_cost(
     endpointing = turn.children[names.index("endpointing")]
     assert endpointing.start_ns == pytest.approx(turn.start_ns, abs=2e6)
     llm = turn.children[names.index("llm")]
-    # (the rules provider names itself "" — RulesLLM has no name — so no provider here)
+    assert llm.attributes["patterd.llm.provider"] == "rules"
     assert llm.attributes["patterd.llm.round"] == 0
     assert llm.attributes["patterd.llm.tool_calls"] == 1        # the hang-up
     tts = [s for s in turn.children if s.name == "tts"][0]

@@ -81,6 +81,8 @@ def action_tool(action: "RuleAction | None") -> ToolCall | None:
 class RulesLLM(LLM):
     """The offline rules agent."""
 
+    name = "rules"
+
     def __init__(self, cfg: "BackendConfig", agent: "AgentConfig | None" = None) -> None:
         self.rules = tuple(cfg.rules)
         self.fallback = cfg.fallback or DEFAULT_FALLBACK

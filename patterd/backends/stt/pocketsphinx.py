@@ -11,27 +11,32 @@ second pass alone would stall the event loop for ~25 ms per second of speech), a
 every core. They are plain subprocesses talking over pipes, so no ``multiprocessing`` main-module
 guard is needed. Only final transcripts are produced.
 
+The exchange with a decoder process (request, answer) runs in a task of its own, shielded from
+its caller: a caller that is cancelled (its call ended mid-word) abandons the answer, and the
+process finishes the utterance and goes back to the pool — calls ending never cost a decoder.
+
 The pool is supervised (component ``pocketsphinx``): a decoder process that exits (killed,
-crashed), answers garbage or is interrupted midway is replaced at once — the utterance it held
-is tried once more on another process when the process died, else it fails (the call
-apologises); a replacement that cannot start is retried with back-off, and while no decoder
-process is alive the provider is reported down (``/readyz`` 503).
+crashed) or answers garbage is replaced at once — the utterance it held is tried once more on
+another process when the process died, else it fails (the call apologises); a replacement that
+cannot start is retried with back-off, and while no decoder process is alive the provider is
+reported down (``/readyz`` 503).
+
+:meth:`PocketsphinxSTT.close` lets the utterances being decoded finish (for ``CLOSE_GRACE``
+seconds), then stops the processes; every wait of it is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import os
-import sys
 import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...ops.supervise import Supervisor
 from .base import STT, UtteranceStream
+from . import sphinx_proc
+from .sphinx_proc import DecoderProcess
 from .sphinx_vocab import build_model, model_paths, sound_alike
 
 if TYPE_CHECKING:
@@ -40,79 +45,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_UTTERANCE_SECONDS = 30.0      # older audio of a longer utterance is dropped
-WORKER_START_TIMEOUT = 60.0
-MAX_ANSWER_BYTES = 64 * 1024      # 30 s of speech is a few hundred bytes of text
 COMPONENT = "pocketsphinx"        # the supervisor's name for the decoder pool
 RESPAWN_FIRST = 0.5               # seconds before retrying a replacement that failed to start
 RESPAWN_MAX = 30.0
-
-
-class DecoderGarbage(RuntimeError):
-    """A decoder process answered something that is not a transcript (it is replaced)."""
-
-
-class _Worker:
-    """One decoder process (see :mod:`.sphinx_worker`)."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    @classmethod
-    async def spawn(cls, decoder_args: dict[str, Any]) -> "_Worker":
-        """Start a worker and wait until its decoder is loaded."""
-        root = str(Path(__file__).resolve().parents[3])     # the directory holding patterd/
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        # A session of its own: Ctrl+C in the terminal signals the whole foreground process
-        # group, and the daemon's drain still needs its decoders. The worker exits when its
-        # stdin closes: on close(), and when the daemon dies, however it dies.
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "patterd.backends.stt.sphinx_worker", json.dumps(decoder_args),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
-            start_new_session=True)
-        worker = cls(proc)
-        try:
-            assert proc.stdout is not None
-            ready = await asyncio.wait_for(proc.stdout.read(1), WORKER_START_TIMEOUT)
-        except BaseException:
-            worker.kill()
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(proc.wait())       # reap it before reporting
-            raise
-        if ready != b"R":
-            worker.kill()
-            raise RuntimeError("pocketsphinx: the decoder process failed to start "
-                               f"(exit code {await proc.wait()}; see its stderr)")
-        return worker
-
-    async def decode(self, pcm: bytes) -> str:
-        """One request/answer round trip."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(len(pcm).to_bytes(4, "little") + pcm)
-        await self.proc.stdin.drain()
-        n = int.from_bytes(await self.proc.stdout.readexactly(4), "little")
-        if n > MAX_ANSWER_BYTES:
-            raise DecoderGarbage(f"pocketsphinx: the decoder announced a {n}-byte answer")
-        try:
-            return (await self.proc.stdout.readexactly(n)).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DecoderGarbage(f"pocketsphinx: the decoder answered non-UTF-8 ({exc})") \
-                from None
-
-    def kill(self) -> None:
-        """Kill the process now (reaped by whoever awaits ``proc.wait()``)."""
-        if self.proc.returncode is None:
-            self.proc.kill()
-
-    async def stop(self) -> None:
-        """End of input: the worker exits; killed if it does not within 5 s."""
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), 5)
-        except asyncio.TimeoutError:
-            self.kill()
-            await self.proc.wait()
+CLOSE_GRACE = 10.0                # seconds close() lets the utterances being decoded finish
 
 
 class PocketsphinxSTT(STT):
@@ -121,6 +57,8 @@ class PocketsphinxSTT(STT):
     ``llm`` is the ``llm:`` section, whose rules give the vocabulary. ``workers`` decoder
     processes (default: one per core, at most 4) serve every call of the daemon.
     """
+
+    name = "pocketsphinx"
 
     def __init__(self, cfg: "BackendConfig", agent: "AgentConfig | None" = None,
                  llm: "BackendConfig | None" = None, *, workers: int | None = None) -> None:
@@ -139,32 +77,55 @@ class PocketsphinxSTT(STT):
         usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
             else (os.cpu_count() or 1)   # a daemon pinned to one core decodes on that core
         self._workers = workers or min(4, usable)
-        self._idle: asyncio.Queue[_Worker] | None = None
-        self._all: set[_Worker] = set()                 # live decoder processes of the pool
+        # The open pool: its idle queue (None: not started, or closed) and live processes.
+        # A close replaces both, so work of an older pool never lands in a newer one.
+        self._idle: asyncio.Queue[DecoderProcess | None] | None = None
+        self._all: set[DecoderProcess] = set()
         self._tasks: set[asyncio.Future[None]] = set()  # replacements and exit watchers
+        self._busy: set[asyncio.Future[str]] = set()    # exchanges with a decoder in flight
         self.supervisor = Supervisor()                  # the daemon's, once supervise() ran
         self.replaced = 0                               # decoder processes replaced
         self._closed = False
+        self._generation = 0                            # closes so far: a start older fails
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.decoder_args: dict[str, Any] = {}
         self._start_lock = asyncio.Lock()
 
     async def start(self) -> None:
-        """Build the dictionary and language model and start the decoder processes."""
-        self._closed = False
+        """Build the dictionary and language model and start the decoder processes. Opens a
+        closed provider again; fails if :meth:`close` is called before it is done."""
+        await self._open(self._generation, explicit=True)
+
+    async def _open(self, generation: int, *, explicit: bool) -> None:
+        """Start the pool unless it runs (one start at a time). ``explicit``: a start asked
+        for (it reopens a closed provider), else the first decode's (it does not)."""
         async with self._start_lock:
+            if generation != self._generation:
+                raise RuntimeError("the pocketsphinx STT provider was closed while starting")
+            if explicit:
+                self._closed = False
+            elif self._closed:
+                raise RuntimeError("the pocketsphinx STT provider is closed")
             if self._idle is not None:
                 return
             if not self.decoder_args:
-                await asyncio.to_thread(self._prepare)
+                tmp, args = await asyncio.to_thread(self._prepare)
+                if generation != self._generation:      # closed meanwhile: nothing to keep
+                    if tmp is not None:
+                        tmp.cleanup()
+                    raise RuntimeError("the pocketsphinx STT provider was closed while "
+                                       "starting")
+                self._tmp, self.decoder_args = tmp, args
             workers = await asyncio.gather(
-                *(_Worker.spawn(self.decoder_args) for _ in range(self._workers)),
+                *(DecoderProcess.spawn(self.decoder_args) for _ in range(self._workers)),
                 return_exceptions=True)
             errors = [w for w in workers if isinstance(w, BaseException)]
-            started = [w for w in workers if isinstance(w, _Worker)]
-            if errors:
-                for w in started:
-                    await w.stop()
+            started = [w for w in workers if isinstance(w, DecoderProcess)]
+            if errors or generation != self._generation:
+                await asyncio.gather(*(w.stop() for w in started))
+                if generation != self._generation:     # (its model files may be gone too)
+                    raise RuntimeError("the pocketsphinx STT provider was closed while "
+                                       "starting")
                 raise errors[0]
             self._all = set(started)
             self._idle = asyncio.Queue()
@@ -177,14 +138,15 @@ class PocketsphinxSTT(STT):
         """Report the pool's failures to ``supervisor`` (the daemon's)."""
         self.supervisor = supervisor
 
-    def _prepare(self) -> None:
+    def _prepare(self) -> tuple[tempfile.TemporaryDirectory[str] | None, dict[str, Any]]:
+        """Blocking: the model files (in a new temporary directory) and the decoder args."""
         hmm, cmudict, general_lm = model_paths()
-        self._tmp = tempfile.TemporaryDirectory(prefix="patterd-stt-")
-        built = build_model(self.phrases, self.messages, self._tmp.name, cmudict)
+        tmp = tempfile.TemporaryDirectory(prefix="patterd-stt-")
+        built = build_model(self.phrases, self.messages, tmp.name, cmudict)
         if built is None:
             log.info("pocketsphinx: no vocabulary configured; using the general English model")
-            self.decoder_args = {"hmm": hmm, "dict": cmudict, "lm": general_lm}
-            return
+            tmp.cleanup()
+            return None, {"hmm": hmm, "dict": cmudict, "lm": general_lm}
         self.skipped = built.skipped
         if self.skipped:
             log.warning("pocketsphinx: no pronunciation for %s; these words cannot be "
@@ -193,46 +155,73 @@ class PocketsphinxSTT(STT):
         for a, b in self.homophones:
             log.warning("pocketsphinx: rule phrases %r and %r sound the same; the recogniser "
                         "cannot tell them apart", a, b)
-        self.decoder_args = {"hmm": hmm, "dict": built.dict_path, "lm": built.lm_path}
+        return tmp, {"hmm": hmm, "dict": built.dict_path, "lm": built.lm_path}
 
     async def decode(self, pcm_s16le_8khz: bytes) -> str:
         """Recognise one whole utterance in an idle decoder process.
 
         A worker that dies is replaced and the utterance tried once more on another; one that
-        answers garbage is replaced and the utterance fails; one whose request is cancelled
-        midway is replaced too (its answer would be out of step).
+        answers garbage is replaced and the utterance fails. Cancelling the caller abandons
+        the answer only: the exchange goes on, and the worker back to the pool once done.
         """
-        for attempt in (1, 2):
+        died_once = False
+        while True:
             if self._closed:
                 raise RuntimeError("the pocketsphinx STT provider is closed")
             if self._idle is None:
-                await self.start()
+                await self._open(self._generation, explicit=False)
             idle = self._idle
-            assert idle is not None
+            if idle is None:            # closed (and maybe opened again) meanwhile
+                continue
             worker = await self._take(idle)
+            if worker is None:          # that pool closed while this waited for a worker
+                continue
+            exchange = asyncio.ensure_future(self._exchange(idle, worker, pcm_s16le_8khz))
+            self._busy.add(exchange)
+            exchange.add_done_callback(self._exchange_done)
             try:
-                text = await worker.decode(pcm_s16le_8khz)
-            except BaseException as exc:
-                died = isinstance(exc, (OSError, asyncio.IncompleteReadError))
-                cancelled = isinstance(exc, asyncio.CancelledError)
-                self._retire(idle, worker, None if cancelled else exc)
-                if died and attempt == 1:
-                    log.error("pocketsphinx: decoder process failed (%r); retrying", exc)
-                    continue
-                raise
-            idle.put_nowait(worker)
-            return text
-        raise AssertionError("unreachable")
+                return await asyncio.shield(exchange)
+            except (OSError, asyncio.IncompleteReadError) as exc:   # the process died
+                if died_once:
+                    raise
+                died_once = True
+                log.error("pocketsphinx: decoder process failed (%r); retrying", exc)
 
-    async def _take(self, idle: "asyncio.Queue[_Worker]") -> _Worker:
+    async def _exchange(self, idle: "asyncio.Queue[DecoderProcess | None]", worker: DecoderProcess,
+                        pcm: bytes) -> str:
+        """One request/answer with ``worker``, then the worker back to its pool; a worker that
+        failed is retired. Only :meth:`close` cancels an exchange (its process is killed and
+        never went away): its caller gets :class:`ConnectionAbortedError`, as for a death."""
+        try:
+            text = await worker.decode(pcm)
+        except asyncio.CancelledError:
+            self._retire(idle, worker, None)
+            raise ConnectionAbortedError("pocketsphinx: the decoder process was stopped "
+                                         "mid-utterance (the provider closed)") from None
+        except BaseException as exc:
+            self._retire(idle, worker, exc)
+            raise
+        if idle is self._idle and worker in self._all:
+            idle.put_nowait(worker)
+        return text
+
+    def _exchange_done(self, exchange: "asyncio.Future[str]") -> None:
+        self._busy.discard(exchange)
+        if not exchange.cancelled():
+            exchange.exception()        # retrieved: a caller may have abandoned it
+
+    async def _take(self, idle: "asyncio.Queue[DecoderProcess | None]") -> DecoderProcess | None:
         """An idle worker that is still alive (one that exited while idle is skipped: its
-        watcher replaces it)."""
+        watcher replaces it); None once the pool is closed."""
         while True:
             worker = await idle.get()
+            if worker is None:
+                idle.put_nowait(None)   # the next waiter learns it too
+                return None
             if worker in self._all and worker.proc.returncode is None:
                 return worker
 
-    def _watch(self, idle: "asyncio.Queue[_Worker]", worker: _Worker) -> None:
+    def _watch(self, idle: "asyncio.Queue[DecoderProcess | None]", worker: DecoderProcess) -> None:
         """Replace ``worker`` as soon as its process exits, busy or idle."""
         async def watch() -> None:
             code = await worker.proc.wait()
@@ -243,10 +232,10 @@ class PocketsphinxSTT(STT):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _retire(self, idle: "asyncio.Queue[_Worker]", worker: _Worker,
+    def _retire(self, idle: "asyncio.Queue[DecoderProcess | None]", worker: DecoderProcess,
                 why: BaseException | str | None) -> None:
         """Take ``worker`` out of the pool (once), kill it and start its replacement.
-        ``why`` is reported (None: a cancelled request, which is no failure)."""
+        ``why`` is reported (None: no failure of the decoder's)."""
         if worker not in self._all:
             return                              # already retired, or the pool closed
         self._all.discard(worker)
@@ -258,14 +247,15 @@ class PocketsphinxSTT(STT):
         if not self._closed and idle is self._idle:
             self._track(asyncio.ensure_future(self._replace(idle, worker)))
 
-    async def _replace(self, idle: "asyncio.Queue[_Worker]", dead: _Worker) -> None:
+    async def _replace(self, idle: "asyncio.Queue[DecoderProcess | None]",
+                       dead: DecoderProcess) -> None:
         """Start a decoder in place of ``dead``; retried with back-off until it starts or
         the provider closes (the pool never shrinks for good)."""
-        await dead.proc.wait()
+        await dead.reap()
         delay = RESPAWN_FIRST
         while True:
             try:
-                worker = await _Worker.spawn(self.decoder_args)
+                worker = await DecoderProcess.spawn(self.decoder_args)
                 break
             except asyncio.CancelledError:
                 raise
@@ -290,19 +280,33 @@ class PocketsphinxSTT(STT):
         return PocketsphinxStream(self)
 
     async def close(self) -> None:
-        """Stop the decoder processes (utterances being decoded still finish) and delete the
-        generated model files. Later decodes fail; :meth:`start` may open the provider again."""
+        """Stop the decoder processes and delete the generated model files. Utterances being
+        decoded still finish (for ``CLOSE_GRACE`` s; then their processes are stopped, and
+        killed ``STOP_WAIT`` s later); decodes waiting for a process, and later ones, fail.
+        :meth:`start` may open the provider again, even while this runs. Bounded: returns
+        within about ``CLOSE_GRACE + STOP_WAIT + 3 * REAP_WAIT`` s (25 s)."""
         self._closed = True
-        workers, self._all, self._idle = self._all, set(), None
-        for task in list(self._tasks):   # replacements (a starting one is reaped) and watchers
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._generation += 1                   # a start in progress fails
+        workers, self._all = self._all, set()
+        idle, self._idle = self._idle, None
+        tmp, self._tmp, self.decoder_args = self._tmp, None, {}
+        tasks, busy = list(self._tasks), list(self._busy)
+        self.supervisor.mark_up(COMPONENT)      # a closed provider is not a worker down
+        if idle is not None:
+            idle.put_nowait(None)               # wakes the decodes waiting for a worker
+        for task in tasks:                      # replacements (a starting one is reaped)
+            task.cancel()                       # and exit watchers
+        if tasks:
+            await asyncio.wait(tasks, timeout=sphinx_proc.REAP_WAIT)
+        if busy:                                # the utterances being decoded
+            await asyncio.wait(busy, timeout=CLOSE_GRACE)
         await asyncio.gather(*(w.stop() for w in workers))
-        self.supervisor.mark_up(COMPONENT)    # a closed provider is not a worker down
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-            self.decoder_args = {}
+        if (left := [t for t in busy if not t.done()]):   # their processes are gone now
+            for task in left:
+                task.cancel()
+            await asyncio.wait(left, timeout=sphinx_proc.REAP_WAIT)
+        if tmp is not None:
+            tmp.cleanup()
 
 
 class PocketsphinxStream(UtteranceStream):

@@ -314,6 +314,8 @@ class EspeakTTS(TTS):
     """eSpeak NG voice. Options: ``voice`` (the backend's ``voice`` key, e.g. ``en-us``) and
     ``rate`` in words per minute (default 175)."""
 
+    name = "espeak"
+
     def __init__(self, cfg: BackendConfig, agent: AgentConfig | None = None) -> None:
         self.voice = cfg.voice or str(cfg.options.get("voice") or DEFAULT_VOICE)
         self.rate = int(cfg.options.get("rate") or DEFAULT_RATE)

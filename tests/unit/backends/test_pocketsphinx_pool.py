@@ -12,7 +12,8 @@ import pytest
 import pytest_asyncio
 
 from patterd.backends.stt import pocketsphinx
-from patterd.backends.stt.pocketsphinx import DecoderGarbage, PocketsphinxSTT, _Worker
+from patterd.backends.stt.pocketsphinx import PocketsphinxSTT
+from patterd.backends.stt.sphinx_proc import DecoderGarbage, DecoderProcess
 from patterd.config.model import BackendConfig
 from patterd.ops.supervise import Supervisor
 from tests.unit.backends.test_pocketsphinx import AGENT, LLM_CFG, speak
@@ -64,21 +65,21 @@ async def test_a_killed_decoder_is_replaced_and_the_next_utterance_decoded(
 
 async def test_a_decoder_answering_garbage_fails_one_utterance_and_is_replaced(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    real_spawn = _Worker.spawn
+    real_spawn = DecoderProcess.spawn
 
-    async def garbage_spawn(decoder_args: dict[str, Any]) -> _Worker:
+    async def garbage_spawn(decoder_args: dict[str, Any]) -> DecoderProcess:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", GARBAGE, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE)
         assert proc.stdout is not None and await proc.stdout.read(1) == b"R"
-        return _Worker(proc)
+        return DecoderProcess(proc)
 
     stt = PocketsphinxSTT(BackendConfig("pocketsphinx"), AGENT, LLM_CFG, workers=1)
     supervisor = Supervisor()
     stt.supervise(supervisor)
-    monkeypatch.setattr(_Worker, "spawn", staticmethod(garbage_spawn))
+    monkeypatch.setattr(DecoderProcess, "spawn", staticmethod(garbage_spawn))
     await stt.start()
-    monkeypatch.setattr(_Worker, "spawn", real_spawn)   # its replacement is a real decoder
+    monkeypatch.setattr(DecoderProcess, "spawn", real_spawn)   # its replacement is a real decoder
     try:
         pcm = await speak("goodbye", 0.2)
         [liar] = stt._all
@@ -96,17 +97,17 @@ async def test_a_pool_that_cannot_restart_is_down_until_a_decoder_starts(
         solo: tuple[PocketsphinxSTT, Supervisor], monkeypatch: pytest.MonkeyPatch) -> None:
     stt, supervisor = solo
     monkeypatch.setattr(pocketsphinx, "RESPAWN_FIRST", 0.05)
-    real_spawn = _Worker.spawn
+    real_spawn = DecoderProcess.spawn
     failures = 3
 
-    async def flaky_spawn(decoder_args: dict[str, Any]) -> _Worker:
+    async def flaky_spawn(decoder_args: dict[str, Any]) -> DecoderProcess:
         nonlocal failures
         if failures:
             failures -= 1
             raise RuntimeError("pocketsphinx: the decoder process failed to start")
         return await real_spawn(decoder_args)
 
-    monkeypatch.setattr(_Worker, "spawn", staticmethod(flaky_spawn))
+    monkeypatch.setattr(DecoderProcess, "spawn", staticmethod(flaky_spawn))
     pcm = await speak("billing please", 0.2)
     decoding = asyncio.ensure_future(stt.decode(pcm))    # waits for a live decoder
     [victim] = stt._all
