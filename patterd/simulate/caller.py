@@ -62,7 +62,9 @@ class Caller:
         self.errors: list[str] = []
         self.counts: Counter[str] = Counter()
         self.rx_frames: list[tuple[float, float]] = []    # (arrival, seconds of audio)
-        self.segments: list[list[float]] = []             # agent speech heard: [start, end]
+        # agent speech heard: [start, end, seconds of it voiced] (a gap up to SEGMENT_GAP
+        # joins two stretches: a daemon falling behind leaves such gaps in one line)
+        self.segments: list[list[float]] = []
         self.clears: list[float] = []                     # when ``clear`` frames arrived
         self.hung_up = asyncio.Event()      # the call is over: stop the script and the clock
         self.dropped = False                # the script ended with Drop: reset, no ``stop``
@@ -107,8 +109,9 @@ class Caller:
             self._last_heard_voiced = t
             if self.segments and t - self.segments[-1][1] <= SEGMENT_GAP:
                 self.segments[-1][1] = t + TICK
+                self.segments[-1][2] += TICK
             else:
-                self.segments.append([t, t + TICK])
+                self.segments.append([t, t + TICK, TICK])
         for name in played.marks:
             await self._echo(name)
 
@@ -282,8 +285,9 @@ class Caller:
     # ------------------------------------------------------------------ results
     def agent_lines(self) -> list[Line]:
         """The agent's utterances as heard (text filled in later by transcription)."""
-        return [Line("agent", s, e, interrupted=any(s <= c <= e + 2 * TICK for c in self.clears))
-                for s, e in self.segments]
+        return [Line("agent", s, e, interrupted=any(s <= c <= e + 2 * TICK for c in self.clears),
+                     voiced=round(v, 3))
+                for s, e, v in self.segments]
 
     @property
     def heard_start(self) -> float:

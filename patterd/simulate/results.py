@@ -34,6 +34,7 @@ class Line:
     text: str = ""
     match: str = ""     # agent: the configured message the recognised words resemble most
     interrupted: bool = False   # agent: cut short by a ``clear`` (barge-in)
+    voiced: float = 0.0         # agent: seconds of it heard with audio (gaps excluded)
 
 
 @dataclass(slots=True)
