@@ -107,7 +107,9 @@ class Caller:
         if played.voiced:
             self._voiced_ticks += 1
             self._last_heard_voiced = t
-            if self.segments and t - self.segments[-1][1] <= SEGMENT_GAP:
+            # a clear ends the line it cut: audio after it is the agent's next line
+            if self.segments and t - self.segments[-1][1] <= SEGMENT_GAP \
+                    and not (self.clears and self.clears[-1] >= self.segments[-1][0]):
                 self.segments[-1][1] = t + TICK
                 self.segments[-1][2] += TICK
             else:
@@ -285,9 +287,15 @@ class Caller:
     # ------------------------------------------------------------------ results
     def agent_lines(self) -> list[Line]:
         """The agent's utterances as heard (text filled in later by transcription)."""
-        return [Line("agent", s, e, interrupted=any(s <= c <= e + 2 * TICK for c in self.clears),
-                     voiced=round(v, 3))
-                for s, e, v in self.segments]
+        lines = []
+        for i, (s, e, v) in enumerate(self.segments):
+            # cut: a clear came while it played or in the silence after it, before the next
+            until = min(e + SEGMENT_GAP, self.segments[i + 1][0] if i + 1 < len(self.segments)
+                        else math.inf)
+            lines.append(Line("agent", s, e, interrupted=any(s <= c <= until
+                                                             for c in self.clears),
+                              voiced=round(v, 3)))
+        return lines
 
     @property
     def heard_start(self) -> float:
