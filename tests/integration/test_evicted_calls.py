@@ -58,6 +58,14 @@ async def stored(client: TestClient, call_id: str) -> dict[str, Any]:
     return doc
 
 
+async def started(cfg: Any) -> TestClient:
+    """The daemon app (stub speech) serving on 127.0.0.1."""
+    app = build_app(cfg, carrier_for(cfg.carrier), backends=stub_backends(cfg))
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    return client
+
+
 async def nothing_live(client: TestClient) -> None:
     gw = gateway_of(client)
     assert gw.registry.live_count() == 0
@@ -73,9 +81,7 @@ async def test_a_late_twilio_status_callback_merges_into_the_stored_record(
                          {"dtmf": "9", "reply": "Goodbye!", "action": {"hangup": True}}]})
     raw["carrier"]["api_base_url"] = f"http://127.0.0.1:{free_port()}"
     cfg = config(raw)
-    app = build_app(cfg, carrier_for(cfg.carrier), backends=stub_backends(cfg))
-    client = TestClient(TestServer(app, host="127.0.0.1"))
-    await client.start_server()
+    client = await started(cfg)
     try:
         gw = gateway_of(client)
         url = str(client.make_url("")).rstrip("/")
@@ -128,9 +134,7 @@ async def test_late_telnyx_hangup_and_cost_merge_into_the_stored_record(
     raw = telnyx_raw(telnyx_signer.public_key_b64, admin={"token": TOKEN},
                      store={"url": f"sqlite:///{tmp_path}/calls.db"})
     cfg = config(raw)
-    app = build_app(cfg, carrier_for(cfg.carrier), backends=stub_backends(cfg))
-    client = TestClient(TestServer(app, host="127.0.0.1"))
-    await client.start_server()
+    client = await started(cfg)
     try:
         gw = gateway_of(client)
         call_id, leg = "v3:late-call", "leg-late-1"
@@ -181,9 +185,7 @@ async def test_with_the_store_unreadable_a_late_callback_keeps_the_call_over(
         tmp_path: Path) -> None:
     raw = twilio_raw(admin={"token": TOKEN}, store={"url": f"sqlite:///{tmp_path}/calls.db"})
     cfg = config(raw)
-    app = build_app(cfg, carrier_for(cfg.carrier), backends=stub_backends(cfg))
-    client = TestClient(TestServer(app, host="127.0.0.1"))
-    await client.start_server()
+    client = await started(cfg)
     try:
         gw = gateway_of(client)
         sid = "CA" + "7e" * 16
