@@ -33,7 +33,7 @@ def test_nothing_points_outside_the_repository() -> None:
 
 def test_the_readme_says_what_make_test_does_and_how_to_develop() -> None:
     top = README[:README.index("## ")]
-    for fact in ("enables and starts their\n  services", "PostgreSQL", "HAProxy", "~340 MB",
-                 "15 minutes on 2 cores", "Python ≥ 3.11"):
+    for fact in ("**enables and starts their services**", "PostgreSQL", "HAProxy", "Chromium",
+                 "~340 MB", "minutes on 2 cores", "Python ≥ 3.11"):
         assert fact in top, fact
     assert "logging: {format: console}" in README
