@@ -1,4 +1,4 @@
-"""``patterd call``: an outbound call through a running daemon's admin API (contract §1).
+"""``patterd call``: an outbound call through a running daemon's admin API (README: command line).
 
 The daemon runs as users run it (a subprocess on 127.0.0.1); the carrier it dials through is
 the fake Twilio API of the ``fake_twilio`` fixture, on the test's own event loop.

@@ -49,7 +49,7 @@ HAPROXY = DEPLOY / "haproxy" / "haproxy.cfg"
 # After drain_timeout the agent says goodbye and hangs up (bounded at 30 s in patterd.server),
 # then the HTTP runner shuts down (5 s): every stop timeout must cover drain_timeout + 35 s.
 DRAIN_TAIL = 35
-# Variables the daemon or the shipped configs read (contract §1, §2; config/*.yaml).
+# Variables the daemon or the shipped configs read (README: command line and configuration; docs/configuration.md; config/*.yaml).
 DAEMON_VARS = {"TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_SIGNING_KEYS",
                "TELNYX_API_KEY", "TELNYX_CONNECTION_ID", "TELNYX_PUBLIC_KEY", "PATTERD_ADMIN_TOKEN",
                "PATTERD_CONFIG"}

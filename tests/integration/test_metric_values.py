@@ -1,4 +1,4 @@
-"""The values behind /metrics after known simulated calls, family by family (contract §6).
+"""The values behind /metrics after known simulated calls, family by family (the README's Metrics section).
 
 One daemon per carrier, on a real 127.0.0.1 socket, with instant stub STT/TTS (the rules LLM
 and the Silero VAD are the real ones). On each: a call with a spoken turn and a key press that

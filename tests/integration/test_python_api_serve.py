@@ -1,4 +1,4 @@
-"""The Python API serving for real: the seed's snippets (contract §3, quoted in the README) run
+"""The Python API serving for real: the seed's snippets (quoted in the README) run
 verbatim with credentials from the environment and answer a simulated call; the Patter-shaped
 ``phone.agent`` / ``serve(agent, port=…, host=…)`` / ``ready`` / ``call`` / ``disconnect``; the
 README's complete offline example answers a simulated call."""
@@ -80,7 +80,7 @@ async def test_the_seed_snippets_run_verbatim(tmp_path: Path,
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
-    code = compile(SEED, "<contract §3>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    code = compile(SEED, "<README snippet>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     scope: dict[str, Any] = {}
     served = asyncio.ensure_future(eval(code, scope))   # a coroutine: it awaits serve()
     try:

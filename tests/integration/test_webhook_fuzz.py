@@ -1,4 +1,4 @@
-"""Fuzzing every carrier webhook route (contract §4) with Hypothesis.
+"""Fuzzing every carrier webhook route (the routes in the README) with Hypothesis.
 
 Each route test starts one daemon app on a real 127.0.0.1 socket (for Telnyx also the fake
 Telnyx REST API it answers calls through) in a private event loop, then sends 1,000 generated

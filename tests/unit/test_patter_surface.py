@@ -1,4 +1,4 @@
-"""The Patter API as its users know it (contract §3, the Patter SDK's shapes): construction
+"""The Patter API as its users know it (the Patter SDK's shapes, README: Python API): construction
 without a public URL, webhook_url=, carrier attributes, TypeErrors that name what to use,
 secrets out of every repr, phone.agent(...) building the same typed config as the YAML file,
 and a clear error for each Patter argument that has no meaning here."""

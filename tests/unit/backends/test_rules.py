@@ -1,4 +1,4 @@
-"""The offline ``rules`` agent (contract §2): matching, order, DTMF, fallback, placeholders."""
+"""The offline ``rules`` agent: matching, order, DTMF, fallback, placeholders."""
 
 from __future__ import annotations
 
