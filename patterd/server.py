@@ -16,6 +16,7 @@ from aiohttp import web
 from .app import build_app
 from .carriers.base import Carrier
 from .config import Config
+from .call import handoff
 from .gateway import GATEWAY, Gateway
 from .ops.logging import get_logger
 from .reload import Reloader
@@ -119,16 +120,21 @@ def make_runner(app: web.Application) -> web.AppRunner:
 
 async def drain(gw: Gateway) -> None:
     """Stop taking calls (``/readyz`` 503) and wait for live media sessions, up to
-    ``server.drain_timeout``."""
+    ``server.drain_timeout``; with replicas, move them to a ready one meanwhile
+    (:mod:`patterd.call.handoff`)."""
     gw.draining = True
     if gw.cluster is not None:   # other replicas see it too
         gw.cluster.set_draining(True)
     sd_notify("STOPPING=1\nSTATUS=draining")
     deadline = asyncio.get_running_loop().time() + gw.config.server.drain_timeout
+    moving = handoff.enabled(gw)
     log.info("draining", live_sessions=len(gw.sessions),
-             timeout=gw.config.server.drain_timeout)
+             timeout=gw.config.server.drain_timeout, handoff=moving)
+    mover = gw.spawn(handoff.hand_off_all(gw, deadline), name="handoff") if moving else None
     while gw.sessions and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.05 if moving else 0.2)
+    if mover is not None:
+        mover.cancel()
     if gw.sessions:
         # Out of time: the agent says goodbye and each call is hung up through the carrier.
         log.warning("drain_timeout", live_sessions=len(gw.sessions))

@@ -68,6 +68,9 @@ class CallRecord:
     # An evicted call's stand-in, made when a late update came and its stored record could
     # not be read back: ended, never written (it would replace what the store holds).
     stub: bool = False
+    # Moved to another replica on drain: that replica carries its usage and prices the call
+    # (this part keeps its lines and events, not a meter a crash recovery would count again).
+    handed_off: bool = False
 
     @property
     def live(self) -> bool:

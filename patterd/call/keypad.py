@@ -67,6 +67,15 @@ class Keypad:
         self._timer = asyncio.get_running_loop().call_later(INTER_DIGIT_TIMEOUT, self._expire)
         return None
 
+    def restore(self, digits: str) -> None:
+        """Keys pressed before the call moved here (a hand-off): pending again, with a fresh
+        inter-digit timer."""
+        self._cancel_timer()
+        self._digits = digits.upper()[:MAX_DIGITS]
+        if self._digits:
+            self._timer = asyncio.get_running_loop().call_later(INTER_DIGIT_TIMEOUT,
+                                                                self._expire)
+
     def take(self) -> str:
         """The pending digits (maybe ``""``), which are then forgotten."""
         self._cancel_timer()

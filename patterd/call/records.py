@@ -50,7 +50,7 @@ def snapshot(rec: CallRecord, streaming: bool) -> dict[str, Any]:
     the merged row): ``streaming`` (a media stream of the call is open in this process) and
     ``meter`` (usage and media seconds so far, and when that was)."""
     out = detail(rec)
-    if rec.ended_at is None:
+    if rec.ended_at is None and not rec.handed_off:
         usage, seconds = rec.metered()
         out["meter"] = {"at": time.time(), "media_seconds": round(seconds, 3),
                         "usage": usage_dict(usage)}

@@ -55,6 +55,8 @@ class Replies:
     outcome: str
     ending: bool
     restart_expected: bool
+    handing_off: bool
+    _deferred: tuple[str, str | None, str | None, float | None] | None
     last_activity: float
     _reply: asyncio.Task[None] | None
     _reply_begun_at: float
@@ -154,6 +156,10 @@ class Replies:
 
     def _start_reply(self, *, fixed: str = "", user_text: str | None = None,
                      dtmf: str | None = None, ended_at: float | None = None) -> None:
+        if self.handing_off:
+            # The call is moving between replicas: the latest turn waits for where it lands.
+            self._deferred = (fixed, user_text, dtmf, ended_at)
+            return
         if self._reply is not None and not self._reply.done():
             self._reply.cancel()
         self._speech_end_at = ended_at
@@ -238,6 +244,18 @@ class Replies:
             self.outcome, self.ending = "transferred", True
         elif tool.name == "end_call":
             self.outcome, self.ending = "completed", True
+
+    def replay_deferred(self) -> None:
+        """Answer the turn that came while the call was moving (see ``handing_off``)."""
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None and not self.ending:
+            fixed, user_text, dtmf, ended_at = deferred
+            self._start_reply(fixed=fixed, user_text=user_text, dtmf=dtmf, ended_at=ended_at)
+
+    def say_again(self, text: str) -> None:
+        """Say ``text`` (already filled): the part of a reply a hand-off cut."""
+        if not self.ending:
+            self._start_reply(fixed=text)
 
     def _fill(self, text: str) -> str:
         return fill(text, self.variables)

@@ -22,7 +22,9 @@ from ..backends.stt.base import PCM16
 from ..carriers.base import AudioIn, CallControl, DtmfIn, MarkPlayed, MediaProtocol, StreamStarted
 from ..config import Config
 from ..ops.logging import get_logger
+from ..carriers.stream_token import HANDOFF_PARAM
 from .context import Meter, call_variables, stream_context
+from .handoff import resume
 from .keypad import Keypad, dtmf_grammar
 from .playout import Playout
 from .registry import TERMINAL
@@ -49,6 +51,9 @@ class CallSession(Replies):
         self.call_id, self.carrier = start.call_id, carrier
         self.parameters = stream_context(start.parameters)
         self.resumed = self.parameters.get("resumed") == "1"
+        self.stream_id = start.stream_id
+        # A stream a draining replica moved here: its conversation is taken from the store.
+        self.handoff_id = self.parameters.pop(HANDOFF_PARAM, "")
         # The webhook may have landed on another replica: the signed stream context says who.
         # The record is the call's live account: lines go into it as they happen.
         self.record = gw.registry.ensure(self.call_id, carrier,
@@ -58,6 +63,7 @@ class CallSession(Replies):
         self.control = control
         self.loop = asyncio.get_running_loop()
         self.started = self.loop.time()
+        self.call_started = self.started      # the call's first stream (a hand-off says)
         self.rx_codec = get_codec(start.rx_codec, start.rx_rate)
         self.rx_resampler = Resampler(start.rx_rate, 8000) if start.rx_rate != 8000 else None
         self.tx_codec = get_codec(proto.tx_codec, 8000)
@@ -83,7 +89,11 @@ class CallSession(Replies):
         self._ended_at: float | None = None    # loop time the media stream ended
         self.outcome = ""
         self.ending = False
-        self.restart_expected = False      # we replaced the stream (Twilio DTMF)
+        self.restart_expected = False      # we replaced the stream (Twilio DTMF, hand-off)
+        self.handing_off = False           # moving to/from another replica: turns wait
+        self.handoff_tried = False
+        self.recognising = 0               # utterances being recognised
+        self._deferred: tuple[str, str | None, str | None, float | None] | None = None
         self.stream_stopped = False
         self.reprompted = False
         self.last_activity = self.started
@@ -103,7 +113,10 @@ class CallSession(Replies):
     def begin(self) -> None:
         """Greet the caller (unless this stream resumes a call), start recording if asked,
         and start the timers."""
-        if not self.resumed:
+        if self.handoff_id:
+            self.handing_off = True
+            self._spawn(resume(self))
+        elif not self.resumed:
             self._start_reply(fixed=self.config.agent.first_message)
             if self.config.recording.enabled:
                 self._spawn(self._record())
@@ -241,6 +254,7 @@ class CallSession(Replies):
 
     async def _recognise(self, ended_at: float) -> None:
         asked = self.loop.time()     # the VAD's decision; its lag is the endpointing stage
+        self.recognising += 1
         try:
             result = await self.stt_stream.finalize()
             self.credit_stt()        # to the provider that recognised the utterance
@@ -249,6 +263,8 @@ class CallSession(Replies):
             if not self.ending:
                 self._start_reply(fixed=HEARING_APOLOGY)
             return
+        finally:
+            self.recognising -= 1
         self.gw.metrics.turn_latency.labels("stt").observe(self.loop.time() - asked)
         text = result.text.strip()
         if self.ending or not text:
@@ -318,7 +334,7 @@ class CallSession(Replies):
             await asyncio.sleep(0.5)
             self._flush_frame_counts()
             now = self.loop.time()
-            if now - self.started >= agent.max_call_seconds:
+            if now - self.call_started >= agent.max_call_seconds:
                 await self._end_call("max_duration", TIME_LIMIT_GOODBYE)
                 return
             if self.agent_busy or self.user_speaking:

@@ -143,3 +143,18 @@ class CallControl(Protocol):
         """True when the carrier may stop a media stream while the call stays up and billing
         (Telnyx); Twilio moves on to the next TwiML verb, and there is none after ours."""
         ...
+
+    async def restream(self, call_id: str, parameters: dict[str, str], handoff: str) -> bool:
+        """Hand-off: point the call's media at the public URL again with a new stream token
+        and the hand-off ``handoff`` named (the load balancer picks the replica)."""
+        ...
+
+    async def stop_stream(self, call_id: str, stream_id: str) -> bool:
+        """Stop one media stream of the call, the call staying up (after a hand-off)."""
+        ...
+
+    @property
+    def restream_overlaps(self) -> bool:
+        """True when :meth:`restream` leaves the old stream up until :meth:`stop_stream`
+        (Telnyx), False when it ends the old stream at once (Twilio)."""
+        ...

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 OUTBOUND_REF = "out:"     # the subject of a dialled call's token: out:<reference of the dial>
 STREAM_TTL = 300.0        # an answered call's stream connects within seconds; 5 min to spare
+HANDOFF_TTL = 60.0        # a moved stream connects within a second or two
+HANDOFF_PARAM = "handoff"  # the stream parameter naming a hand-off's stored state
 TAG_BYTES = 18
 
 

@@ -48,6 +48,8 @@ from . import queries as Q
 from .dispatch import CommandDispatch
 from .errors import ClusterError, ClusterUnavailable, NoLiveOwner
 from .listener import Listener
+from .handoffs import CLEAN as HANDOFFS_CLEAN
+from .handoffs import KEEP_SECONDS as HANDOFFS_KEEP
 from .reaper import take_over_dead
 from .schema import ensure_schema
 
@@ -431,6 +433,7 @@ class ClusterNode(CommandDispatch):
             last_clean = time.monotonic()
             await self._execute(Q.CLEAN_DONE, self.keep_done)
             await self._execute(Q.CLEAN_DELIVERIES, DELIVERY_TTL)
+            await self._execute(HANDOFFS_CLEAN, HANDOFFS_KEEP)
         return last_clean
 
     async def _flush_deferred(self) -> None:

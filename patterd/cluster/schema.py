@@ -10,6 +10,8 @@ EXISTS`` can otherwise fail on the catalog's unique index).
 - ``patterd_call_commands``: commands for a call's owner, claimed once, with their result.
   ``submitted_by`` (beyond the minimum) names the replica to notify when the result is in.
 - ``patterd_deliveries``: keys of webhook deliveries some replica has processed (6 h).
+- ``patterd_handoffs``: the state of a call a draining replica is moving, taken once by the
+  replica that gets its new stream (1 h).
 """
 
 from __future__ import annotations
@@ -61,6 +63,15 @@ STATEMENTS: tuple[str, ...] = (
         seen_at TIMESTAMPTZ NOT NULL DEFAULT now()
     )""",
     "CREATE INDEX IF NOT EXISTS patterd_deliveries_seen_idx ON patterd_deliveries (seen_at)",
+    """CREATE TABLE IF NOT EXISTS patterd_handoffs (
+        id           TEXT PRIMARY KEY,
+        call_id      TEXT NOT NULL,
+        carrier      TEXT NOT NULL,
+        from_replica TEXT NOT NULL,
+        state        JSONB NOT NULL,
+        created_at   TIMESTAMPTZ NOT NULL DEFAULT now()
+    )""",
+    "CREATE INDEX IF NOT EXISTS patterd_handoffs_created_idx ON patterd_handoffs (created_at)",
 )
 
 

@@ -239,6 +239,8 @@ def _read_server(s: Section) -> ServerConfig:
         idle_timeout=s.float("idle_timeout", 15.0, minimum=0.1, maximum=3600),
         max_connections=s.int("max_connections", 4096, minimum=16),
         max_connections_per_ip=s.int("max_connections_per_ip", 1024, minimum=1),
+        handoff=s.bool("handoff", True),
+        handoff_delay=s.float("handoff_delay", 2.0, minimum=0, maximum=60),
     )
     if cfg.max_connections_per_ip > cfg.max_connections:
         s.problem("max_connections_per_ip", "expected at most server.max_connections "

@@ -26,6 +26,8 @@ class ServerConfig:
     idle_timeout: float = 15.0
     max_connections: int = 4096
     max_connections_per_ip: int = 1024
+    handoff: bool = True          # on drain, move live calls to a ready replica (PostgreSQL)
+    handoff_delay: float = 2.0    # seconds for the load balancer to see /readyz 503 first
 
 
 @dataclass(frozen=True, slots=True)

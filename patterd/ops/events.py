@@ -22,16 +22,29 @@ from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_CAPACITY = 20_000
+#: The ring's bound in encoded bytes as well (~4,500 typical events, ~1.6 MiB in memory): it
+#: is a replay window for readers that reconnect (a reader further behind reloads /v1/live),
+#: and its memory must stop growing soon after start whatever the traffic — bounded by count
+#: alone, a daemon's ring grew ~13 MiB over the first half hour of a churn soak.
+DEFAULT_MAX_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One published event: its id, name, fields and Server-Sent Events encoding."""
+    """One published event: its id, name, call and Server-Sent Events encoding. Only the
+    encoding is kept (the fields' Python objects would cost several times its size);
+    :attr:`data` decodes it."""
 
     id: int
     name: str
-    data: dict[str, Any]
+    call_id: str
     wire: bytes
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The event's fields, decoded from its encoding."""
+        body = self.wire.split(b"\ndata: ", 1)[1]
+        return dict(json.loads(body))
 
 
 def encode(event_id: int, name: str, data: dict[str, Any]) -> bytes:
@@ -41,11 +54,14 @@ def encode(event_id: int, name: str, data: dict[str, Any]) -> bytes:
 
 
 class EventBus:
-    """Numbered events in a ring of ``capacity``; see the module docstring."""
+    """Numbered events in a ring of at most ``capacity`` events and ``max_bytes`` encoded
+    bytes (the newest event is always kept); see the module docstring."""
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY, *, first_id: int | None = None
-                 ) -> None:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, *, first_id: int | None = None,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._ring: deque[Event] = deque(maxlen=max(1, capacity))
+        self.max_bytes = max(1, max_bytes)
+        self.bytes = 0          # encoded bytes the ring holds
         self.first_id = time.time_ns() // 1000 if first_id is None else first_id
         self._next = self.first_id
         self._wake: asyncio.Future[None] | None = None
@@ -59,9 +75,17 @@ class EventBus:
 
     def publish(self, name: str, data: dict[str, Any]) -> Event:
         """Add an event and wake the readers waiting for one."""
-        event = Event(self._next, name, data, encode(self._next, name, data))
+        call_id = data.get("call_id")
+        event = Event(self._next, name, call_id if isinstance(call_id, str) else "",
+                      encode(self._next, name, data))
         self._next += 1
-        self._ring.append(event)
+        ring = self._ring
+        if len(ring) == ring.maxlen:
+            self.bytes -= len(ring[0].wire)
+        ring.append(event)
+        self.bytes += len(event.wire)
+        while self.bytes > self.max_bytes and len(ring) > 1:
+            self.bytes -= len(ring.popleft().wire)
         self.published += 1
         wake, self._wake = self._wake, None
         if wake is not None and not wake.done():

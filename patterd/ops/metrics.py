@@ -19,6 +19,10 @@ LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.
 TURN_STAGES = ("endpointing", "stt", "llm_first_token", "tts_first_byte", "response")
 
 
+HANDOFF_RESULTS = ("sent", "resumed", "failed", "lost")
+HANDOFF_GAP_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
 class Metrics:
     """The daemon's metric families (one instance per app, so tests stay independent)."""
 
@@ -80,6 +84,18 @@ class Metrics:
                                           ["outcome"], registry=r)
         for outcome in ("delayed", "refused"):   # zeros from the start
             self.store_backpressure.labels(outcome)
+        self.call_handoffs = Counter("patterd_call_handoffs",
+                                     "Live calls moved between replicas on drain, by result: "
+                                     "sent (this replica moved it), resumed (this replica took "
+                                     "it over), failed (it stayed and drained as before), "
+                                     "lost (a moved stream with no state to resume)",
+                                     ["result"], registry=r)
+        for result in HANDOFF_RESULTS:
+            self.call_handoffs.labels(result)
+        self.handoff_gap = Histogram("patterd_call_handoff_gap_seconds",
+                                     "From the old replica asking the carrier to move a call's "
+                                     "media to the new replica's stream starting",
+                                     buckets=HANDOFF_GAP_BUCKETS, registry=r)
         # Children that always exist, so dashboards see zeros rather than gaps.
         for direction in ("rx", "tx"):
             self.media_frames.labels(direction)

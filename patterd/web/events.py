@@ -66,7 +66,7 @@ def event_routes(gw: Gateway) -> list[web.RouteDef]:
                     batch = events[:MAX_BATCH]
                     cursor = batch[-1].id
                     chunks = [e.wire for e in batch
-                              if only is None or e.data.get("call_id") == only]
+                              if only is None or e.call_id == only]
                     if chunks:
                         await resp.write(b"".join(chunks))
                     continue

@@ -203,7 +203,10 @@ class Cluster:
                     "drain_timeout": drain_timeout},
             store={"url": store_url}, admin={"token": ADMIN_TOKEN},
             logging={"level": log_level, "format": "json"}, **AGENT)
-        raw = merge(raw, extra or {})
+        extra = dict(extra or {})
+        if "llm" in extra:            # another agent: the rules' keys do not belong to it
+            raw["llm"] = extra.pop("llm")
+        raw = merge(raw, extra)
         raw["carrier"]["api_base_url"] = self.api_base_url
         self.raw = raw
         self.replicas: list[Replica] = []
@@ -305,6 +308,15 @@ class Cluster:
         """SIGTERM replica ``i``: it drains (readyz 503, live calls go on) and exits 0."""
         self.replicas[i].signals.append("SIGTERM")
         self.replicas[i].proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+
+    async def restart(self, i: int, timeout: float = 60.0) -> None:
+        """Start replica ``i`` again (after it exited) on its port and config; returns once
+        its /readyz answers 200 and HAProxy has it UP."""
+        r = self.replicas[i]
+        assert r.returncode is not None, f"{r.name} is still running"
+        self._spawn(r)
+        await self._ready(r, timeout)
+        await self.wait_backend(i, "UP", timeout=timeout)
 
     # ------------------------------------------------------------------ HAProxy
     async def runtime(self, command: str) -> str:

@@ -36,6 +36,26 @@ def test_since_returns_what_came_after_a_cursor_and_flags_gaps() -> None:
     assert bus.since(99) == ([], True)   # or from the future
 
 
+def test_the_ring_is_bounded_in_bytes_too_and_keeps_only_the_encoding() -> None:
+    bus = EventBus(capacity=1000, first_id=1, max_bytes=1000)
+    for n in range(50):
+        bus.publish("turn_complete", {"call_id": f"CA{n % 3}", "text": "x" * 60, "n": n})
+    held = bus.since(0)[0]
+    # the newest events, consecutive, within the byte bound; the count bound is far away
+    assert held[-1].id == 50 and [e.id for e in held] == list(range(held[0].id, 51))
+    assert bus.bytes == sum(len(e.wire) for e in held) <= 1000 < bus.bytes + 150
+    assert len(held) < 10 and bus.since(held[0].id - 2)[1]    # older ones: a gap
+    last = held[-1]
+    assert (last.call_id, last.data) == ("CA1", {"call_id": "CA1", "text": "x" * 60, "n": 49})
+    assert not hasattr(last, "__dict__")       # slots: no per-event dict
+    huge = bus.publish("e", {"text": "y" * 5000})     # bigger than the bound: kept alone
+    assert bus.since(huge.id - 1) == ([huge], False) and huge.call_id == ""
+    bus = EventBus(capacity=3, first_id=1, max_bytes=10**6)
+    for n in range(5):
+        bus.publish("e", {"n": n})
+    assert bus.bytes == sum(len(e.wire) for e in bus.since(0)[0])   # count-evicted: counted
+
+
 async def test_wait_wakes_on_publish_and_times_out_otherwise() -> None:
     bus = EventBus(first_id=1)
     assert not await bus.wait(0, 0.01)

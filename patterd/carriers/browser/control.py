@@ -26,6 +26,7 @@ class BrowserControl:
 
     dtmf_ends_stream = False
     stop_keeps_call_up = False
+    restream_overlaps = False
 
     def __init__(self, spawn: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
         self._spawn = spawn
@@ -53,6 +54,15 @@ class BrowserControl:
             self._sockets.pop(call_id, None)
             self._spawn(_close_later(ws, frame["event"]))
         return True
+
+    async def restream(self, call_id: str, parameters: dict[str, str], handoff: str) -> bool:
+        """A browser call cannot move: its page is connected to this process (False: it
+        stays here and drains as before)."""
+        return False
+
+    async def stop_stream(self, call_id: str, stream_id: str) -> bool:
+        """Nothing to stop: see :meth:`restream`."""
+        return False
 
     async def hangup(self, call_id: str) -> bool:
         """Tell the page and close its socket (False: it had gone already)."""

@@ -8,6 +8,7 @@ from ...call.outbound import OutboundCall
 from ...config import Config, TelnyxSettings
 from ..rest import ErrorHook, RestError, SessionSource
 from .rest import TelnyxRest, client_state
+from ..stream_token import HANDOFF_PARAM, HANDOFF_TTL
 from .stream_token import OUTBOUND_REF, STREAM_TTL, StreamTokens
 
 
@@ -17,6 +18,7 @@ class TelnyxControl:
 
     dtmf_ends_stream = False
     stop_keeps_call_up = True
+    restream_overlaps = True     # the old stream is stopped once the new one is up
 
     def __init__(self, session: SessionSource, settings: TelnyxSettings, config: Config,
                  tokens: StreamTokens, stream_url: Any, on_error: ErrorHook | None = None
@@ -38,6 +40,18 @@ class TelnyxControl:
     async def send_dtmf(self, call_id: str, digits: str, parameters: dict[str, str]) -> bool:
         """``actions/send_dtmf``."""
         return await self._rest.send_dtmf(call_id, digits)
+
+    async def restream(self, call_id: str, parameters: dict[str, str], handoff: str) -> bool:
+        """Hand-off: ``streaming_start`` to the public URL (the load balancer picks a ready
+        replica) with a short-lived token of its own and the hand-off named in the URL's
+        query; the running stream stays up (and listening) until :meth:`stop_stream`."""
+        direction = parameters.get("direction") or "inbound"
+        url = self._stream_url(self._tokens.mint(call_id, direction, HANDOFF_TTL))
+        return await self._rest.streaming_start(call_id, f"{url}?{HANDOFF_PARAM}={handoff}")
+
+    async def stop_stream(self, call_id: str, stream_id: str) -> bool:
+        """``streaming_stop`` of one stream (the call stays up)."""
+        return await self._rest.streaming_stop(call_id, stream_id)
 
     async def start_recording(self, call_id: str, channels: str) -> str:
         """``actions/record_start`` (``call.recording.saved`` comes after the call)."""

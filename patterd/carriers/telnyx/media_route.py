@@ -16,6 +16,7 @@ from ...web.request import Forbidden
 from .control import TelnyxControl
 from .media import TelnyxMedia
 from .rest import read_client_state
+from ..stream_token import HANDOFF_PARAM
 from .stream_token import StreamTokens
 from .webhooks import MEDIA_PATH, stream_url
 
@@ -47,6 +48,9 @@ def media_route(gw: Gateway, settings: TelnyxSettings, tokens: StreamTokens) -> 
                 log.warning("media_start_refused", carrier="telnyx",
                             reason="client_state names another dial than the stream token")
                 return "the stream token was issued for another call"
+            handoff = request.query.get(HANDOFF_PARAM, "")
+            if handoff:   # a stream moved here from another replica (see call.handoff)
+                start.parameters.update({HANDOFF_PARAM: handoff[:64], "resumed": "1"})
             return await admit_start(gw, "telnyx", grant, start)
 
         return await serve_media(request, gw, carrier="telnyx", proto=TelnyxMedia(),

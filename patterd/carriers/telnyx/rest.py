@@ -117,6 +117,23 @@ class TelnyxRest:
         return await self._checked(call_control_id, "transfer", body)
 
     @reported
+    async def streaming_start(self, call_control_id: str, stream_url: str) -> bool:
+        """Open another bidirectional PCMU media stream (``rtp`` mode) to ``stream_url``;
+        the running one stays up until stopped."""
+        return await self._checked(call_control_id, "streaming_start", {
+            "stream_url": stream_url,
+            "stream_track": "inbound_track",
+            "stream_bidirectional_mode": "rtp",
+            "stream_bidirectional_codec": "PCMU",
+            "stream_bidirectional_target_legs": "self",
+        })
+
+    @reported
+    async def streaming_stop(self, call_control_id: str, stream_id: str) -> bool:
+        """Stop one media stream of the call (the call stays up)."""
+        return await self._checked(call_control_id, "streaming_stop", {"stream_id": stream_id})
+
+    @reported
     async def send_dtmf(self, call_control_id: str, digits: str) -> bool:
         """Send DTMF tones into the call."""
         return await self._checked(call_control_id, "send_dtmf", {"digits": digits})

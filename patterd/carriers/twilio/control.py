@@ -9,6 +9,7 @@ from ...call.outbound import OutboundCall, stream_parameters
 from ...config import Config, TwilioSettings
 from ..rest import ErrorHook, SessionSource
 from .rest import TwilioRest
+from ..stream_token import HANDOFF_PARAM, HANDOFF_TTL
 from .stream_token import OUTBOUND_REF, STREAM_TTL, TOKEN_PARAM, StreamTokens
 from .twiml import connect_stream
 
@@ -37,6 +38,7 @@ class TwilioControl:
 
     dtmf_ends_stream = True
     stop_keeps_call_up = False
+    restream_overlaps = False    # a TwiML update ends the old stream before the new one starts
 
     def __init__(self, session: SessionSource, settings: TwilioSettings, config: Config,
                  stream_url: str, tokens: StreamTokens, on_error: ErrorHook | None = None
@@ -63,6 +65,19 @@ class TwilioControl:
         params = {**parameters, "resumed": "1",
                   TOKEN_PARAM: self._tokens.mint(call_id, direction)}
         return await self._rest.send_dtmf(call_id, digits, self._stream_url, params)
+
+    async def restream(self, call_id: str, parameters: dict[str, str], handoff: str) -> bool:
+        """Hand-off: a TwiML update with a new ``<Connect><Stream>`` to the public URL (the
+        load balancer picks a ready replica), marked resumed, naming the hand-off, with a
+        short-lived stream token of its own. Twilio ends the running stream at once."""
+        direction = parameters.get("direction") or "inbound"
+        params = {**parameters, "resumed": "1", HANDOFF_PARAM: handoff,
+                  TOKEN_PARAM: self._tokens.mint(call_id, direction, HANDOFF_TTL)}
+        return await self._rest.restream(call_id, self._stream_url, params)
+
+    async def stop_stream(self, call_id: str, stream_id: str) -> bool:
+        """Nothing to do: the TwiML update of :meth:`restream` ended the old stream."""
+        return True
 
     async def start_recording(self, call_id: str, channels: str) -> str:
         """Dual-channel recording with status callbacks to ``/webhooks/twilio/recording``."""

@@ -123,6 +123,14 @@ class TwilioRest:
         return await _update_twiml(self, call_sid, doc, "send DTMF")
 
 
+    async def restream(self, call_sid: str, stream_url: str, parameters: dict[str, str]
+                       ) -> bool:
+        """Point the call's media at ``stream_url`` again (the running stream ends)."""
+        from .twiml import connect_stream
+        return await _update_twiml(self, call_sid, connect_stream(stream_url, parameters),
+                                   "move the media stream")
+
+
 async def _update_twiml(rest: "TwilioRest", call_sid: str, doc: str, doing: str) -> bool:
     resp = await rest.update_call(call_sid, [("Twiml", doc)])
     if resp.ok:
