@@ -11,6 +11,7 @@ PostgreSQL isolation as in test_store_postgres.py (a database per module, a sche
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,16 @@ from typing import Any
 import aiohttp
 import pytest
 
+from patterd.call.handoff import LOST_APOLOGY, LOST_OUTCOME
+from patterd.carriers.twilio.signature import compute_signature
+from patterd.carriers.twilio.webhooks import stream_url
 from patterd.simulate import CallResult, Dtmf, Wait, WaitForAgent, simulate_call
+from patterd.simulate.twilio_wire import parse_twiml
 from tests.integration.test_load_balanced import records, started_api
 from tests.integration.test_store_postgres import pg_database, pg_server, pg_url  # noqa: F401
 from tests.support.cluster import Cluster
 from tests.support.fakes.openai_chat import FakeOpenAIChat, Reply
+from tests.support.media_client import twilio_token
 
 pytestmark = pytest.mark.slow
 
@@ -138,3 +144,105 @@ async def test_draining_replica_hands_its_calls_to_the_others(tmp_path: Path,
                                     "[The caller pressed 2 on the keypad]"], body["messages"]
         assistant = [m["content"] for m in body["messages"] if m["role"] == "assistant"]
         assert assistant[0] == "Hello." and assistant[1].startswith("Answer number"), assistant
+
+
+# ------------------------------------------------------------------------ what can go wrong
+
+async def twilio_start(cluster: Cluster, call_id: str, params: dict[str, str], *,
+                       hold: float = 3.0) -> int | None:
+    """A Twilio media stream for ``call_id`` with ``params`` as its ``<Parameter>``s, opened
+    through HAProxy with a valid upgrade signature, marks echoed as Twilio does; the close
+    code the daemon answered with, or None when it kept the socket open for ``hold`` seconds
+    (then the stream ends with ``stop``, as Twilio ends it)."""
+    url = stream_url(cluster.lb_url)
+    sig = compute_signature(cluster.config.carrier.auth_token.encode(), url, []).decode()
+    sid = "MZ" + "7" * 32
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(cluster.lb_url + "/media/twilio",
+                                   headers={"X-Twilio-Signature": sig}) as ws:
+            await ws.send_str(json.dumps({"event": "start", "streamSid": sid, "start": {
+                "streamSid": sid, "callSid": call_id,
+                "accountSid": cluster.config.carrier.account_sid, "customParameters": params,
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000,
+                                "channels": 1}}}))
+            try:
+                async with asyncio.timeout(hold):
+                    async for msg in ws:
+                        frame = json.loads(msg.data) if msg.type == aiohttp.WSMsgType.TEXT \
+                            else {}
+                        if frame.get("event") == "mark":
+                            await ws.send_str(json.dumps({"event": "mark", "streamSid": sid,
+                                                          "mark": frame["mark"]}))
+            except TimeoutError:
+                await ws.send_str(json.dumps({"event": "stop", "streamSid": sid}))
+                return None
+            return ws.close_code
+
+
+def moved_stream(result: CallResult) -> dict[str, str]:
+    """The ``<Parameter>``s of the TwiML update that moved the call (the hand-off)."""
+    for action in result.actions:
+        doc = action.fields.get("Twiml", "")
+        if action.action == "twiml" and "handoff" in doc:
+            stream = parse_twiml(doc)[0].find("Stream")
+            assert stream is not None, doc
+            return {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+    raise AssertionError(f"no hand-off update among {[a.action for a in result.actions]}")
+
+
+async def test_moved_streams_are_checked_replays_and_forgeries_refused_and_no_state_ends_the_call(
+        tmp_path: Path, pg_url: str) -> None:  # noqa: F811
+    llm = FakeOpenAIChat()
+    url = await llm.start()
+    try:
+        async with Cluster(tmp_path, pg_url, replicas=2, drain_timeout=60,
+                           extra={"llm": llm_section(llm, url)}) as cluster:
+            api = await started_api(cluster)
+            try:
+                call = asyncio.create_task(simulate_call(
+                    cluster.config, cluster.lb_url, conversation(6.0), api=api,
+                    timeout=CALL_TIMEOUT, keep_audio=False))
+                while cluster.count("media_started") < 1:
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(2.0)
+                holder = [r.index for r in cluster.replicas if r.call_ids("media_started")]
+                cluster.drain(holder[0])
+                result = await asyncio.wait_for(call, CALL_TIMEOUT)
+                await cluster.replicas[holder[0]].wait_exit(30)
+                params = moved_stream(result)
+                # The hand-off's own token, replayed (the state was taken once already).
+                replayed = await twilio_start(cluster, result.call_id, params)
+                # A token that does not verify.
+                forged = await twilio_start(cluster, result.call_id, {
+                    **params, "stream_token": params["stream_token"][:-2] + "xx"})
+                # A valid token (the carrier credential mints it) naming a hand-off whose state
+                # never existed: the call cannot go on as the conversation it was.
+                other = "CA" + "5e" * 16
+                lost = await twilio_start(cluster, other, {
+                    "stream_token": twilio_token(other), "resumed": "1",
+                    "handoff": "no-such-handoff", "direction": "inbound"}, hold=12.0)
+                recs = await records(cluster, [other],
+                                     lambda rec: rec.get("ended_at") is not None)
+                survivor = cluster.replicas[1 - holder[0]]
+                lost_count = await metric(survivor.url, "patterd_call_handoffs_total",
+                                          'result="lost"')
+            finally:
+                await api.close()
+    finally:
+        await llm.stop()
+    assert result.ok and result.outcome == "completed", (result.outcome, result.errors)
+    assert params["handoff"] and params["resumed"] == "1" and params["stream_token"]
+    assert replayed == 4403 and forged == 4403, (replayed, forged)
+    refused = [ln for ln in survivor.lines() if ln.get("event") == "media_start_refused"]
+    assert [ln["reason"] for ln in refused] == ["the stream token was used already",
+                                                "no valid stream token for this call"], refused
+    rec = recs[other]
+    assert rec["outcome"] == LOST_OUTCOME, rec
+    assert any(e["type"] == "handoff" and e["ok"] is False and e["stage"] == "resume"
+               for e in rec["events"]), rec["events"]
+    apology = [ln for ln in rec["transcript"] if ln["role"] == "agent"]
+    assert [ln["text"] for ln in apology] == [LOST_APOLOGY], apology
+    assert any(e["type"] == "hangup" and e.get("reason") == LOST_OUTCOME
+               for e in rec["events"]), rec["events"]
+    assert lost is None, lost    # served (then ended through the carrier), not refused
+    assert lost_count == 1

@@ -42,7 +42,8 @@ import aiohttp
 from patterd.config import Config
 from tests.conftest import config as build_config
 from tests.conftest import _merge as merge
-from tests.conftest import twilio_raw
+from patterd.simulate.telnyx_wire import TelnyxSigner
+from tests.conftest import telnyx_raw, twilio_raw
 
 ROOT = Path(__file__).resolve().parents[2]
 HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
@@ -186,7 +187,8 @@ class Cluster:
 
     def __init__(self, workdir: Path, store_url: str, *, replicas: int = 3,
                  drain_timeout: float = 30.0, log_level: str = "info",
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None, carrier: str = "twilio",
+                 store_urls: dict[int, str] | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.store_url = store_url
@@ -198,11 +200,18 @@ class Cluster:
         self.socket_path = self.workdir / "haproxy.sock"
         self.haproxy_log = self.workdir / "haproxy.log"
         self.haproxy: subprocess.Popen[bytes] | None = None
-        raw = twilio_raw(
+        sections: dict[str, Any] = dict(
             server={"host": "127.0.0.1", "port": 8000, "public_url": self.lb_url,
                     "drain_timeout": drain_timeout},
             store={"url": store_url}, admin={"token": ADMIN_TOKEN},
             logging={"level": log_level, "format": "json"}, **AGENT)
+        # Telnyx: webhooks signed with this key (pass ``signer=cluster.signer`` to the calls).
+        self.signer: TelnyxSigner | None = None
+        if carrier == "telnyx":
+            self.signer = TelnyxSigner(bytes(range(32)))
+            raw = telnyx_raw(self.signer.public_key_b64, **sections)
+        else:
+            raw = twilio_raw(**sections)
         extra = dict(extra or {})
         if "llm" in extra:            # another agent: the rules' keys do not belong to it
             raw["llm"] = extra.pop("llm")
@@ -214,6 +223,8 @@ class Cluster:
             port = free_port()
             per = json.loads(json.dumps(raw))
             per["server"]["port"] = port
+            if store_urls and i in store_urls:     # e.g. through a TcpProxy the test cuts
+                per["store"]["url"] = store_urls[i]
             path = self.workdir / f"replica-{i}.yaml"
             path.write_text(json.dumps(per, indent=2))    # JSON is YAML
             self.replicas.append(Replica(i, f"r{i}", port, path,
