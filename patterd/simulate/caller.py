@@ -16,7 +16,7 @@ import math
 from collections import Counter, deque
 
 from .clock import TICK, Clock
-from .playout import FRAME_BYTES, SILENCE, Playout, is_voiced
+from .playout import FRAME_BYTES, SILENCE, is_voiced
 from .results import BargeIn, Line, Turn
 from .steps import Drop, Dtmf, Say, Step, Then, Wait, WaitForAgent, WaitForAgentSpeech
 from .streams import Leg, Streams
@@ -74,11 +74,6 @@ class Caller:
     def leg(self) -> Leg | None:
         """The call's current media stream (the oldest one up), or None."""
         return self.streams.current
-
-    @property
-    def playout(self) -> Playout:
-        """The current stream's playout buffer (an empty one when no stream is up)."""
-        return self.streams.playout() or Playout()
 
     def attach(self, leg: Leg) -> None:
         """A media stream is up: the caller's audio is sent into it (with any others up)."""

@@ -94,10 +94,14 @@ class Streams:
     # ------------------------------------------------------------------ every 20 ms
     async def send(self, frame: bytes) -> None:
         """Send one frame of the caller's audio into every stream that is up."""
-        carried = False
-        for leg in list(self.live):
-            if leg.started and await leg.send_audio(frame):
-                carried = True
+        if len(self.live) == 1:         # the usual case, on the hot path of every call
+            leg = self.live[0]
+            carried = leg.started and await leg.send_audio(frame)
+        else:
+            carried = False
+            for leg in list(self.live):
+                if leg.started and await leg.send_audio(frame):
+                    carried = True
         if carried:
             self.unsent_frames += self._uncarried
             self._uncarried, self._carried = 0, True
@@ -116,6 +120,10 @@ class Streams:
     def play(self) -> tuple[Tick, list[tuple[Leg, str]]]:
         """Play 20 ms of every stream's buffer: the mix heard, and the marks reached (per
         stream, to echo on the stream that sent them)."""
+        if len(self._playouts) == 1:
+            ((leg, playout),) = self._playouts.items()
+            tick = playout.tick()
+            return tick, [(leg, name) for name in tick.marks]
         ticks = [(leg, playout.tick()) for leg, playout in list(self._playouts.items())]
         marks = [(leg, name) for leg, tick in ticks for name in tick.marks]
         playing = [tick for _, tick in ticks if tick.played]

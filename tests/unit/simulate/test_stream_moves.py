@@ -212,6 +212,30 @@ async def test_telnyx_a_stream_the_daemon_closes_while_another_is_up_is_no_hang_
     assert r.stream_gaps == [0.0] and r.unsent_frames == 0
 
 
+async def test_telnyx_a_new_stream_soon_after_the_last_one_closed_resumes_the_call() -> None:
+    holder: dict[str, Any] = {}
+
+    async def reopen(ccid: str) -> None:
+        await asyncio.sleep(0.2)
+        await holder["d"].telnyx_command(ccid, "streaming_start", stream_start_body())
+
+    async def behave(s: Stream) -> None:
+        if s.path.endswith("tok-0"):
+            await asyncio.sleep(0.2)
+            holder["task"] = asyncio.create_task(reopen(s.start["start"]["call_control_id"]))
+            await s.ws.close()                  # the only stream: the call has no media now
+
+    cfg, signer = telnyx_setup()
+    async with StandIn(cfg, behave) as d:
+        holder["d"] = d
+        r = await simulate_call(cfg, d.url, [Wait(1.0)], signer=signer)
+        await holder["task"]
+    assert r.outcome == COMPLETED and r.ok, (r.errors, r.detail)
+    assert len(d.streams) == 2 and d.streams[1].events("stop")
+    (gap,) = r.stream_gaps
+    assert 0.19 <= gap < 1.0 and r.unsent_frames == pytest.approx(gap / 0.02, abs=2)
+
+
 async def test_telnyx_dtmf_goes_to_every_stream_with_one_webhook() -> None:
     holder: dict[str, StandIn] = {}
 
