@@ -16,6 +16,11 @@ Telnyx needs the webhook key: ``simulate_call(..., signer=TelnyxSigner(seed))``,
 ``carrier.api_base_url`` must be a local ``http://`` URL (the simulator serves the carrier's REST
 API there; for Twilio that is optional but without it hang-ups and transfers go unobserved).
 
+A call's media may move to another stream (Telnyx ``streaming_start`` on the live call, then
+``streaming_stop`` with the old ``stream_id``; a Twilio update with a new ``<Connect><Stream>``):
+``result.stream_gaps`` holds, per move, the seconds no stream carried the caller's audio (0.0
+when the new stream was up first) and ``result.unsent_frames`` the caller's 20 ms frames lost.
+
 Outbound calls: :func:`simulate_outbound` asks the daemon's admin API to place a call and plays
 the carrier and the :class:`Callee` (a person, a voicemail machine, a busy line…)::
 

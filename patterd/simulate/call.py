@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
@@ -89,6 +90,8 @@ class SimulatedCall:
         """Decide how the call ended (the first decision wins)."""
         if not self.ended:
             self.ended = True
+            if self.caller is not None:     # streams stopping from now on are no move
+                self.caller.streams.ending = True
             if outcome == COMPLETED and self.caller is not None and self.caller.dropped:
                 detail = "the media connection dropped (no stop frame), then the caller hung up"
             self.result.outcome, self.result.detail = outcome, detail
@@ -125,14 +128,16 @@ class SimulatedCall:
         at = self.caller.now() if self.caller is not None else 0.0
         self.result.actions.append(Action(at, name, dict(fields)))
 
-    async def next_event(self, leg_task: asyncio.Task[Any] | None) -> Event:
-        """The next call event, or ``("leg_closed", None)`` when the daemon closes the socket."""
+    async def next_event(self, leg_task: asyncio.Task[Any] | Iterable[asyncio.Task[Any]] | None
+                         ) -> Event:
+        """The next call event, or ``("leg_closed", task)`` when a media socket's task (one of
+        ``leg_task``) ended: the daemon closed it."""
         if not self.events.empty():
             return self.events.get_nowait()
+        legs = [] if leg_task is None else [leg_task] if isinstance(leg_task, asyncio.Task) \
+            else list(leg_task)
         getter = asyncio.ensure_future(self.events.get())
-        waiting: set[asyncio.Future[Any]] = {getter}
-        if leg_task is not None:
-            waiting.add(leg_task)
+        waiting: set[asyncio.Future[Any]] = {getter, *legs}
         try:
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -140,7 +145,7 @@ class SimulatedCall:
                 getter.cancel()
         if getter.done() and not getter.cancelled():
             return getter.result()
-        return "leg_closed", None
+        return "leg_closed", next(task for task in legs if task.done())
 
     async def end_leg(self, leg: MediaLeg, leg_task: asyncio.Task[Any], *, stop: bool) -> None:
         """Tear a media stream down (``stop`` + close when the carrier ends it; a reset with
@@ -153,8 +158,8 @@ class SimulatedCall:
             await asyncio.wait_for(asyncio.shield(leg_task), 5.0)
         if not leg_task.done():
             leg_task.cancel()
-        if self.caller is not None and self.caller.leg is leg:
-            self.caller.leg_ended()
+        if self.caller is not None:
+            self.caller.detach(leg)
 
     async def _finish(self) -> None:
         caller = self.caller
@@ -186,7 +191,9 @@ class SimulatedCall:
         r.agent_audio = bytes(caller.heard)
         r.audio_start = caller.heard_start
         frames = dict(caller.counts)
-        frames["playout_underruns"] = caller.playout.underruns
-        frames["cleared_bytes"] = caller.playout.dropped_bytes
+        frames["playout_underruns"] = caller.streams.underruns
+        frames["cleared_bytes"] = caller.streams.cleared_bytes
         r.frames = frames
+        r.stream_gaps = list(caller.streams.gaps)
+        r.unsent_frames = caller.streams.unsent_frames
         r.jitter = interarrival_jitter(caller.rx_frames)

@@ -1,11 +1,12 @@
 """The simulated caller: a script of steps, a mouth that streams 20 ms frames in real time and
 an ear (the carrier's playout buffer) recording everything the daemon played.
 
-The caller is carrier-neutral: a carrier module connects it to a media leg (:class:`Leg`) and
-forwards the daemon's ``media``/``mark``/``clear`` frames to :meth:`Caller.on_media`,
-:meth:`Caller.on_mark` and :meth:`Caller.on_clear`. A clock ticks every 20 ms:
-it sends the caller's next frame (speech or silence — carriers stream continuously) and plays
-20 ms of queued daemon audio. Many calls may share one :class:`~patterd.simulate.clock.Clock`.
+The caller is carrier-neutral: a carrier module's media legs (:class:`Leg`) attach themselves
+when their stream is up and forward the daemon's ``media``/``mark``/``clear`` frames to
+:meth:`Caller.on_media`, :meth:`Caller.on_mark` and :meth:`Caller.on_clear`; a call may have
+several streams at once (:mod:`.streams`). A clock ticks every 20 ms: it sends the caller's next
+frame (speech or silence — carriers stream continuously) into every stream that is up and
+plays 20 ms of queued daemon audio. Many calls may share one :class:`~patterd.simulate.clock.Clock`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter, deque
-from typing import Protocol
 
 from .clock import TICK, Clock
-from .playout import FRAME_BYTES, SILENCE, Playout, is_voiced
+from .playout import FRAME_BYTES, SILENCE, is_voiced
 from .results import BargeIn, Line, Turn
 from .steps import Drop, Dtmf, Say, Step, Then, Wait, WaitForAgent, WaitForAgentSpeech
+from .streams import Leg, Streams
 
 __all__ = ["Caller", "Drop", "Dtmf", "Leg", "Say", "Step", "Then", "Wait", "WaitForAgent",
            "WaitForAgentSpeech"]
@@ -26,16 +27,6 @@ __all__ = ["Caller", "Drop", "Dtmf", "Leg", "Say", "Step", "Then", "Wait", "Wait
 BURST_GAP = 0.3          # a pause this long in the daemon's audio starts a new reply
 AUDIBLE_WINDOW = 0.25    # the agent counts as speaking this long after its last voiced frame
 SEGMENT_GAP = 0.7        # agent silence that splits two agent lines
-
-
-class Leg(Protocol):
-    """A live media stream the caller's audio goes into (one per carrier WebSocket)."""
-
-    @property
-    def started(self) -> bool: ...
-    async def send_audio(self, pcm: bytes) -> None: ...
-    async def send_dtmf(self, digit: str) -> None: ...
-    async def send_mark(self, name: str) -> None: ...
 
 
 class _Utterance:
@@ -52,10 +43,9 @@ class Caller:
     def __init__(self, *, keep_audio: bool = True) -> None:
         self.loop = asyncio.get_running_loop()
         self.t0 = self.loop.time()
-        self.playout = Playout()
+        self.streams = Streams(self.now)    # the call's media streams (see :mod:`.streams`)
         self.keep_audio = keep_audio
         self.heard = bytearray()
-        self.leg: Leg | None = None
         self.lines: list[Line] = []
         self.turns: list[Turn] = []
         self.barge_ins: list[BargeIn] = []
@@ -80,6 +70,19 @@ class Caller:
         """Seconds since the call started."""
         return self.loop.time() - self.t0
 
+    @property
+    def leg(self) -> Leg | None:
+        """The call's current media stream (the oldest one up), or None."""
+        return self.streams.current
+
+    def attach(self, leg: Leg) -> None:
+        """A media stream is up: the caller's audio is sent into it (with any others up)."""
+        self.streams.attach(leg)
+
+    def detach(self, leg: Leg) -> None:
+        """A media stream is gone: its queued audio and marks are lost with it."""
+        self.streams.detach(leg)
+
     # ------------------------------------------------------------------ the clock
     async def run_clock(self) -> None:
         """Tick on a clock of its own until the call is over (see :class:`Clock`)."""
@@ -96,10 +99,8 @@ class Caller:
             return
         t = self.now()
         frame = self._next_frame(t)
-        leg = self.leg
-        if leg is not None and leg.started:
-            await leg.send_audio(frame)
-        played = self.playout.tick()
+        await self.streams.send(frame)
+        played, marks = self.streams.play()
         if self._heard_start is None:
             self._heard_start = t
         if self.keep_audio:
@@ -114,8 +115,8 @@ class Caller:
                 self.segments[-1][2] += TICK
             else:
                 self.segments.append([t, t + TICK, TICK])
-        for name in played.marks:
-            await self._echo(name)
+        for leg, name in marks:
+            await self._echo(name, leg)
 
     def _next_frame(self, t: float) -> bytes:
         if not self._mouth:
@@ -136,12 +137,16 @@ class Caller:
         return chunk
 
     # ------------------------------------------------------------------ from the daemon
-    def on_media(self, pcm: bytes) -> None:
-        """Audio from the daemon arrived (decoded): queue it for playout, time the reply."""
+    def on_media(self, pcm: bytes, leg: Leg | None = None) -> None:
+        """Audio from the daemon arrived on ``leg`` (None: the current stream), decoded: queue
+        it for playout, time the reply. Audio of a stream no longer up is lost."""
+        playout = self.streams.playout(leg)
+        if playout is None:
+            return
         t = self.now()
         self.counts["rx_media"] += 1
         self.rx_frames.append((t, len(pcm) / 16000.0))
-        self.playout.push_audio(pcm)
+        playout.push_audio(pcm)
         if not is_voiced(pcm):
             return
         if t - self._burst_last > BURST_GAP or self._cleared:
@@ -151,34 +156,37 @@ class Caller:
                 pending[-1].latency = t - pending[-1].end
         self._burst_last = t
 
-    async def on_mark(self, name: str) -> None:
-        """The daemon sent a mark: echo it when the audio queued before it has played."""
+    async def on_mark(self, name: str, leg: Leg | None = None) -> None:
+        """The daemon sent a mark on ``leg``: echo it there when the audio queued before it on
+        that stream has played."""
+        playout = self.streams.playout(leg)
+        if playout is None:
+            return
         self.counts["rx_marks"] += 1
-        for ready in self.playout.push_mark(name):
-            await self._echo(ready)
+        for ready in playout.push_mark(name):
+            await self._echo(ready, leg)
 
-    async def on_clear(self) -> None:
-        """The daemon sent ``clear``: drop queued audio, echo pending marks at once."""
+    async def on_clear(self, leg: Leg | None = None) -> None:
+        """The daemon sent ``clear`` on ``leg``: drop that stream's queued audio, echo its
+        pending marks at once."""
+        playout = self.streams.playout(leg)
+        if playout is None:
+            return
         t = self.now()
         self.counts["rx_clears"] += 1
         self.clears.append(t)
         self._cleared = True
-        pending = self.playout.clear()
+        pending = playout.clear()
         for b in reversed(self.barge_ins):
             if b.clear_latency is None and b.start <= t:
                 b.clear_latency = t - b.start
                 break
         for name in pending:
-            await self._echo(name)
+            await self._echo(name, leg)
 
-    def leg_ended(self) -> None:
-        """The media stream is gone: queued audio and marks are lost with it."""
-        self.playout.drop()
-        self.leg = None
-
-    async def _echo(self, name: str) -> None:
-        leg = self.leg
-        if leg is not None:
+    async def _echo(self, name: str, leg: Leg | None) -> None:
+        leg = leg if leg is not None else self.leg
+        if leg is not None and self.streams.playout(leg) is not None:
             self.counts["tx_marks"] += 1
             await leg.send_mark(name)
 
@@ -227,9 +235,8 @@ class Caller:
         for i, digit in enumerate(step.digits):
             if self.hung_up.is_set():
                 return
-            if self.leg is not None and self.leg.started:
+            if await self.streams.send_dtmf(digit):
                 self.counts["tx_dtmf"] += 1
-                await self.leg.send_dtmf(digit)
             if i < len(step.digits) - 1:
                 await self._sleep(step.gap)
         end = self.now()

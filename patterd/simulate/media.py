@@ -128,6 +128,7 @@ class MediaLeg:
         await self._send(self.dialect.start())
         self._started = True
         self.caller.counts["streams"] += 1
+        self.caller.attach(self)            # the caller's audio goes into it from now
 
     async def run(self) -> None:
         """Receive the daemon's frames until the socket closes."""
@@ -147,6 +148,7 @@ class MediaLeg:
             if not self._stopping:
                 self.closed_by_daemon = True
                 self._stopping = True
+            self.caller.detach(self)
             self.done.set()
 
     async def stop(self) -> None:
@@ -156,6 +158,7 @@ class MediaLeg:
         if not self._stopping and not self.ws.closed:
             await self._send(self.dialect.stop())
         self._stopping = True
+        self.caller.detach(self)
         if not self.ws.closed:
             try:
                 await asyncio.wait_for(self.ws.close(), timeout=5.0)
@@ -167,6 +170,7 @@ class MediaLeg:
         """The connection breaks, as when a carrier's media server or the network fails: the
         TCP connection is reset with no ``stop`` frame and no WebSocket close frame."""
         self._stopping = True
+        self.caller.detach(self)
         ws = self.ws
         if ws is not None and not ws.closed:
             # aiohttp has no public abort for a client WebSocket; the connection's transport
@@ -181,10 +185,12 @@ class MediaLeg:
         self.done.set()
 
     # ------------------------------------------------------------------ caller → daemon
-    async def send_audio(self, pcm: bytes) -> None:
-        """One 20 ms frame of the caller's audio."""
+    async def send_audio(self, pcm: bytes) -> bool:
+        """One 20 ms frame of the caller's audio; False when it could not be sent."""
         if await self._send(self.dialect.media(self.tx_codec.encode(pcm))):
             self.caller.counts["tx_media"] += 1
+            return True
+        return False
 
     async def send_dtmf(self, digit: str) -> None:
         """A key press."""
@@ -227,9 +233,9 @@ class MediaLeg:
             if not isinstance(name, str):
                 self._problem("the daemon sent a mark without mark.name")
                 return
-            await self.caller.on_mark(name)
+            await self.caller.on_mark(name, self)
         elif event == "clear":
-            await self.caller.on_clear()
+            await self.caller.on_clear(self)
         else:
             self._problem(f"the daemon sent an unknown event {str(event)[:40]!r}", warn=True)
 
@@ -251,7 +257,7 @@ class MediaLeg:
             self._problem(f"the daemon sent a {self.rx_codec.name} payload of {len(raw)} bytes "
                           "(not whole samples)")
             return
-        self.caller.on_media(self.rx_codec.decode(raw))
+        self.caller.on_media(self.rx_codec.decode(raw), self)
 
     def _problem(self, text: str, *, warn: bool = False) -> None:
         self.caller.counts["protocol_warnings" if warn else "protocol_errors"] += 1

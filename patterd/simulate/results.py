@@ -98,6 +98,10 @@ class CallResult:
     frames: dict[str, int] = field(default_factory=dict)
     jitter: dict[str, float] = field(default_factory=dict)
     stream_ids: list[str] = field(default_factory=list)
+    # per move of the call's media from one stream to another: seconds no stream carried the
+    # caller's audio (0.0: the new stream was up before the old one stopped)
+    stream_gaps: list[float] = field(default_factory=list)
+    unsent_frames: int = 0                  # caller's 20 ms frames lost in those moves
     webhooks: list[Webhook] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -137,6 +141,8 @@ class CallResult:
             "frames": dict(self.frames), "jitter_ms": _rounded(dict(self.jitter)),
             "agent_audio_seconds": round(len(self.agent_audio) / 16000, 3),
             "stream_ids": list(self.stream_ids),
+            "stream_gaps": [round(g, 4) for g in self.stream_gaps],
+            "unsent_frames": self.unsent_frames,
             "webhooks": [_rounded(asdict(w)) for w in self.webhooks],
             "errors": list(self.errors), "warnings": list(self.warnings),
         }

@@ -200,6 +200,10 @@ def format_call(r: CallResult) -> str:
                f"received {f.get('rx_media', 0)} media, marks {f.get('rx_marks', 0)} received / "
                f"{f.get('tx_marks', 0)} echoed, clears {f.get('rx_clears', 0)}, "
                f"playout underruns {f.get('playout_underruns', 0)}")
+    if r.stream_gaps:
+        out.append(f"media moved {len(r.stream_gaps)}× between streams: gaps "
+                   + ", ".join(f"{g * 1000:.0f} ms" for g in r.stream_gaps)
+                   + f", caller frames lost {r.unsent_frames}")
     if r.jitter:
         j = r.jitter
         out.append(f"daemon audio pacing: interval mean {j['mean_interval']:.1f} ms, "

@@ -5,6 +5,14 @@ REST stand-in → ``call.answered`` + ``streaming.started`` → the media WebSoc
 ``start`` with ``media_format``, 20 ms ``media`` frames in the leg's codec, ``dtmf``, mark
 echoes, ``stop``) → ``call.hangup``. Telnyx ignores webhook answers: everything the daemon does
 comes in as REST commands.
+
+A live call may get more streams: ``streaming_start`` opens another WebSocket (its own
+``stream_id``, ``start.custom_parameters``, ``streaming.started``) while the others stay up;
+the caller's audio goes to every stream and what each plays is heard. ``streaming_stop`` with a
+``stream_id`` ends that stream only, without one every stream; the call stays up either way. A
+stream the daemon closes is just that stream ending while another is up; the last one closing
+without a hang-up leaves the call up with no media (``stream_closed`` unless a hang-up or a new
+``streaming_start`` follows within :data:`CLOSE_GRACE`).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import base64
 import json
 import secrets
 import uuid
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,6 +43,20 @@ VOICE_PATH = "/webhooks/telnyx/voice"
 ANSWER_TIMEOUT = 10.0       # seconds the daemon has to send a command after call.initiated
 CLOSE_GRACE = 2.0           # after the daemon closes the socket, wait this long for a hangup
 CODECS = ("PCMU", "PCMA")
+ENDS = ("hangup", "transfer", "script_done", "timeout")    # events that end the call
+
+
+@dataclass(slots=True)
+class _Stream:
+    """One media stream of the call (the answer's, or a ``streaming_start``'s)."""
+
+    leg: MediaLeg
+    url: str
+    task: asyncio.Task[None]
+
+    @property
+    def stream_id(self) -> str:
+        return self.leg.dialect.stream_id  # type: ignore[attr-defined,no-any-return]
 
 
 class TelnyxCall(SimulatedCall):
@@ -55,7 +78,7 @@ class TelnyxCall(SimulatedCall):
         self.client_state: str | None = None
         self._commands: set[str] = set()
         self._hangup: tuple[str, str] | None = None      # (cause, source) to report
-        self._streaming = ""                              # stream_url while a stream is up
+        self._streams: dict[str, _Stream] = {}           # the streams up, by stream_id
         self._start_time = now_iso()
         self.hook_url = self.config.server.public_url.rstrip("/") + VOICE_PATH
         self.recordings: list[dict[str, Any]] = []      # record_start → recording.saved
@@ -157,37 +180,73 @@ class TelnyxCall(SimulatedCall):
         if not isinstance(url, str) or not url:
             self.fail("the answer command has no stream_url: no media stream, the agent is mute")
             return
+        problem = await self._open_stream(url, body)
+        if problem:
+            self.fail(problem)
+            return
+        self.answered()
+        while not self.ended:
+            kind, data = await self.next_event([s.task for s in self._streams.values()])
+            if kind == "leg_closed":
+                await self._leg_closed(data)
+            elif kind == "streaming_start":
+                problem = await self._open_stream(str(data["stream_url"]), data)
+                if problem:                 # the call goes on with the streams it has
+                    self.result.errors.append(problem)
+            elif kind == "streaming_stop":
+                await self._stop_streams(str(data.get("stream_id") or "") or None)
+            elif kind in ENDS:
+                self.caller.streams.ending = True
+                await self._stop_streams(None)
+                self._on_event(kind, data)
+
+    async def _open_stream(self, url: str, body: dict[str, Any]) -> str:
+        """Open a media stream to ``url`` (``streaming.started``); the problem, or ``""``."""
         leg = self._leg(url, body)
         try:
             await leg.connect(self.session)
         except LegError as exc:
-            await self.webhook("streaming.failed", failure_reason=str(exc), stream_type="websocket")
-            self.fail(str(exc))
-            return
-        self._streaming = url
+            await self.webhook("streaming.failed", failure_reason=str(exc),
+                               stream_id=leg.dialect.stream_id,  # type: ignore[attr-defined]
+                               stream_type="websocket", stream_params={
+                                   "stream_url": url,
+                                   "track": body.get("stream_track") or "inbound_track"})
+            return str(exc)
+        stream = _Stream(leg, url, asyncio.create_task(leg.run(), name=f"telnyx-{self.call_id}"))
+        self._streams[stream.stream_id] = stream
         await self.webhook("streaming.started", stream_url=url)
-        self.result.stream_ids.append(leg.dialect.stream_id)  # type: ignore[attr-defined]
-        self.caller.leg = leg
-        self.answered()
-        task = asyncio.create_task(leg.run(), name=f"telnyx-{self.call_id}")
-        while not self.ended:
-            kind, data = await self.next_event(task if self._streaming else None)
-            if kind == "leg_closed":
-                await self._leg_closed(leg, task)
-            elif kind in ("hangup", "transfer", "script_done", "timeout", "streaming_stop"):
-                await self.end_leg(leg, task, stop=True)
-                await self._stream_stopped()
-                self._on_event(kind, data)
+        self.result.stream_ids.append(stream.stream_id)
+        return ""
 
-    async def _leg_closed(self, leg: MediaLeg, task: asyncio.Task[Any]) -> None:
-        await self.end_leg(leg, task, stop=False)
-        await self._stream_stopped()
+    async def _end_stream(self, stream: _Stream, *, stop: bool) -> None:
+        """One stream is over (``stop``: Telnyx ends it): ``streaming.stopped``."""
+        self._streams.pop(stream.stream_id, None)
+        await self.end_leg(stream.leg, stream.task, stop=stop)
+        await self.webhook("streaming.stopped", stream_url=stream.url)
+
+    async def _stop_streams(self, stream_id: str | None) -> None:
+        """``streaming_stop``: the stream ``stream_id``, or every stream (None)."""
+        for stream in list(self._streams.values()):
+            if stream_id is None or stream.stream_id == stream_id:
+                await self._end_stream(stream, stop=True)
+
+    async def _leg_closed(self, task: Any) -> None:
+        stream = next((s for s in self._streams.values() if s.task is task), None)
+        if stream is None:
+            return
+        await self._end_stream(stream, stop=False)
+        if self._streams:
+            return                          # another stream carries the call on
         try:
             kind, data = await asyncio.wait_for(self.next_event(None), CLOSE_GRACE)
         except asyncio.TimeoutError:
             kind, data = "", None
         if kind in ("hangup", "transfer"):
             self._on_event(kind, data)
+        elif kind == "streaming_start":     # media again, after a gap the caller heard
+            problem = await self._open_stream(str(data["stream_url"]), data)
+            if problem:
+                self.fail(problem)
         else:
             self.end(STREAM_CLOSED, "the daemon closed the media stream without a hangup "
                                     "command: on Telnyx the call stays up (and billed)")
@@ -223,15 +282,13 @@ class TelnyxCall(SimulatedCall):
         if body.get("stream_track") == "both_tracks":
             self.result.warnings.append("stream_track both_tracks: the simulator sends the "
                                         "inbound track only")
-        dialect = TelnyxFrames(str(uuid.uuid4()), self, encoding)
+        params = {str(p["name"]): str(p.get("value", ""))
+                  for p in body.get("custom_parameters") or [] if isinstance(p, dict)}
+        dialect = TelnyxFrames(str(uuid.uuid4()), self, encoding,
+                               params if "custom_parameters" in body else None)
         return MediaLeg(self.caller, dialect, url=dial_url(url, self.url), headers={},
                         tx_codec=get_codec(encoding), rx_codec=rx, drop_reason=drop,
                         errors=self.result.errors, warnings=self.result.warnings)
-
-    async def _stream_stopped(self) -> None:
-        if self._streaming:
-            url, self._streaming = self._streaming, ""
-            await self.webhook("streaming.stopped", stream_url=url)
 
     async def on_rest(self, action: str, fields: dict[str, Any]) -> web.Response:
         if self.state == "hangup" or (self.ended and action != "hangup"):
@@ -261,12 +318,14 @@ class TelnyxCall(SimulatedCall):
         elif action == "send_dtmf" and self.caller is not None:
             now = self.caller.now()
             self.caller.lines.append(Line("agent", now, now, f"[DTMF {fields['digits']}]"))
-        if action in ("answer", "reject", "hangup", "transfer", "streaming_stop"):
+        if action in ("answer", "reject", "hangup", "transfer", "streaming_start",
+                      "streaming_stop"):
             self.events.put_nowait((action, fields))
         return web.json_response({"data": {"result": "ok"}})
 
     async def _after_end(self) -> None:
-        await self._stream_stopped()
+        for stream in list(self._streams.values()):    # (a call that failed mid-way)
+            await self._end_stream(stream, stop=True)
         await telnyx_extras.before_hangup(self)
         self.state = "hangup"
         if self._hangup is not None:

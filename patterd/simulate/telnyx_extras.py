@@ -1,7 +1,8 @@
 """Telnyx Call Control commands beyond answering, simulated for any call: ``speak`` (Telnyx's
 TTS speaks to the far end: ``call.speak.started``, then ``call.speak.ended`` once said),
 ``record_start``/``record_stop`` (``call.recording.saved`` after the hang-up), the
-``client_state`` a command carries (echoed on every later event), and ``call.cost``."""
+``client_state`` a command carries (echoed on every later event), ``call.cost``, and Telnyx's
+checks of ``streaming_start``/``streaming_stop`` (the streams themselves are in ``telnyx.py``)."""
 
 from __future__ import annotations
 
@@ -39,11 +40,35 @@ def check(call: TelnyxCall, action: str, fields: dict[str, Any]) -> web.Response
         if fields.get("channels") not in CHANNELS:
             return telnyx_error(422, "10015", "Invalid parameter",
                                 "channels must be single or dual")
+    if action in ("streaming_start", "streaming_stop"):
+        problem = _check_streaming(call, action, fields)
+        if problem:
+            return telnyx_error(422, "10015", "Invalid parameter", problem)
     if action in ("speak", "record_start", "send_dtmf", "transfer", "streaming_start") \
             and call.state not in ("answered", "answering"):
         return telnyx_error(422, "90034", "Call is not answered",
                             f"{action} needs an answered call")
     return None
+
+
+def _check_streaming(call: TelnyxCall, action: str, fields: dict[str, Any]) -> str:
+    if action == "streaming_stop":
+        sid = fields.get("stream_id")
+        # (⚠️ Telnyx's answer to a stream_id it never streamed is not documented: assumed 422)
+        if sid not in (None, "") and sid not in call.result.stream_ids:
+            return "stream_id is not a stream of this call"
+        return ""
+    url = fields.get("stream_url")
+    if not isinstance(url, str) or not url:
+        return "stream_url is required"
+    if not url.startswith(("wss://", "ws://")):
+        return "stream_url must be a ws:// or wss:// URL"
+    params = fields.get("custom_parameters")
+    if params is not None and not (isinstance(params, list) and all(
+            isinstance(p, dict) and isinstance(p.get("name"), str) and p["name"]
+            and isinstance(p.get("value", ""), str) for p in params)):
+        return "custom_parameters must be a list of {name, value} strings"
+    return ""
 
 
 def apply(call: TelnyxCall, action: str, fields: dict[str, Any]) -> None:

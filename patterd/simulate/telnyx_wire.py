@@ -60,13 +60,16 @@ class TelnyxSigner:
 
 
 class TelnyxFrames(Dialect):
-    """Media-streaming frames as Telnyx sends them."""
+    """Media-streaming frames as Telnyx sends them. ``parameters``: a ``streaming_start``'s
+    ``custom_parameters`` (name → value), sent as ``start.custom_parameters``."""
 
     carrier = "telnyx"
 
-    def __init__(self, stream_id: str, call: "TelnyxCall", encoding: str) -> None:
+    def __init__(self, stream_id: str, call: "TelnyxCall", encoding: str,
+                 parameters: dict[str, str] | None = None) -> None:
         super().__init__()
         self.stream_id, self.call, self.encoding = stream_id, call, encoding
+        self.parameters = parameters
         self.user_id = str(uuid.uuid4())
 
     def connected(self) -> str:
@@ -74,14 +77,15 @@ class TelnyxFrames(Dialect):
 
     def start(self) -> str:
         c = self.call
-        return self.dumps({
-            "event": "start", "sequence_number": self.next_seq(),
-            "start": {"user_id": self.user_id, "call_control_id": c.call_id,
-                      "call_session_id": c.session_id, "client_state": c.client_state,
-                      "from": c.from_number, "to": c.config.phone_number,
-                      "media_format": {"encoding": self.encoding, "sample_rate": 8000,
-                                       "channels": 1}},
-            "stream_id": self.stream_id})
+        start: dict[str, Any] = {
+            "user_id": self.user_id, "call_control_id": c.call_id,
+            "call_session_id": c.session_id, "client_state": c.client_state,
+            "from": c.from_number, "to": c.config.phone_number,
+            "media_format": {"encoding": self.encoding, "sample_rate": 8000, "channels": 1}}
+        if self.parameters is not None:
+            start["custom_parameters"] = dict(self.parameters)
+        return self.dumps({"event": "start", "sequence_number": self.next_seq(),
+                           "start": start, "stream_id": self.stream_id})
 
     def media(self, payload: bytes) -> str:
         chunk, stamp = self.next_chunk()    # the hot path: a template, not json.dumps
@@ -90,7 +94,9 @@ class TelnyxFrames(Dialect):
                 f'"{base64.b64encode(payload).decode("ascii")}"}},"stream_id":"{self.stream_id}"}}')
 
     def dtmf(self, digit: str) -> str:
-        self.call.spawn_webhook("call.dtmf.received", digit=digit)
+        current = self.call.caller.leg if self.call.caller is not None else None
+        if getattr(current, "dialect", self) is self:   # one webhook a key, however many streams
+            self.call.spawn_webhook("call.dtmf.received", digit=digit)
         return self.dumps({"event": "dtmf", "stream_id": self.stream_id,
                            "occurred_at": now_iso(), "sequence_number": self.next_seq(),
                            "dtmf": {"digit": digit}})

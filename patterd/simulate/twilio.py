@@ -192,7 +192,6 @@ class TwilioCall(SimulatedCall):
             self.fail(f"{exc} (Twilio error 31901/31902: the stream fails)")
             return None
         self.result.stream_ids.append(stream_sid)
-        self.caller.leg = leg
         self.answered()
         task = asyncio.create_task(leg.run(), name=f"twilio-{stream_sid}")
         await self._stream_status(el, stream_sid, "stream-started")
