@@ -246,3 +246,82 @@ async def test_moved_streams_are_checked_replays_and_forgeries_refused_and_no_st
                for e in rec["events"]), rec["events"]
     assert lost is None, lost    # served (then ended through the carrier), not refused
     assert lost_count == 1
+
+
+# ------------------------------------------------------------------------ a rolling restart
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+@pytest.mark.parametrize("carrier", ["twilio", "telnyx"])
+async def test_a_rolling_restart_of_every_replica_keeps_every_call(
+        tmp_path: Path, pg_url: str, carrier: str) -> None:  # noqa: F811
+    """50 calls in mid-conversation; the three replicas restarted one after another (each
+    drained with SIGTERM, started again, back in HAProxy's rotation before the next): every
+    call goes on where it was, however often it moved."""
+    calls = 50
+    llm = FakeOpenAIChat()
+    url = await llm.start()
+    for n in range(2 * calls + 10):
+        llm.replies.append(Reply(f"Answer number {n}."))
+    try:
+        async with Cluster(tmp_path, pg_url, replicas=3, drain_timeout=90, carrier=carrier,
+                           log_level="warning",
+                           extra={"llm": llm_section(llm, url),
+                                  "server": {"handoff_delay": 1.5}}) as cluster:
+            api = await started_api(cluster)
+            try:
+                tasks = [asyncio.create_task(simulate_call(
+                    cluster.config, cluster.lb_url, conversation(40.0), api=api,
+                    signer=cluster.signer, timeout=90, keep_audio=False))
+                    for _ in range(calls)]
+                deadline = time.monotonic() + 30
+                while len(llm.requests) < calls:      # every call past its first answer
+                    assert time.monotonic() < deadline, len(llm.requests)
+                    assert not any(t.done() for t in tasks), [t.result() for t in tasks
+                                                              if t.done()][:1]
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(2.0)
+                began = time.monotonic()
+                for i in range(3):
+                    cluster.drain(i)
+                    code = await cluster.replicas[i].wait_exit(30)
+                    assert code == 0, cluster.replicas[i].log_tail()
+                    await cluster.restart(i)
+                took = time.monotonic() - began
+                assert not any(t.done() for t in tasks), "calls ended during the restart"
+                results = await asyncio.wait_for(asyncio.gather(*tasks), 90)
+            finally:
+                await api.close()
+            recs = await records(cluster, [r.call_id for r in results],
+                                 lambda rec: rec.get("ended_at") is not None, timeout=20)
+    finally:
+        await llm.stop()
+    gaps = [g for r in results for g in r.stream_gaps]
+    moves = [sum(1 for e in recs[r.call_id]["events"] if e["type"] == "handoff")
+             for r in results]
+    print(f"\n{carrier}: rolling restart of 3 replicas with {calls} calls took {took:.1f} s; "
+          f"moves per call {sorted(moves)}; caller-side gap p50 {percentile(gaps, 0.5):.3f} s,"
+          f" p95 {percentile(gaps, 0.95):.3f} s, max {max(gaps or [0]):.3f} s; "
+          f"unsent caller frames {sum(r.unsent_frames for r in results)}")
+    assert all(m >= 1 for m in moves), moves      # every call moved at least once
+    for r in results:
+        assert r.ok and r.outcome == "completed", (r.call_id, r.outcome, r.errors)
+        assert agent_lines(r) == 3, r.transcript          # no greeting repeated
+        rec = recs[r.call_id]
+        roles = [(ln["role"], ln.get("dtmf", "")) for ln in rec["transcript"]]
+        assert roles == [("agent", ""), ("caller", "1"), ("agent", ""), ("caller", "2"),
+                         ("agent", "")], (r.call_id, rec["transcript"])
+        assert rec["outcome"] == "completed", rec
+        assert all(e["ok"] for e in rec["events"] if e["type"] == "handoff"), rec["events"]
+        assert len(r.stream_gaps) == len([e for e in rec["events"] if e["type"] == "handoff"])
+    if carrier == "telnyx":     # the old stream listened until the new one was up
+        assert all(g == 0.0 for g in gaps) and sum(r.unsent_frames for r in results) == 0
+    second = [b for b in llm.bodies if user_turns(b)[-1:] == ["[The caller pressed 2 on the "
+                                                             "keypad]"]]
+    assert len(second) == calls
+    for body in second:     # answered with the whole conversation
+        assert user_turns(body) == ["[The caller pressed 1 on the keypad]",
+                                    "[The caller pressed 2 on the keypad]"], body["messages"]
