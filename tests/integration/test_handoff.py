@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import pytest
@@ -29,6 +30,7 @@ from tests.integration.test_store_postgres import pg_database, pg_server, pg_url
 from tests.support.cluster import Cluster
 from tests.support.fakes.openai_chat import FakeOpenAIChat, Reply
 from tests.support.media_client import twilio_token
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 
@@ -325,3 +327,118 @@ async def test_a_rolling_restart_of_every_replica_keeps_every_call(
     for body in second:     # answered with the whole conversation
         assert user_turns(body) == ["[The caller pressed 1 on the keypad]",
                                     "[The caller pressed 2 on the keypad]"], body["messages"]
+
+
+async def place(cluster: Cluster, api: Any, n: int, pause: float) -> list[asyncio.Task[Any]]:
+    """``n`` calls of :func:`conversation`, one after another's stream started (so HAProxy
+    spreads them), each past its first answer when this returns."""
+    tasks = []
+    for _ in range(n):
+        before = cluster.count("media_started")
+        tasks.append(asyncio.create_task(simulate_call(
+            cluster.config, cluster.lb_url, conversation(pause), api=api,
+            signer=cluster.signer, timeout=CALL_TIMEOUT, keep_audio=False)))
+        while cluster.count("media_started") <= before:
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(2.0)
+    return tasks
+
+
+async def test_a_target_killed_mid_handoff_leaves_no_call_billing(
+        tmp_path: Path, pg_url: str) -> None:  # noqa: F811
+    """The first replica to take a moved call is killed at once: the calls still to move go
+    to the third one, the calls the dead one had taken are hung up by a survivor through the
+    carrier (``replica_lost``, their records whole); no call is left up."""
+    llm = FakeOpenAIChat()
+    url = await llm.start()
+    try:
+        async with Cluster(tmp_path, pg_url, replicas=3, drain_timeout=60,
+                           extra={"llm": llm_section(llm, url)}) as cluster:
+            api = await started_api(cluster)
+            try:
+                tasks = await place(cluster, api, 9, 12.0)
+                holding = [len(r.call_ids("media_started")) for r in cluster.replicas]
+                victim = max(range(3), key=lambda i: holding[i])
+                cluster.drain(victim)
+                target = None
+                deadline = time.monotonic() + 15
+                while target is None:
+                    assert time.monotonic() < deadline, "no call was resumed anywhere"
+                    for r in cluster.replicas:
+                        if r.index != victim and r.events("handoff_resumed"):
+                            target = r
+                    await asyncio.sleep(0.01)
+                cluster.kill(target.index)
+                assert await cluster.replicas[victim].wait_exit(40) == 0
+                results = await asyncio.wait_for(asyncio.gather(*tasks), CALL_TIMEOUT)
+            finally:
+                await api.close()
+            recs = await records(cluster, [r.call_id for r in results],
+                                 lambda rec: rec.get("ended_at") is not None, timeout=20)
+    finally:
+        await llm.stop()
+    lost = target.call_ids("media_started")    # moved there (resumed or about to be)
+    third = next(r for r in cluster.replicas if r.index not in (victim, target.index))
+    print(f"\nr{victim} drained, r{target.index} killed with {len(lost)} moved call(s), "
+          f"r{third.index} took {len(third.events('handoff_resumed'))}: "
+          f"{[(r.outcome, recs[r.call_id]['outcome']) for r in results if r.call_id in lost]}")
+    for r in results:
+        rec = recs[r.call_id]
+        assert rec.get("ended_at") is not None, rec         # no call left billing
+        if r.call_id in lost:
+            # hung up by a survivor (replica_lost); or its stream died with the process before
+            # the move was over — Twilio ends a call whose <Connect><Stream> closes
+            assert r.outcome in ("hung_up_by_agent", "stream_closed"), (r.call_id, r.outcome)
+            assert rec["outcome"] in ("replica_lost", "completed"), rec
+        else:
+            assert r.ok and r.outcome == "completed", (r.call_id, r.outcome, r.errors)
+            assert rec["outcome"] == "completed", rec
+        said = [ln for ln in rec["transcript"] if ln["role"] == "agent"]
+        assert said and said[0]["text"] == "Hello.", rec["transcript"]
+
+
+async def test_with_the_store_unreachable_no_call_moves_until_it_is_back(
+        tmp_path: Path, pg_url: str) -> None:  # noqa: F811
+    """The draining replica cannot reach the shared store: no call is moved while it is away
+    (nobody could take a state it cannot write), the calls carry on where they are, and once
+    the store is back they are moved and finish elsewhere — none lost, records whole."""
+    parts = urlsplit(pg_url)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await proxy.start()
+    via_proxy = urlunsplit((parts.scheme, f"{parts.username}@127.0.0.1:{proxy.port}",
+                            parts.path, parts.query, ""))
+    llm = FakeOpenAIChat()
+    url = await llm.start()
+    try:
+        async with Cluster(tmp_path, pg_url, replicas=3, drain_timeout=60,
+                           store_urls={0: via_proxy},
+                           extra={"llm": llm_section(llm, url)}) as cluster:
+            api = await started_api(cluster)
+            try:
+                tasks = await place(cluster, api, 6, 12.0)
+                ours = cluster.replicas[0].call_ids("media_started")
+                assert ours, "no call on the replica to drain"
+                await proxy.cut()
+                cluster.drain(0)
+                # below the 6 s after which the others would take it for dead
+                await asyncio.sleep(4.0)
+                during = [ln["event"] for ln in cluster.replicas[0].lines()]
+                await proxy.resume()
+                code = await cluster.replicas[0].wait_exit(40)
+                results = await asyncio.wait_for(asyncio.gather(*tasks), CALL_TIMEOUT)
+            finally:
+                await api.close()
+            recs = await records(cluster, [r.call_id for r in results],
+                                 lambda rec: rec.get("ended_at") is not None, timeout=20)
+    finally:
+        await llm.stop()
+        await proxy.cut()
+    assert code == 0, cluster.replicas[0].log_tail()
+    assert "handoff_peers_unknown" in during and "handoff_sent" not in during, during
+    assert len(cluster.replicas[0].events("handoff_sent")) == len(ours)
+    for r in results:
+        assert r.ok and r.outcome == "completed", (r.call_id, r.outcome, r.errors)
+        rec = recs[r.call_id]
+        assert rec["outcome"] == "completed" and len(rec["transcript"]) == 5, rec
+        moved = [e for e in rec["events"] if e["type"] == "handoff"]
+        assert [e["ok"] for e in moved] == ([True] if r.call_id in ours else []), moved

@@ -1,0 +1,107 @@
+"""A hand-off that cannot happen leaves the call where it is (and says why)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+from typing import Any
+
+from patterd.backends.llm.base import Message
+from patterd.call import handoff
+from patterd.call.call_record import CallRecord
+from patterd.call.keypad import Keypad
+from patterd.call.registry import CallRegistry
+from patterd.carriers.rest import RestError
+from patterd.ops.metrics import Metrics
+
+
+class Node:
+    """The shared store as the hand-off sees it (the cluster node's query helpers)."""
+
+    replica_id = "r-old"
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    async def _execute(self, sql: str, *args: Any) -> None:
+        if sql.startswith("INSERT"):
+            self.rows[args[0]] = json.loads(args[4])
+        elif sql.startswith("UPDATE"):
+            self.rows[args[0]] = {"cancelled": True}
+
+
+class Control:
+    restream_overlaps = False
+
+    def __init__(self, fail: BaseException | None) -> None:
+        self.fail = fail
+        self.asked: list[tuple[str, str]] = []
+
+    async def restream(self, call_id: str, parameters: dict[str, str], handoff_id: str
+                       ) -> bool:
+        self.asked.append((call_id, handoff_id))
+        if self.fail is not None:
+            raise self.fail
+        return True
+
+
+def sent(gw: Any, result: str) -> float | None:
+    return gw.metrics.registry.get_sample_value("patterd_call_handoffs_total",
+                                                {"result": result})
+
+
+def gateway() -> SimpleNamespace:
+    return SimpleNamespace(cluster=Node(), metrics=Metrics(), registry=CallRegistry())
+
+
+def session(gw: Any, control: Control) -> SimpleNamespace:
+    loop = asyncio.get_running_loop()
+    replayed: list[bool] = []
+    s = SimpleNamespace(gw=gw, call_id="CA" + "1" * 32, carrier="twilio", control=control,
+                        loop=loop, ending=False, agent_busy=False, user_speaking=False,
+                        recognising=0, _lines=[], history=[], variables={}, reprompted=False,
+                        keypad=Keypad(set(), lambda d: None), call_started=loop.time(),
+                        last_activity=loop.time(), parameters={"direction": "inbound"},
+                        record=CallRecord("CA" + "1" * 32, "twilio"), handing_off=False,
+                        restart_expected=False, replayed=replayed)
+    s.replay_deferred = lambda: replayed.append(True)
+    return s
+
+
+async def test_the_carrier_refusing_the_move_keeps_the_call_and_cancels_the_state() -> None:
+    gw = gateway()
+    control = Control(RestError(400, "21220", "Call is not in-progress"))
+    s = session(gw, control)
+    assert await handoff.hand_off(gw, s) is False
+    (call_id, handoff_id), = control.asked
+    assert gw.cluster.rows[handoff_id] == {"cancelled": True}   # a late stream resumes nothing
+    assert (s.handing_off, s.restart_expected, s.record.handed_off) == (False, False, False)
+    assert s.replayed == [True]           # a turn that came meanwhile is answered here
+    event = gw.registry.get(call_id).events[-1]
+    assert (event["type"], event["ok"], event["stage"]) == ("handoff", False, "carrier")
+    assert sent(gw, "failed") == 1 and sent(gw, "sent") == 0
+
+
+async def test_a_move_the_carrier_takes_is_stored_and_marked_sent() -> None:
+    gw = gateway()
+    control = Control(None)
+    s = session(gw, control)
+    s.history.append(Message("user", "hi"))
+    assert await handoff.hand_off(gw, s) is True
+    (_, handoff_id), = control.asked
+    assert gw.cluster.rows[handoff_id]["history"] == [{"role": "user", "content": "hi"}]
+    assert s.handing_off and s.restart_expected and s.record.handed_off
+    assert sent(gw, "sent") == 1 and sent(gw, "failed") == 0
+
+
+async def test_a_call_that_ends_while_waiting_for_a_quiet_moment_is_not_moved(
+        monkeypatch: Any) -> None:
+    monkeypatch.setattr(handoff, "QUIET_WAIT", 1.0)
+    gw = gateway()
+    control = Control(None)
+    s = session(gw, control)
+    s.user_speaking = True
+    asyncio.get_running_loop().call_later(0.1, lambda: setattr(s, "ending", True))
+    assert await handoff.hand_off(gw, s) is False
+    assert control.asked == [] and gw.cluster.rows == {}
