@@ -287,11 +287,16 @@ async def test_a_rolling_restart_of_every_replica_keeps_every_call(
                     await asyncio.sleep(0.1)
                 await asyncio.sleep(2.0)
                 began = time.monotonic()
+                steps = []
                 for i in range(3):
+                    t0 = time.monotonic()
                     cluster.drain(i)
                     code = await cluster.replicas[i].wait_exit(30)
                     assert code == 0, cluster.replicas[i].log_tail()
+                    t1 = time.monotonic()
                     await cluster.restart(i)
+                    steps.append(f"r{i}: exited {t1 - t0:.1f} s, back "
+                                 f"{time.monotonic() - t1:.1f} s")
                 took = time.monotonic() - began
                 assert not any(t.done() for t in tasks), "calls ended during the restart"
                 results = await asyncio.wait_for(asyncio.gather(*tasks), 90)
@@ -304,7 +309,8 @@ async def test_a_rolling_restart_of_every_replica_keeps_every_call(
     gaps = [g for r in results for g in r.stream_gaps]
     moves = [sum(1 for e in recs[r.call_id]["events"] if e["type"] == "handoff")
              for r in results]
-    print(f"\n{carrier}: rolling restart of 3 replicas with {calls} calls took {took:.1f} s; "
+    print(f"\n{carrier}: rolling restart of 3 replicas with {calls} calls took {took:.1f} s "
+          f"({'; '.join(steps)}); "
           f"moves per call {sorted(moves)}; caller-side gap p50 {percentile(gaps, 0.5):.3f} s,"
           f" p95 {percentile(gaps, 0.95):.3f} s, max {max(gaps or [0]):.3f} s; "
           f"unsent caller frames {sum(r.unsent_frames for r in results)}")
