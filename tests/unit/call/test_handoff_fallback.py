@@ -105,3 +105,28 @@ async def test_a_call_that_ends_while_waiting_for_a_quiet_moment_is_not_moved(
     asyncio.get_running_loop().call_later(0.1, lambda: setattr(s, "ending", True))
     assert await handoff.hand_off(gw, s) is False
     assert control.asked == [] and gw.cluster.rows == {}
+
+
+async def test_a_reply_still_playing_after_the_wait_is_cut_and_its_sentence_said_again(
+        monkeypatch: Any) -> None:
+    """No quiet moment within the wait: the reply is cut where it is; the new replica is to
+    say the sentence that was cut, whole, and those that had not played."""
+    monkeypatch.setattr(handoff, "QUIET_WAIT", 0.1)
+    gw = gateway()
+    control = Control(None)
+    s = session(gw, control)
+    spoken = [SimpleNamespace(text="We are open nine to five.", played=True),
+              SimpleNamespace(text="On Saturdays we open at ten,", played=False),
+              SimpleNamespace(text="and we close at two.", played=False)]
+    s._lines = [SimpleNamespace(spoken=spoken)]
+    s.agent_busy = True
+
+    async def stop_talking() -> None:
+        s.agent_busy = False
+        s._lines = []
+
+    s._stop_talking = stop_talking
+    assert await handoff.hand_off(gw, s) is True
+    (_, handoff_id), = control.asked
+    assert gw.cluster.rows[handoff_id]["resume_text"] == ("On Saturdays we open at ten, "
+                                                          "and we close at two.")
