@@ -49,6 +49,7 @@ LOST_OUTCOME = "handoff_lost"
 LOST_APOLOGY = ("Sorry, we lost track of this call on our side. Please call us again. "
                 "Goodbye.")
 CONCURRENT = 16        # calls being moved at once (the carrier's API is the bound)
+TAKE_RETRIES = (0.0, 0.5, 1.0)   # the new replica's tries at reading a state (a store blip)
 
 
 def enabled(gw: "Gateway") -> bool:
@@ -69,7 +70,8 @@ async def hand_off_all(gw: "Gateway", deadline: float) -> None:
             await hand_off(gw, session)
 
     while gw.sessions and loop.time() < deadline:
-        waiting = [s for s in list(gw.sessions) if not s.handoff_tried and not s.ending]
+        waiting = [s for s in list(gw.sessions) if not s.handoff_tried and not s.ending
+                   and s.control.movable]
         if waiting and await _peer_ready(gw):
             for session in waiting:
                 session.handoff_tried = True
@@ -199,11 +201,13 @@ async def resume(session: Any) -> None:
     gw = session.gw
     call_id, carrier = session.call_id, session.carrier
     taken = None
-    if gw.cluster is not None:
+    for pause in TAKE_RETRIES if gw.cluster is not None else ():
+        await asyncio.sleep(pause)
         try:
             taken = await asyncio.wait_for(
                 take_handoff(gw.cluster, session.handoff_id, call_id, carrier), STORE_TIMEOUT)
-        except Exception as exc:  # noqa: BLE001 - cannot resume: handled as missing
+            break
+        except Exception as exc:  # noqa: BLE001 - the store is away: again, then "missing"
             log.warning("handoff_take_failed", call_id=call_id,
                         error=str(exc) or type(exc).__name__)
     if taken is not None and taken[1].get("cancelled"):

@@ -49,6 +49,7 @@ def message_of(data: dict[str, Any]) -> Message:
 
 def capture(session: Any, *, resume_text: str = "") -> dict[str, Any]:
     """The session's conversation as JSON (see the module docstring)."""
+    session.refresh_meter()      # the usage of this stream up to now, not the last line's
     now = session.loop.time()
     usage, media_seconds = session.record.metered()
     return {

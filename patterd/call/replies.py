@@ -73,6 +73,10 @@ class Replies:
         """Seconds since the stream started (see the session)."""
         raise NotImplementedError
 
+    def credit_stt(self) -> None:
+        """Credit the audio sent to the recogniser (see the session)."""
+        raise NotImplementedError
+
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run ``coro`` as one of the session's tasks (cancelled when the stream closes; a
         failure is reported with the call id)."""
@@ -89,9 +93,16 @@ class Replies:
     # -- the record ----------------------------------------------------------------------------
     def _touch(self) -> None:
         """The record changed: this stream's usage so far goes with it to the store."""
-        rec = self.record
-        rec.streams[self.stream_key] = (self.meter.total(self.speaker), self.duration)
-        self.gw.registry.touch(rec)
+        self._meter_now()
+        self.gw.registry.touch(self.record)
+
+    def _meter_now(self) -> None:
+        self.record.streams[self.stream_key] = (self.meter.total(self.speaker), self.duration)
+
+    def refresh_meter(self) -> None:
+        """Bring this stream's usage in the record up to now (STT audio credited)."""
+        self.credit_stt()
+        self._meter_now()
 
     def _add_line(self, line: Line) -> None:
         """A caller line (words or a key) joins the record now."""

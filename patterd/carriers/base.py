@@ -154,6 +154,11 @@ class CallControl(Protocol):
         ...
 
     @property
+    def movable(self) -> bool:
+        """Whether :meth:`restream` can move this carrier's calls (False: browser calls)."""
+        ...
+
+    @property
     def restream_overlaps(self) -> bool:
         """True when :meth:`restream` leaves the old stream up until :meth:`stop_stream`
         (Telnyx), False when it ends the old stream at once (Twilio)."""

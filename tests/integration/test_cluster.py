@@ -15,14 +15,13 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from patterd.cluster import REPLICA_LOST, ClusterNode, NoLiveOwner
 from tests.integration.test_store_postgres import pg_database, pg_server, pg_url  # noqa: F401
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import proxied_url
 
 # Generous dead_after by default: a loaded machine must not make a live replica look dead.
 FAST = {"heartbeat_every": 0.05, "dead_after": 30.0, "poll_every": 0.2}
@@ -188,11 +187,7 @@ async def test_listener_killed_by_the_server_reconnects(cluster: Start,
 
 async def test_commands_sent_while_the_listener_is_down_apply_after_reconnect(
         cluster: Start, pg_url: str) -> None:  # noqa: F811
-    parts = urlsplit(pg_url)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    await proxy.start()
-    via_proxy = urlunsplit((parts.scheme, f"{parts.username}@127.0.0.1:{proxy.port}",
-                            parts.path, parts.query, ""))
+    proxy, via_proxy = await proxied_url(pg_url)
     try:
         a = await cluster("a")
         b = await cluster("b", dsn=via_proxy, poll_every=60.0)

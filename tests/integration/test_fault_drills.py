@@ -19,7 +19,6 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -29,7 +28,7 @@ from tests.conftest import config, gateway_of, telnyx_raw, twilio_raw
 from tests.integration.test_store_postgres import pg_database, pg_server, pg_url  # noqa: F401
 from tests.support.net import free_port
 from tests.support.stub_backends import stub_backends
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import proxied_url
 
 PHRASE = "what are your opening hours"
 AGENT = {
@@ -83,11 +82,7 @@ async def test_store_unreachable_during_live_calls(daemon, pg_url: str, carrier:
                                                    outage: str) -> None:
     """``cut``: connections refused and dropped; ``hang``: a black hole, where every request
     waits for its own timeout (the daemon's dependence on the store shows as lost time)."""
-    parts = urlsplit(pg_url)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    await proxy.start()
-    via_proxy = urlunsplit((parts.scheme, f"{parts.username}@127.0.0.1:{proxy.port}",
-                            parts.path, parts.query, ""))
+    proxy, via_proxy = await proxied_url(pg_url)
     cfg = carrier_cfg(carrier, store={"url": via_proxy})
     client = await daemon(cfg, stub_backends(cfg, stt_text=PHRASE))
     gw = gateway_of(client)

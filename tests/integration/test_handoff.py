@@ -14,8 +14,8 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import pytest
@@ -30,15 +30,28 @@ from tests.integration.test_store_postgres import pg_database, pg_server, pg_url
 from tests.support.cluster import Cluster
 from tests.support.fakes.openai_chat import FakeOpenAIChat, Reply
 from tests.support.media_client import twilio_token
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import proxied_url
 
 pytestmark = pytest.mark.slow
 
 CALL_TIMEOUT = 60.0
 
 
-def llm_section(llm: FakeOpenAIChat, url: str) -> dict[str, Any]:
-    return {"provider": "openai", "api_key": llm.api_key, "base_url": url,
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeOpenAIChat]:
+    """The language model every replica asks (on 127.0.0.1), numbering its answers."""
+    fake = FakeOpenAIChat()
+    fake.url = await fake.start()          # type: ignore[attr-defined]
+    for n in range(120):
+        fake.replies.append(Reply(f"Answer number {n}."))
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+def llm_section(llm: FakeOpenAIChat) -> dict[str, Any]:
+    return {"provider": "openai", "api_key": llm.api_key, "base_url": llm.url,  # type: ignore
             "model": "gpt-4o-mini"}
 
 
@@ -70,46 +83,31 @@ async def metric(url: str, name: str, labels: str = "") -> float:
     return 0.0
 
 
-async def test_draining_replica_hands_its_calls_to_the_others(tmp_path: Path,
-                                                              pg_url: str) -> None:  # noqa: F811
-    llm = FakeOpenAIChat()
-    url = await llm.start()
-    for n in range(40):
-        llm.replies.append(Reply(f"Answer number {n}."))
-    try:
-        async with Cluster(tmp_path, pg_url, replicas=3, drain_timeout=60,
-                           extra={"llm": llm_section(llm, url),
-                                  "server": {"handoff_delay": 2.0}}) as cluster:
-            api = await started_api(cluster)
-            try:
-                tasks = []
-                for _ in range(6):
-                    before = cluster.count("media_started")
-                    tasks.append(asyncio.create_task(simulate_call(
-                        cluster.config, cluster.lb_url, conversation(9.0), api=api,
-                        timeout=CALL_TIMEOUT, keep_audio=False)))
-                    while cluster.count("media_started") <= before:
-                        await asyncio.sleep(0.02)
-                await asyncio.sleep(2.0)      # every call past its first answer
-                holding = [len(r.call_ids("media_started")) for r in cluster.replicas]
-                victim = max(range(3), key=lambda i: holding[i])
-                moved = cluster.replicas[victim].call_ids("media_started")
-                assert moved and not any(t.done() for t in tasks), holding
-                drained_at = time.monotonic()
-                cluster.drain(victim)
-                code = await cluster.replicas[victim].wait_exit(30)
-                exited_after = time.monotonic() - drained_at
-                assert not all(t.done() for t in tasks), "the calls ended before the move"
-                results = await asyncio.wait_for(asyncio.gather(*tasks), CALL_TIMEOUT)
-                survivors = [r for r in cluster.replicas if r.index != victim]
-                resumed = sum([await metric(r.url, "patterd_call_handoffs_total",
-                                            'result="resumed"') for r in survivors])
-            finally:
-                await api.close()
-            recs = await records(cluster, [r.call_id for r in results],
-                                 lambda rec: rec.get("ended_at") is not None)
-    finally:
-        await llm.stop()
+async def test_draining_replica_hands_its_calls_to_the_others(
+        tmp_path: Path, pg_url: str, llm: FakeOpenAIChat) -> None:  # noqa: F811
+    async with Cluster(tmp_path, pg_url, replicas=3, drain_timeout=60,
+                       extra={"llm": llm_section(llm),
+                              "server": {"handoff_delay": 2.0}}) as cluster:
+        api = await started_api(cluster)
+        try:
+            tasks = await place(cluster, api, 6, 9.0)     # each past its first answer
+            holding = [len(r.call_ids("media_started")) for r in cluster.replicas]
+            victim = max(range(3), key=lambda i: holding[i])
+            moved = cluster.replicas[victim].call_ids("media_started")
+            assert moved and not any(t.done() for t in tasks), holding
+            drained_at = time.monotonic()
+            cluster.drain(victim)
+            code = await cluster.replicas[victim].wait_exit(30)
+            exited_after = time.monotonic() - drained_at
+            assert not all(t.done() for t in tasks), "the calls ended before the move"
+            results = await asyncio.wait_for(asyncio.gather(*tasks), CALL_TIMEOUT)
+            survivors = [r for r in cluster.replicas if r.index != victim]
+            resumed = sum([await metric(r.url, "patterd_call_handoffs_total",
+                                        'result="resumed"') for r in survivors])
+        finally:
+            await api.close()
+        recs = await records(cluster, [r.call_id for r in results],
+                             lambda rec: rec.get("ended_at") is not None)
     print(f"\nr{victim} held {len(moved)} of 6 calls, exited {exited_after:.2f} s after "
           "SIGTERM")
     assert code == 0, cluster.replicas[victim].log_tail()
@@ -193,45 +191,40 @@ def moved_stream(result: CallResult) -> dict[str, str]:
 
 
 async def test_moved_streams_are_checked_replays_and_forgeries_refused_and_no_state_ends_the_call(
-        tmp_path: Path, pg_url: str) -> None:  # noqa: F811
-    llm = FakeOpenAIChat()
-    url = await llm.start()
-    try:
-        async with Cluster(tmp_path, pg_url, replicas=2, drain_timeout=60,
-                           extra={"llm": llm_section(llm, url)}) as cluster:
-            api = await started_api(cluster)
-            try:
-                call = asyncio.create_task(simulate_call(
-                    cluster.config, cluster.lb_url, conversation(6.0), api=api,
-                    timeout=CALL_TIMEOUT, keep_audio=False))
-                while cluster.count("media_started") < 1:
-                    await asyncio.sleep(0.02)
-                await asyncio.sleep(2.0)
-                holder = [r.index for r in cluster.replicas if r.call_ids("media_started")]
-                cluster.drain(holder[0])
-                result = await asyncio.wait_for(call, CALL_TIMEOUT)
-                await cluster.replicas[holder[0]].wait_exit(30)
-                params = moved_stream(result)
-                # The hand-off's own token, replayed (the state was taken once already).
-                replayed = await twilio_start(cluster, result.call_id, params)
-                # A token that does not verify.
-                forged = await twilio_start(cluster, result.call_id, {
-                    **params, "stream_token": params["stream_token"][:-2] + "xx"})
-                # A valid token (the carrier credential mints it) naming a hand-off whose state
-                # never existed: the call cannot go on as the conversation it was.
-                other = "CA" + "5e" * 16
-                lost = await twilio_start(cluster, other, {
-                    "stream_token": twilio_token(other), "resumed": "1",
-                    "handoff": "no-such-handoff", "direction": "inbound"}, hold=12.0)
-                recs = await records(cluster, [other],
-                                     lambda rec: rec.get("ended_at") is not None)
-                survivor = cluster.replicas[1 - holder[0]]
-                lost_count = await metric(survivor.url, "patterd_call_handoffs_total",
-                                          'result="lost"')
-            finally:
-                await api.close()
-    finally:
-        await llm.stop()
+        tmp_path: Path, pg_url: str, llm: FakeOpenAIChat) -> None:  # noqa: F811
+    async with Cluster(tmp_path, pg_url, replicas=2, drain_timeout=60,
+                       extra={"llm": llm_section(llm)}) as cluster:
+        api = await started_api(cluster)
+        try:
+            call = asyncio.create_task(simulate_call(
+                cluster.config, cluster.lb_url, conversation(6.0), api=api,
+                timeout=CALL_TIMEOUT, keep_audio=False))
+            while cluster.count("media_started") < 1:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(2.0)
+            holder = [r.index for r in cluster.replicas if r.call_ids("media_started")]
+            cluster.drain(holder[0])
+            result = await asyncio.wait_for(call, CALL_TIMEOUT)
+            await cluster.replicas[holder[0]].wait_exit(30)
+            params = moved_stream(result)
+            # The hand-off's own token, replayed (the state was taken once already).
+            replayed = await twilio_start(cluster, result.call_id, params)
+            # A token that does not verify.
+            forged = await twilio_start(cluster, result.call_id, {
+                **params, "stream_token": params["stream_token"][:-2] + "xx"})
+            # A valid token (the carrier credential mints it) naming a hand-off whose state
+            # never existed: the call cannot go on as the conversation it was.
+            other = "CA" + "5e" * 16
+            lost = await twilio_start(cluster, other, {
+                "stream_token": twilio_token(other), "resumed": "1",
+                "handoff": "no-such-handoff", "direction": "inbound"}, hold=12.0)
+            recs = await records(cluster, [other],
+                                 lambda rec: rec.get("ended_at") is not None)
+            survivor = cluster.replicas[1 - holder[0]]
+            lost_count = await metric(survivor.url, "patterd_call_handoffs_total",
+                                      'result="lost"')
+        finally:
+            await api.close()
     assert result.ok and result.outcome == "completed", (result.outcome, result.errors)
     assert params["handoff"] and params["resumed"] == "1" and params["stream_token"]
     assert replayed == 4403 and forged == 4403, (replayed, forged)
@@ -259,53 +252,46 @@ def percentile(values: list[float], q: float) -> float:
 
 @pytest.mark.parametrize("carrier", ["twilio", "telnyx"])
 async def test_a_rolling_restart_of_every_replica_keeps_every_call(
-        tmp_path: Path, pg_url: str, carrier: str) -> None:  # noqa: F811
+        tmp_path: Path, pg_url: str, carrier: str, llm: FakeOpenAIChat) -> None:  # noqa: F811
     """50 calls in mid-conversation; the three replicas restarted one after another (each
     drained with SIGTERM, started again, back in HAProxy's rotation before the next): every
     call goes on where it was, however often it moved."""
     calls = 50
-    llm = FakeOpenAIChat()
-    url = await llm.start()
-    for n in range(2 * calls + 10):
-        llm.replies.append(Reply(f"Answer number {n}."))
-    try:
-        async with Cluster(tmp_path, pg_url, replicas=3, drain_timeout=90, carrier=carrier,
-                           log_level="warning",
-                           extra={"llm": llm_section(llm, url),
-                                  "server": {"handoff_delay": 1.5}}) as cluster:
-            api = await started_api(cluster)
-            try:
-                tasks = [asyncio.create_task(simulate_call(
-                    cluster.config, cluster.lb_url, conversation(40.0), api=api,
-                    signer=cluster.signer, timeout=90, keep_audio=False))
-                    for _ in range(calls)]
-                deadline = time.monotonic() + 30
-                while len(llm.requests) < calls:      # every call past its first answer
-                    assert time.monotonic() < deadline, len(llm.requests)
-                    assert not any(t.done() for t in tasks), [t.result() for t in tasks
-                                                              if t.done()][:1]
-                    await asyncio.sleep(0.1)
-                await asyncio.sleep(2.0)
-                began = time.monotonic()
-                steps = []
-                for i in range(3):
-                    t0 = time.monotonic()
-                    cluster.drain(i)
-                    code = await cluster.replicas[i].wait_exit(30)
-                    assert code == 0, cluster.replicas[i].log_tail()
-                    t1 = time.monotonic()
-                    await cluster.restart(i)
-                    steps.append(f"r{i}: exited {t1 - t0:.1f} s, back "
-                                 f"{time.monotonic() - t1:.1f} s")
-                took = time.monotonic() - began
-                assert not any(t.done() for t in tasks), "calls ended during the restart"
-                results = await asyncio.wait_for(asyncio.gather(*tasks), 90)
-            finally:
-                await api.close()
-            recs = await records(cluster, [r.call_id for r in results],
-                                 lambda rec: rec.get("ended_at") is not None, timeout=20)
-    finally:
-        await llm.stop()
+    async with Cluster(tmp_path, pg_url, replicas=3, drain_timeout=90, carrier=carrier,
+                       log_level="warning",
+                       extra={"llm": llm_section(llm),
+                              "server": {"handoff_delay": 1.5}}) as cluster:
+        api = await started_api(cluster)
+        try:
+            tasks = [asyncio.create_task(simulate_call(
+                cluster.config, cluster.lb_url, conversation(40.0), api=api,
+                signer=cluster.signer, timeout=90, keep_audio=False))
+                for _ in range(calls)]
+            deadline = time.monotonic() + 30
+            while len(llm.requests) < calls:      # every call past its first answer
+                assert time.monotonic() < deadline, len(llm.requests)
+                assert not any(t.done() for t in tasks), [t.result() for t in tasks
+                                                          if t.done()][:1]
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(2.0)
+            began = time.monotonic()
+            steps = []
+            for i in range(3):
+                t0 = time.monotonic()
+                cluster.drain(i)
+                code = await cluster.replicas[i].wait_exit(30)
+                assert code == 0, cluster.replicas[i].log_tail()
+                t1 = time.monotonic()
+                await cluster.restart(i)
+                steps.append(f"r{i}: exited {t1 - t0:.1f} s, back "
+                             f"{time.monotonic() - t1:.1f} s")
+            took = time.monotonic() - began
+            assert not any(t.done() for t in tasks), "calls ended during the restart"
+            results = await asyncio.wait_for(asyncio.gather(*tasks), 90)
+        finally:
+            await api.close()
+        recs = await records(cluster, [r.call_id for r in results],
+                             lambda rec: rec.get("ended_at") is not None, timeout=20)
     gaps = [g for r in results for g in r.stream_gaps]
     moves = [sum(1 for e in recs[r.call_id]["events"] if e["type"] == "handoff")
              for r in results]
@@ -351,38 +337,33 @@ async def place(cluster: Cluster, api: Any, n: int, pause: float) -> list[asynci
 
 
 async def test_a_target_killed_mid_handoff_leaves_no_call_billing(
-        tmp_path: Path, pg_url: str) -> None:  # noqa: F811
+        tmp_path: Path, pg_url: str, llm: FakeOpenAIChat) -> None:  # noqa: F811
     """The first replica to take a moved call is killed at once: the calls still to move go
     to the third one, the calls the dead one had taken are hung up by a survivor through the
     carrier (``replica_lost``, their records whole); no call is left up."""
-    llm = FakeOpenAIChat()
-    url = await llm.start()
-    try:
-        async with Cluster(tmp_path, pg_url, replicas=3, drain_timeout=60,
-                           extra={"llm": llm_section(llm, url)}) as cluster:
-            api = await started_api(cluster)
-            try:
-                tasks = await place(cluster, api, 9, 12.0)
-                holding = [len(r.call_ids("media_started")) for r in cluster.replicas]
-                victim = max(range(3), key=lambda i: holding[i])
-                cluster.drain(victim)
-                target = None
-                deadline = time.monotonic() + 15
-                while target is None:
-                    assert time.monotonic() < deadline, "no call was resumed anywhere"
-                    for r in cluster.replicas:
-                        if r.index != victim and r.events("handoff_resumed"):
-                            target = r
-                    await asyncio.sleep(0.01)
-                cluster.kill(target.index)
-                assert await cluster.replicas[victim].wait_exit(40) == 0
-                results = await asyncio.wait_for(asyncio.gather(*tasks), CALL_TIMEOUT)
-            finally:
-                await api.close()
-            recs = await records(cluster, [r.call_id for r in results],
-                                 lambda rec: rec.get("ended_at") is not None, timeout=20)
-    finally:
-        await llm.stop()
+    async with Cluster(tmp_path, pg_url, replicas=3, drain_timeout=60,
+                       extra={"llm": llm_section(llm)}) as cluster:
+        api = await started_api(cluster)
+        try:
+            tasks = await place(cluster, api, 9, 12.0)
+            holding = [len(r.call_ids("media_started")) for r in cluster.replicas]
+            victim = max(range(3), key=lambda i: holding[i])
+            cluster.drain(victim)
+            target = None
+            deadline = time.monotonic() + 15
+            while target is None:
+                assert time.monotonic() < deadline, "no call was resumed anywhere"
+                for r in cluster.replicas:
+                    if r.index != victim and r.events("handoff_resumed"):
+                        target = r
+                await asyncio.sleep(0.01)
+            cluster.kill(target.index)
+            assert await cluster.replicas[victim].wait_exit(40) == 0
+            results = await asyncio.wait_for(asyncio.gather(*tasks), CALL_TIMEOUT)
+        finally:
+            await api.close()
+        recs = await records(cluster, [r.call_id for r in results],
+                             lambda rec: rec.get("ended_at") is not None, timeout=20)
     lost = target.call_ids("media_started")    # moved there (resumed or about to be)
     third = next(r for r in cluster.replicas if r.index not in (victim, target.index))
     print(f"\nr{victim} drained, r{target.index} killed with {len(lost)} moved call(s), "
@@ -404,21 +385,15 @@ async def test_a_target_killed_mid_handoff_leaves_no_call_billing(
 
 
 async def test_with_the_store_unreachable_no_call_moves_until_it_is_back(
-        tmp_path: Path, pg_url: str) -> None:  # noqa: F811
+        tmp_path: Path, pg_url: str, llm: FakeOpenAIChat) -> None:  # noqa: F811
     """The draining replica cannot reach the shared store: no call is moved while it is away
     (nobody could take a state it cannot write), the calls carry on where they are, and once
     the store is back they are moved and finish elsewhere — none lost, records whole."""
-    parts = urlsplit(pg_url)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    await proxy.start()
-    via_proxy = urlunsplit((parts.scheme, f"{parts.username}@127.0.0.1:{proxy.port}",
-                            parts.path, parts.query, ""))
-    llm = FakeOpenAIChat()
-    url = await llm.start()
+    proxy, via_proxy = await proxied_url(pg_url)
     try:
         async with Cluster(tmp_path, pg_url, replicas=3, drain_timeout=60,
                            store_urls={0: via_proxy},
-                           extra={"llm": llm_section(llm, url)}) as cluster:
+                           extra={"llm": llm_section(llm)}) as cluster:
             api = await started_api(cluster)
             try:
                 tasks = await place(cluster, api, 6, 12.0)
@@ -437,7 +412,6 @@ async def test_with_the_store_unreachable_no_call_moves_until_it_is_back(
             recs = await records(cluster, [r.call_id for r in results],
                                  lambda rec: rec.get("ended_at") is not None, timeout=20)
     finally:
-        await llm.stop()
         await proxy.cut()
     assert code == 0, cluster.replicas[0].log_tail()
     assert "handoff_peers_unknown" in during and "handoff_sent" not in during, during

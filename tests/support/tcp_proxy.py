@@ -79,3 +79,15 @@ class TcpProxy:
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers.difference_update((writer, up_writer))
+
+
+async def proxied_url(url: str) -> tuple[TcpProxy, str]:
+    """A started :class:`TcpProxy` in front of ``url``'s server (a ``postgresql://`` store
+    URL) and the same URL through it."""
+    from urllib.parse import urlsplit, urlunsplit
+    parts = urlsplit(url)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await proxy.start()
+    user = f"{parts.username}@" if parts.username else ""
+    return proxy, urlunsplit((parts.scheme, f"{user}127.0.0.1:{proxy.port}", parts.path,
+                              parts.query, ""))

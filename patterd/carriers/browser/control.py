@@ -27,6 +27,7 @@ class BrowserControl:
     dtmf_ends_stream = False
     stop_keeps_call_up = False
     restream_overlaps = False
+    movable = False          # the page is connected to this process: its calls drain here
 
     def __init__(self, spawn: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
         self._spawn = spawn

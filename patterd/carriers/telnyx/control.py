@@ -19,6 +19,7 @@ class TelnyxControl:
     dtmf_ends_stream = False
     stop_keeps_call_up = True
     restream_overlaps = True     # the old stream is stopped once the new one is up
+    movable = True               # its calls can move to another replica
 
     def __init__(self, session: SessionSource, settings: TelnyxSettings, config: Config,
                  tokens: StreamTokens, stream_url: Any, on_error: ErrorHook | None = None

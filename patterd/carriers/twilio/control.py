@@ -39,6 +39,7 @@ class TwilioControl:
     dtmf_ends_stream = True
     stop_keeps_call_up = False
     restream_overlaps = False    # a TwiML update ends the old stream before the new one starts
+    movable = True               # its calls can move to another replica
 
     def __init__(self, session: SessionSource, settings: TwilioSettings, config: Config,
                  stream_url: str, tokens: StreamTokens, on_error: ErrorHook | None = None

@@ -33,6 +33,7 @@ class Node:
 
 class Control:
     restream_overlaps = False
+    movable = True
 
     def __init__(self, fail: BaseException | None) -> None:
         self.fail = fail
@@ -64,7 +65,8 @@ def session(gw: Any, control: Control) -> SimpleNamespace:
                         keypad=Keypad(set(), lambda d: None), call_started=loop.time(),
                         last_activity=loop.time(), parameters={"direction": "inbound"},
                         record=CallRecord("CA" + "1" * 32, "twilio"), handing_off=False,
-                        restart_expected=False, replayed=replayed)
+                        restart_expected=False, replayed=replayed,
+                        refresh_meter=lambda: None)
     s.replay_deferred = lambda: replayed.append(True)
     return s
 
@@ -130,3 +132,36 @@ async def test_a_reply_still_playing_after_the_wait_is_cut_and_its_sentence_said
     (_, handoff_id), = control.asked
     assert gw.cluster.rows[handoff_id]["resume_text"] == ("On Saturdays we open at ten, "
                                                           "and we close at two.")
+
+
+async def test_the_new_replica_reads_the_state_again_after_a_store_blip(
+        monkeypatch: Any) -> None:
+    monkeypatch.setattr(handoff, "TAKE_RETRIES", (0.0, 0.01, 0.01))
+    gw = gateway()
+    state = handoff.capture(session(gw, Control(None)))
+    calls: list[str] = []
+
+    async def fetch(sql: str, *args: Any) -> list[dict[str, Any]]:
+        calls.append(sql)
+        if len(calls) == 1:
+            raise ConnectionError("the store blinked")
+        return [{"from_replica": "r-old", "state": json.dumps(state)}]
+
+    gw.cluster._fetch = fetch
+    resumed: list[str] = []
+    new = session(gw, Control(None))
+    new.handoff_id, new.handing_off = "h1", True
+    new.say_again = resumed.append
+    await handoff.resume(new)
+    assert len(calls) == 2 and not new.handing_off and new.replayed == [True]
+    event = gw.registry.get(new.call_id).events[-1]
+    assert (event["type"], event["ok"], event["from"], event["to"]) == ("handoff", True,
+                                                                         "r-old", "r-old")
+    assert sent(gw, "resumed") == 1
+
+
+def test_browser_calls_are_not_moved() -> None:
+    from patterd.carriers.browser.control import BrowserControl
+    from patterd.carriers.telnyx.control import TelnyxControl
+    from patterd.carriers.twilio.control import TwilioControl
+    assert not BrowserControl.movable and TwilioControl.movable and TelnyxControl.movable

@@ -23,7 +23,8 @@ def session(loop: asyncio.AbstractEventLoop, **over: Any) -> SimpleNamespace:
     s = SimpleNamespace(loop=loop, history=[Message("system", "Be brief.")], variables={},
                         keypad=Keypad({"*42"}, answered.append), reprompted=False,
                         call_started=loop.time(), last_activity=loop.time(),
-                        record=CallRecord("CA1", "twilio"), answered=answered)
+                        record=CallRecord("CA1", "twilio"), answered=answered,
+                        refresh_meter=lambda: None)
     s.__dict__.update(over)
     return s
 
