@@ -306,6 +306,30 @@ async def stream_stopped_elsewhere(gw: Gateway, call_id: str, carrier: str,
                         give_up=True, reason=PROCESS_LOST if holders else "stream_stopped")
 
 
+async def end_if_still_up(gw: Any, control: Any, call_id: str, carrier: str) -> None:
+    """Hang the call up through the carrier unless the carrier reports its end (a terminal
+    status in the record) within ``STOP_GRACE`` seconds of the stream stopping."""
+    await asyncio.sleep(STOP_GRACE)
+    rec = gw.registry.get(call_id)
+    if (rec is not None and rec.status in TERMINAL) or gw.registry.evicted(call_id) is not None:
+        return    # (an evicted call is over, and stored)
+    if gw.cluster is not None and gw.store_writer is not None:
+        try:   # the carrier's report may have reached another replica
+            stored = await gw.store_writer.store.get_call(call_id)
+        except Exception:  # noqa: BLE001 - the store is away: hang up to be safe
+            stored = None
+        if stored is not None and stored.get("status") in TERMINAL:
+            return
+    log.warning("stream_stopped_call_up", call_id=call_id, detail="hanging up")
+    try:
+        ended = await control.hangup(call_id)
+    except Exception as exc:  # noqa: BLE001 - logged; the record says what happened
+        log.warning("hangup_after_stop_failed", call_id=call_id, error=repr(exc))
+        return
+    gw.registry.add_event(call_id, carrier, "hangup", by="gateway", reason="stream_stopped",
+                          ok=bool(ended))
+
+
 async def _parts(store: Any, call_id: str) -> list[tuple[str, dict[str, Any]]]:
     if store is None:
         return []
@@ -324,5 +348,5 @@ async def _processes(store: Any) -> list[dict[str, Any]]:
         return []
 
 
-__all__ = ["PROCESS_LOST", "end_lost_call", "recover_once", "run_recovery",
-           "stream_stopped_elsewhere"]
+__all__ = ["PROCESS_LOST", "end_if_still_up", "end_lost_call", "recover_once",
+           "run_recovery", "stream_stopped_elsewhere"]

@@ -27,7 +27,7 @@ from .context import Meter, call_variables, stream_context
 from .handoff import resume
 from .keypad import Keypad, dtmf_grammar
 from .playout import Playout
-from .registry import TERMINAL
+from .recovery import end_if_still_up
 from .replies import FAILURE_APOLOGY, Replies
 from .transcript import AgentLine, Line
 from .turns import Speaker, played
@@ -417,31 +417,3 @@ class CallSession(Replies):
 
 
 __all__ = ["FAILURE_APOLOGY", "CallSession"]
-
-
-#: Seconds a stopped stream's call has to be reported ended by the carrier before we hang up.
-STOP_GRACE = 5.0
-
-
-async def end_if_still_up(gw: Any, control: Any, call_id: str, carrier: str) -> None:
-    """Hang the call up through the carrier unless the carrier reports its end (a terminal
-    status in the record) within ``STOP_GRACE`` seconds of the stream stopping."""
-    await asyncio.sleep(STOP_GRACE)
-    rec = gw.registry.get(call_id)
-    if (rec is not None and rec.status in TERMINAL) or gw.registry.evicted(call_id) is not None:
-        return    # (an evicted call is over, and stored)
-    if gw.cluster is not None and gw.store_writer is not None:
-        try:   # the carrier's report may have reached another replica
-            stored = await gw.store_writer.store.get_call(call_id)
-        except Exception:  # noqa: BLE001 - the store is away: hang up to be safe
-            stored = None
-        if stored is not None and stored.get("status") in TERMINAL:
-            return
-    log.warning("stream_stopped_call_up", call_id=call_id, detail="hanging up")
-    try:
-        ended = await control.hangup(call_id)
-    except Exception as exc:  # noqa: BLE001 - logged; the record says what happened
-        log.warning("hangup_after_stop_failed", call_id=call_id, error=repr(exc))
-        return
-    gw.registry.add_event(call_id, carrier, "hangup", by="gateway", reason="stream_stopped",
-                          ok=bool(ended))

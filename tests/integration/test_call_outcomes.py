@@ -228,8 +228,8 @@ async def test_a_telnyx_stream_stopped_while_the_call_is_up_is_hung_up(
         daemon: Any, fake_twilio: Any, fake_telnyx: Any, monkeypatch: Any) -> None:
     """Telnyx stops the stream (say, streaming_stop from elsewhere) and reports no hang-up:
     the call would stay up and billing, so the daemon hangs it up after STOP_GRACE."""
-    from patterd.call import session as session_module
-    monkeypatch.setattr(session_module, "STOP_GRACE", 1.5)
+    from patterd.call import recovery
+    monkeypatch.setattr(recovery, "STOP_GRACE", 1.5)
     r = await rig(daemon, "telnyx", fake_twilio, fake_telnyx)
     stream = await r.answered_call()
     await stream.stop()
@@ -244,8 +244,8 @@ async def test_a_telnyx_stream_stopped_while_the_call_is_up_is_hung_up(
 
 async def test_a_telnyx_stream_stopped_by_the_callers_hang_up_needs_no_rest_call(
         daemon: Any, fake_twilio: Any, fake_telnyx: Any, monkeypatch: Any) -> None:
-    from patterd.call import session as session_module
-    monkeypatch.setattr(session_module, "STOP_GRACE", 0.3)
+    from patterd.call import recovery
+    monkeypatch.setattr(recovery, "STOP_GRACE", 0.3)
     r = await rig(daemon, "telnyx", fake_twilio, fake_telnyx)
     stream = await r.answered_call()
     await stream.stop()
