@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -172,7 +173,10 @@ class Daemon:
         import urllib.request
         pin = ["taskset", "-c", str(self.cpu)] if self.cpu is not None and \
             shutil.which("taskset") else []
-        self.command = [*pin, sys.executable, "-m", "patterd", "--config",
+        # SOAK_DAEMON_WRAPPER: a command to run the daemon under (a memory profiler, say
+        # "heaptrack -o /tmp/daemon"): its figures then include the wrapper's own cost.
+        wrapper = shlex.split(os.environ.get("SOAK_DAEMON_WRAPPER", ""))
+        self.command = [*pin, *wrapper, sys.executable, "-m", "patterd", "--config",
                         str(self.config_path)]
         with self.log_path.open("ab") as logfile:
             self.proc = subprocess.Popen(self.command, cwd=REPO, stdout=logfile,
