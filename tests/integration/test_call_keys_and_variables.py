@@ -95,7 +95,9 @@ async def test_per_call_variables_fill_greeting_rule_replies_and_fallback(
 async def test_voicemail_placeholders_are_filled(daemon: Any, carrier: str,
                                                  requested: str | None, spoken: str) -> None:
     cfg = make_config(carrier)
-    client = await daemon(cfg)
+    # The machine's greeting is heard as words that end no call (the default stub hears
+    # "goodbye", and the agent's goodbye would race the verdict).
+    client = await daemon(cfg, stub_backends(cfg, stt_text="please leave a message"))
     r = await simulate_outbound(cfg, url_of(client), TO, Callee("machine"),
                                 admin_token=TOKEN, machine_detection=True,
                                 voicemail_message=requested, variables={"name": "Bob"},

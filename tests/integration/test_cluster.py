@@ -290,7 +290,8 @@ async def test_replicas_starting_together_create_the_schema_once(cluster: Start,
     tables = await raw(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = "
                                "current_schema() ORDER BY 1")
     assert [t[0] for t in tables] == ["patterd_call_commands", "patterd_call_owners",
-                                      "patterd_deliveries", "patterd_replicas"]
+                                      "patterd_deliveries", "patterd_handoffs",
+                                      "patterd_replicas"]
     reps[1].node.set_draining(True)
     await until(lambda: _draining(reps[0].node, reps[1].node.replica_id))
 

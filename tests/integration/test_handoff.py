@@ -23,7 +23,7 @@ import pytest
 from patterd.call.handoff import LOST_APOLOGY, LOST_OUTCOME
 from patterd.carriers.twilio.signature import compute_signature
 from patterd.carriers.twilio.webhooks import stream_url
-from patterd.simulate import CallResult, Dtmf, Wait, WaitForAgent, simulate_call
+from patterd.simulate import CallResult, Dtmf, Wait, WaitForAgent, say, simulate_call
 from patterd.simulate.twilio_wire import parse_twiml
 from tests.integration.test_load_balanced import records, started_api
 from tests.integration.test_store_postgres import pg_database, pg_server, pg_url  # noqa: F401
@@ -85,12 +85,17 @@ async def metric(url: str, name: str, labels: str = "") -> float:
 
 async def test_draining_replica_hands_its_calls_to_the_others(
         tmp_path: Path, pg_url: str, llm: FakeOpenAIChat) -> None:  # noqa: F811
+    """After the move each caller speaks (the replicas' offline recogniser hears it): the
+    words are answered with the whole conversation before them."""
+    phrase = await say("what are your opening hours")
+    spoken = [WaitForAgent(), Dtmf("1"), WaitForAgent(), Wait(9.0), phrase,
+              WaitForAgent(timeout=20), Wait(0.5)]
     async with Cluster(tmp_path, pg_url, replicas=3, drain_timeout=60,
                        extra={"llm": llm_section(llm),
                               "server": {"handoff_delay": 2.0}}) as cluster:
         api = await started_api(cluster)
         try:
-            tasks = await place(cluster, api, 6, 9.0)     # each past its first answer
+            tasks = await place(cluster, api, 6, 9.0, steps=spoken)   # each past its 1st answer
             holding = [len(r.call_ids("media_started")) for r in cluster.replicas]
             victim = max(range(3), key=lambda i: holding[i])
             moved = cluster.replicas[victim].call_ids("media_started")
@@ -118,15 +123,18 @@ async def test_draining_replica_hands_its_calls_to_the_others(
     assert events.count("handoff_sent") == len(moved) and "drain_timeout" not in events
     for r in results:
         assert r.ok and r.outcome == "completed", (r.call_id, r.outcome, r.errors)
-        # one greeting, both keys answered, on whichever replica: three lines heard
-        assert agent_lines(r) == 3, r.transcript
+        # one greeting, both turns answered (each waited for), on whichever replica: at most
+        # three lines heard (a greeting said again would make four; two answers heard back to
+        # back can make two)
+        assert agent_lines(r) <= 3, r.transcript
         rec = recs[r.call_id]
         handoffs = [e for e in rec["events"] if e["type"] == "handoff"]
         roles = [(ln["role"], ln.get("dtmf", "")) for ln in rec["transcript"]]
-        assert roles == [("agent", ""), ("caller", "1"), ("agent", ""), ("caller", "2"),
+        assert roles == [("agent", ""), ("caller", "1"), ("agent", ""), ("caller", ""),
                          ("agent", "")], (r.call_id, rec["transcript"])
         said = [ln["text"] for ln in rec["transcript"] if ln["role"] == "agent"]
         assert said[0] == "Hello." and all(t.startswith("Answer number") for t in said[1:])
+        assert rec["transcript"][3]["text"], rec["transcript"]      # the words heard
         assert not any(ln.get("interrupted") for ln in rec["transcript"]), rec["transcript"]
         assert rec["outcome"] == "completed" and rec["status"] == "completed", rec
         if r.call_id in moved:
@@ -135,13 +143,12 @@ async def test_draining_replica_hands_its_calls_to_the_others(
             assert h["from"] != h["to"] and 0 <= h["gap"] < 2.0, h
         else:
             assert not handoffs, handoffs
-    # The answer to key 2 of every call was asked with the whole conversation so far.
-    second = [b for b in llm.bodies if user_turns(b)[-1:] == ["[The caller pressed 2 on the "
-                                                             "keypad]"]]
-    assert len(second) == 6
+    # The caller's words after the move were asked with the whole conversation before them.
+    second = [b for b in llm.bodies if len(user_turns(b)) == 2]
+    assert len(second) == 6 and len(llm.bodies) == 12
     for body in second:
-        assert user_turns(body) == ["[The caller pressed 1 on the keypad]",
-                                    "[The caller pressed 2 on the keypad]"], body["messages"]
+        first, words = user_turns(body)
+        assert first == "[The caller pressed 1 on the keypad]" and words and "[" not in words
         assistant = [m["content"] for m in body["messages"] if m["role"] == "assistant"]
         assert assistant[0] == "Hello." and assistant[1].startswith("Answer number"), assistant
 
@@ -303,7 +310,7 @@ async def test_a_rolling_restart_of_every_replica_keeps_every_call(
     assert all(m >= 1 for m in moves), moves      # every call moved at least once
     for r in results:
         assert r.ok and r.outcome == "completed", (r.call_id, r.outcome, r.errors)
-        assert agent_lines(r) == 3, r.transcript          # no greeting repeated
+        assert agent_lines(r) <= 3, r.transcript          # no greeting repeated
         rec = recs[r.call_id]
         roles = [(ln["role"], ln.get("dtmf", "")) for ln in rec["transcript"]]
         assert roles == [("agent", ""), ("caller", "1"), ("agent", ""), ("caller", "2"),
@@ -321,14 +328,15 @@ async def test_a_rolling_restart_of_every_replica_keeps_every_call(
                                     "[The caller pressed 2 on the keypad]"], body["messages"]
 
 
-async def place(cluster: Cluster, api: Any, n: int, pause: float) -> list[asyncio.Task[Any]]:
-    """``n`` calls of :func:`conversation`, one after another's stream started (so HAProxy
-    spreads them), each past its first answer when this returns."""
+async def place(cluster: Cluster, api: Any, n: int, pause: float,
+                steps: list[Any] | None = None) -> list[asyncio.Task[Any]]:
+    """``n`` calls of :func:`conversation` (or ``steps``), one after another's stream started
+    (so HAProxy spreads them), each past its first answer when this returns."""
     tasks = []
     for _ in range(n):
         before = cluster.count("media_started")
         tasks.append(asyncio.create_task(simulate_call(
-            cluster.config, cluster.lb_url, conversation(pause), api=api,
+            cluster.config, cluster.lb_url, steps or conversation(pause), api=api,
             signer=cluster.signer, timeout=CALL_TIMEOUT, keep_audio=False)))
         while cluster.count("media_started") <= before:
             await asyncio.sleep(0.02)
