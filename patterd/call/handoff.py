@@ -67,7 +67,12 @@ async def hand_off_all(gw: "Gateway", deadline: float) -> None:
 
     async def move(session: Any) -> None:
         async with slots:
-            await hand_off(gw, session)
+            try:
+                await hand_off(gw, session)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not leave it deaf
+                gw.supervisor.report("call", exc, call_id=session.call_id)
+                if not session.record.handed_off:
+                    _failed(gw, session, "internal", exc)
 
     while gw.sessions and loop.time() < deadline:
         waiting = [s for s in list(gw.sessions) if not s.handoff_tried and not s.ending

@@ -165,3 +165,35 @@ def test_browser_calls_are_not_moved() -> None:
     from patterd.carriers.telnyx.control import TelnyxControl
     from patterd.carriers.twilio.control import TwilioControl
     assert not BrowserControl.movable and TwilioControl.movable and TelnyxControl.movable
+
+
+async def test_a_bug_while_moving_leaves_the_call_here_and_listening(monkeypatch: Any) -> None:
+    """The mover's own failure is reported; the call stays, its turns no longer wait."""
+    gw = gateway()
+    reported: list[tuple[str, str]] = []
+    gw.supervisor = SimpleNamespace(report=lambda component, exc, **kw: reported.append(
+        (component, kw.get("call_id", ""))))
+    gw.config = SimpleNamespace(server=SimpleNamespace(handoff_delay=0.0))
+    s = session(gw, Control(None))
+    s.handoff_tried = False
+    gw.sessions = [s]
+    tasks: list[asyncio.Task[Any]] = []
+    gw.spawn = lambda coro, name="": tasks.append(asyncio.ensure_future(coro)) or tasks[-1]
+
+    async def broken(gw_: Any, session_: Any) -> bool:
+        session_.handing_off = True
+        raise RuntimeError("a bug")
+
+    async def peers(gw_: Any) -> bool:
+        return True
+
+    monkeypatch.setattr(handoff, "hand_off", broken)
+    monkeypatch.setattr(handoff, "_peer_ready", peers)
+    mover = asyncio.ensure_future(handoff.hand_off_all(gw, asyncio.get_running_loop().time()
+                                                       + 0.5))
+    await asyncio.sleep(0.3)
+    await asyncio.gather(*tasks)
+    mover.cancel()
+    assert reported == [("call", s.call_id)]
+    assert not s.handing_off and s.replayed == [True]
+    assert gw.registry.get(s.call_id).events[-1]["stage"] == "internal"
