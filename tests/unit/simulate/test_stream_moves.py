@@ -62,6 +62,13 @@ async def second_stream(d: StandIn) -> Stream:
     return d.streams[1]
 
 
+async def move_from_first(d: StandIn, s: Stream) -> Stream:
+    """On the first stream: ``streaming_start`` a second one and wait until it started."""
+    ccid = s.start["start"]["call_control_id"]
+    await d.telnyx_command(ccid, "streaming_start", stream_start_body())
+    return await second_stream(d)
+
+
 async def test_telnyx_streaming_start_moves_the_call_without_losing_a_frame() -> None:
     first, then = CODES[:75], CODES[75:90]
     holder: dict[str, StandIn] = {}
@@ -138,9 +145,7 @@ async def test_telnyx_agent_audio_of_both_streams_is_mixed() -> None:
     async def behave(s: Stream) -> None:
         d = holder["d"]
         if s.path.endswith("tok-0"):
-            ccid = s.start["start"]["call_control_id"]
-            await d.telnyx_command(ccid, "streaming_start", stream_start_body())
-            new = await second_stream(d)
+            new = await move_from_first(d, s)
             # 400 Hz: whole periods per 20 ms, so the two are in phase whichever tick each
             # starts on, and the mix peaks at twice one of them
             await new.send_audio(tone(0.6, 400, amplitude=4000))
@@ -194,9 +199,7 @@ async def test_telnyx_a_stream_the_daemon_closes_while_another_is_up_is_no_hang_
     async def behave(s: Stream) -> None:
         d = holder["d"]
         if s.path.endswith("tok-0"):
-            ccid = s.start["start"]["call_control_id"]
-            await d.telnyx_command(ccid, "streaming_start", stream_start_body())
-            await second_stream(d)
+            await move_from_first(d, s)
             await s.ws.close()                         # the old replica goes, no streaming_stop
 
     cfg, signer = telnyx_setup()
