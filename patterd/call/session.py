@@ -11,7 +11,6 @@ variables (``agent.variables`` with the per-call ones over them).
 from __future__ import annotations
 
 import asyncio
-import collections
 from typing import Any
 
 from ..audio.codecs import get_codec
@@ -27,6 +26,7 @@ from .context import Meter, call_variables, stream_context
 from .handoff import resume
 from .keypad import Keypad, dtmf_grammar
 from .playout import Playout
+from .preroll import Preroll
 from .recovery import end_if_still_up
 from .replies import FAILURE_APOLOGY, Replies
 from .transcript import AgentLine, Line
@@ -38,7 +38,6 @@ REPROMPT = "Are you still there?"
 SILENCE_GOODBYE = "I haven't heard anything, so I'll hang up now. Goodbye."
 TIME_LIMIT_GOODBYE = "We have reached the time limit for this call. Goodbye."
 HEARING_APOLOGY = "Sorry, I couldn't hear that just now. Could you say it again?"
-PREROLL_FRAMES = 15  # 300 ms of audio before the VAD confirmed speech
 
 
 class CallSession(Replies):
@@ -76,7 +75,7 @@ class CallSession(Replies):
         self.playout = Playout(proto, self._send, on_start=self._utterance_started)
         self.speaker = Speaker(b.tts, self.tx_codec, self.playout, b.speech_cache, gw.metrics)
         self._send_frame = send
-        self.preroll: collections.deque[bytes] = collections.deque(maxlen=PREROLL_FRAMES)
+        self.preroll = Preroll(8000 if self.stt_raw else 16000)   # G.711 as is, or s16 8 kHz
         self.user_speaking = False
         self.listening = True
         self.history: list[Message] = []
@@ -212,7 +211,7 @@ class CallSession(Replies):
         if self.ending:
             return
         if isinstance(ev, SpeechStart):
-            self._speech_started()
+            self._speech_started(ev.at_seconds)
         else:
             self._speech_ended(ev)
 
@@ -225,7 +224,8 @@ class CallSession(Replies):
                 self._settle_lines()     # a reply cut short without a clear, now heard
 
     # -- turn-taking -------------------------------------------------------------------------
-    def _speech_started(self) -> None:
+    def _speech_started(self, at: float) -> None:
+        """The VAD confirmed speech that began at stream time ``at``."""
         self.last_activity = self.loop.time()
         if self.ending:
             return
@@ -236,7 +236,7 @@ class CallSession(Replies):
             self._interrupt()
         self.listening = True
         self.user_speaking = True
-        for audio in self.preroll:
+        for audio in self.preroll.since(at, self.segmenter.position_seconds):
             self.stt_stream.push(audio)
             self.stt_bytes += len(audio) * (2 if self.stt_raw else 1)
 
