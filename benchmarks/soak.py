@@ -106,8 +106,9 @@ def environment() -> dict[str, Any]:
 
 
 def soak_config(carrier: str, port: int, api_port: int, workdir: Path, public_key: str,
-                level: str) -> Path:
-    """config/patter.yaml (agent, rules, offline backends) for one carrier on our ports."""
+                level: str, stt_url: str = "", turn_cpu_share: float = 0.0) -> Path:
+    """config/patter.yaml (agent, rules, offline backends) for one carrier on our ports;
+    with ``stt_url``, Deepgram at that URL (the stand-in of :mod:`soak_stt`) for the STT."""
     import yaml
 
     raw = yaml.safe_load((REPO / "config" / "patter.yaml").read_text())
@@ -128,6 +129,11 @@ def soak_config(carrier: str, port: int, api_port: int, workdir: Path, public_ke
     raw["store"] = {"url": f"sqlite:///{workdir}/{carrier}.db"}
     raw["admin"] = {"token": ADMIN_TOKEN}
     raw["logging"] = {"level": level, "format": "json"}
+    if turn_cpu_share:
+        raw.setdefault("vad", {})["turn_cpu_share"] = turn_cpu_share
+    if stt_url:
+        from soak_stt import API_KEY
+        raw["stt"] = {"provider": "deepgram", "api_key": API_KEY, "base_url": stt_url}
     path = workdir / f"{carrier}.yaml"
     path.write_text(json.dumps(raw, indent=2))      # JSON is YAML
     return path
@@ -184,9 +190,10 @@ class Soak:
         self.clock: Any = None
         self.load_started = 0.0
         self.load_ended = 0.0
+        self.stt: Any = None                  # soak_stt.SoakDeepgram (--stt deepgram)
 
     # -- set-up ----------------------------------------------------------------------------
-    def start_daemons(self) -> None:
+    def start_daemons(self, stt_url: str = "") -> None:
         from patterd.config import load_config
         from patterd.simulate import TelnyxSigner, make_api
         for c in self.carriers:
@@ -195,7 +202,8 @@ class Soak:
             if c.name == "telnyx":
                 c.signer = TelnyxSigner(secrets.token_bytes(32))
                 key = c.signer.public_key_b64
-            path = soak_config(c.name, port, api_port, self.workdir, key, self.args.log_level)
+            path = soak_config(c.name, port, api_port, self.workdir, key, self.args.log_level,
+                               stt_url, self.args.turn_cpu_share)
             c.daemon.config_path, c.daemon.port = path, port
             c.config = load_config(path)
             c.api = make_api(c.config)
@@ -420,10 +428,20 @@ class Soak:
                                                   env["versions"].items())
             + f", commit {env['commit']}")
         log(f"command: {env['command']}")
-        self.start_daemons()
+        stt_url = ""
+        if args.stt == "deepgram":
+            from soak_stt import SoakDeepgram
+            self.stt = SoakDeepgram({})
+            stt_url = await self.stt.start()
+            log(f"STT: the Deepgram stand-in of benchmarks/soak_stt.py at {stt_url}")
+        self.start_daemons(stt_url)
         loop = asyncio.get_running_loop()
         self.clock = Clock()
         self.voices = await self.make_voices()
+        if self.stt is not None:
+            from soak_stt import PhraseBook
+            self.stt.book = PhraseBook(
+                {say.text: say.pcm for say in [*self.voices.say.values(), self.voices.machine]})
         async with aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, force_close=True)) as session:
             self.session = session
@@ -463,6 +481,8 @@ class Soak:
                 await c.api.close()
         for c in self.carriers:
             c.exit_code = c.daemon.stop()
+        if self.stt is not None:
+            await self.stt.stop()
         return self.report(env)
 
     # -- the report ------------------------------------------------------------------------
@@ -639,6 +659,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calls", type=int, default=100,
                    help="target calls in flight, split between the carriers (default 100)")
     p.add_argument("--carrier", choices=("twilio", "telnyx", "both"), default="both")
+    p.add_argument("--stt", choices=("pocketsphinx", "deepgram"), default="pocketsphinx",
+                   help="the daemons' STT: the offline default, or the Deepgram backend "
+                        "against benchmarks/soak_stt.py's stand-in (hundreds of calls)")
+    p.add_argument("--turn-cpu-share", type=float, default=0.0,
+                   help="each daemon's vad.turn_cpu_share (default: the config's; two daemons "
+                        "on one core each take that share of it)")
     p.add_argument("--call-seconds", default="3,90",
                    help="the range of a call's planned length, MIN,MAX (default 3,90)")
     p.add_argument("--pause", default="2,12",

@@ -55,6 +55,7 @@ class ListenSession:
     sample_rate: int
     audio: bytearray = field(default_factory=bytearray)
     binary_frames: int = 0
+    received: int = 0                      # bytes of audio (kept in ``audio`` when recording)
     controls: list[dict[str, Any]] = field(default_factory=list)   # text frames, parsed
     sent: list[dict[str, Any]] = field(default_factory=list)       # messages sent to it
     close_code: int | None = None          # the code the connection ended with
@@ -64,7 +65,7 @@ class ListenSession:
     @property
     def audio_seconds(self) -> float:
         """Seconds of audio received."""
-        return len(self.audio) / (ENCODINGS[self.encoding] * self.sample_rate)
+        return self.received / (ENCODINGS[self.encoding] * self.sample_rate)
 
     def control_types(self) -> list[str]:
         """The ``type`` of every control message, in order."""
@@ -203,7 +204,10 @@ class FakeDeepgramListen:
     """The fake service. ``await start()`` returns its ``ws://127.0.0.1:PORT/v1`` base URL.
 
     ``script``: the text of each utterance, in order (per connection); ``recogniser`` may
-    replace it: ``(session, index) -> text``. Knobs: ``refuse`` = (status, err_code, err_msg)
+    replace it: ``(session, index) -> text``; ``recogniser_class`` replaces the whole
+    per-connection recogniser (``(fake, session)`` → an object with ``feed(bytes)`` and
+    ``flush(from_finalize=…)`` returning the messages to send). ``record=False`` keeps no
+    session, audio or message (a long benchmark). Knobs: ``refuse`` = (status, err_code, err_msg)
     refuses handshakes (``refuse_times`` of them, ``-1`` = all); ``close_after_seconds`` = audio
     seconds after which the connection is closed with ``close_code``/``close_reason``
     (``close_times`` connections, ``-1`` = all); ``stall`` = accept and read but never answer
@@ -213,8 +217,12 @@ class FakeDeepgramListen:
     def __init__(self, api_key: str = "dg-test-key", script: list[str] | tuple[str, ...] = (),
                  *, recogniser: Recogniser | None = None, inactivity_timeout: float = 10.0,
                  energy_threshold: float = 500.0, interim_every_ms: int = 200,
-                 word_ms: int = 200, final_every_ms: int = 5000) -> None:
+                 word_ms: int = 200, final_every_ms: int = 5000,
+                 recogniser_class: Callable[..., Any] | None = None,
+                 record: bool = True) -> None:
         self.api_key = api_key
+        self.recogniser_class = recogniser_class or _Recogniser
+        self.record = record
         self.script = list(script)
         self.recogniser = recogniser
         self.inactivity_timeout = inactivity_timeout
@@ -290,7 +298,8 @@ class FakeDeepgramListen:
         rid = str(uuid.uuid4())
         await ws.prepare(request)
         s = ListenSession(rid, q, dict(request.headers), q["encoding"], int(q["sample_rate"]))
-        self.sessions.append(s)
+        if self.record:
+            self.sessions.append(s)
         self._open.add(ws)
         try:
             await self._serve(ws, s)
@@ -332,11 +341,12 @@ class FakeDeepgramListen:
         if self.stall:
             return
         for m in msgs:
-            s.sent.append(m)
+            if self.record:
+                s.sent.append(m)
             await ws.send_str(json.dumps(m))
 
     async def _serve(self, ws: web.WebSocketResponse, s: ListenSession) -> None:
-        rec = _Recogniser(self, s)
+        rec = self.recogniser_class(self, s)
         close_after = self.close_after_seconds if self.close_times != 0 else None
         if close_after is not None and self.close_times > 0:
             self.close_times -= 1
@@ -349,8 +359,10 @@ class FakeDeepgramListen:
                 await ws.close(code=1011, message=NET_0001.encode())
                 return
             if msg.type == WSMsgType.BINARY:
-                s.audio += msg.data
+                if self.record:
+                    s.audio += msg.data
                 s.binary_frames += 1
+                s.received += len(msg.data)
                 await self._send(ws, s, rec.feed(msg.data))
                 if close_after is not None and s.audio_seconds >= close_after:
                     s.closed_by, s.close_code = "server", self.close_code
@@ -361,7 +373,8 @@ class FakeDeepgramListen:
                     control = json.loads(msg.data)
                 except ValueError:
                     control = {"type": None, "raw": msg.data}
-                s.controls.append(control)
+                if self.record:
+                    s.controls.append(control)
                 kind = control.get("type")
                 if kind == "Finalize":
                     await self._flush(ws, s, rec, from_finalize=True)
