@@ -6,7 +6,9 @@ watching the daemon's resources for leaks and every caller for an answer.
 One daemon per carrier (``python -m patterd --config …``, pinned with ``taskset -c 1``; this
 script, the carriers and callers, on CPU 0): config/patter.yaml's agent, rules (plus a
 multi-key ``*42`` rule), pocketsphinx STT, espeak TTS and the batched Silero VAD, so every
-call goes through the real shared workers. New calls arrive as a Poisson process whose rate
+call goes through the real shared workers (``--stt deepgram``: the Deepgram backend against
+the phrase-matching stand-in of :mod:`soak_stt` instead of pocketsphinx, for hundreds of
+calls). New calls arrive as a Poisson process whose rate
 holds ``--calls`` calls in flight (split between the carriers); each lasts a random
 ``--call-seconds`` (3–90 s) and ends as drawn in :mod:`soak_calls` — mid-phrase, mid-reply,
 mid-keypad entry, during a transfer, around an AMD verdict (outbound), by the caller, by the
@@ -21,6 +23,7 @@ load, the daemons must come back to their idle task and fd counts, and a sample 
     .venv/bin/python benchmarks/soak.py                                  # 30 min, 100 calls
     .venv/bin/python benchmarks/soak.py --duration 300 --calls 100       # 5 min
     .venv/bin/python benchmarks/soak.py --duration 120 --calls 20 --carrier twilio --json
+    .venv/bin/python benchmarks/soak.py --calls 200 --stt deepgram --no-pin --turn-cpu-share 0.15
 
 Exit status: 0; 1 when a caller went unanswered, a call ended other than its ending expects, a
 task or fd leaked, a record was wrong, or (runs of 10 minutes or more) RSS grew more than
