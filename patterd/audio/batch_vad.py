@@ -355,6 +355,11 @@ class AsyncSegmenter(SpeechSegmenter):
         fed = self._windows + len(self.stream._queue)
         return (fed * self._window + self._fill) / self._rate
 
+    @property
+    def unscored_seconds(self) -> float:
+        """Audio fed but not scored yet: waiting for the batcher, or short of a window."""
+        return (len(self.stream._queue) * self._window + self._fill) / self._rate
+
     def _on_probability(self, p: float) -> None:
         if (event := self._step(p)) is not None:
             self.on_event(event)

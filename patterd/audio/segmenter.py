@@ -178,6 +178,16 @@ class SpeechSegmenter:
         """Stream time of all audio fed so far."""
         return (self._windows * self._window + self._fill) / self._rate
 
+    @property
+    def unscored_seconds(self) -> float:
+        """Audio fed but not scored by the VAD yet (a speech start in it is not known yet)."""
+        return self._fill / self._rate
+
+    @property
+    def confirm_seconds(self) -> float:
+        """Speech the VAD must hear before it confirms a start (``min_speech``, whole windows)."""
+        return self._need_speech * self._window / self._rate
+
     def feed(self, pcm: BytesLike) -> tuple[SpeechEvent, ...]:
         """Feed s16le PCM (any length); return the events confirmed by it, usually none.
 

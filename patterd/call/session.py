@@ -75,7 +75,8 @@ class CallSession(Replies):
         self.playout = Playout(proto, self._send, on_start=self._utterance_started)
         self.speaker = Speaker(b.tts, self.tx_codec, self.playout, b.speech_cache, gw.metrics)
         self._send_frame = send
-        self.preroll = Preroll(8000 if self.stt_raw else 16000)   # G.711 as is, or s16 8 kHz
+        # G.711 as is, or s16 at 8 kHz
+        self.preroll = Preroll(8000 if self.stt_raw else 16000, self.segmenter.confirm_seconds)
         self.user_speaking = False
         self.listening = True
         self.history: list[Message] = []
@@ -199,7 +200,10 @@ class CallSession(Replies):
             if not pcm:
                 return
         stt_audio = event.payload if self.stt_raw else pcm
-        self.preroll.append(stt_audio)
+        preroll = self.preroll
+        preroll.append(stt_audio)
+        if len(preroll) >= preroll.next_trim:
+            preroll.trim(self.segmenter.unscored_seconds)
         events = self.segmenter.feed(pcm)   # () when the VAD scores in batches
         if self.user_speaking and self.listening:
             self.stt_stream.push(stt_audio)

@@ -44,11 +44,6 @@ class KeepingStt(StubStt):
         return Stream(self.text)
 
 
-def voiced_seconds(pcm: bytes) -> float:
-    """Seconds from the first to the last voiced 10 ms of ``pcm`` (s16le 8 kHz)."""
-    return len(trim_silence(pcm)) / 16000
-
-
 async def test_a_late_speech_confirmation_loses_no_syllable(daemon) -> None:  # type: ignore[no-untyped-def]
     cfg = config(twilio_raw(
         vad={"provider": "silero", "min_speech": 0.6, "turn_model": False},
@@ -60,14 +55,12 @@ async def test_a_late_speech_confirmation_loses_no_syllable(daemon) -> None:  # 
     client = await daemon(cfg, Backends(stt=stt, llm=RulesLLM(cfg.llm, cfg.agent),
                                         tts=StubTts(), new_segmenter=segmenter,
                                         vad_batcher=batcher))
-    phrase = await say("what are your opening hours")
+    phrase = await say("what are your opening hours", voice="en-us", rate=175)
     result = await simulate_call(cfg, str(client.make_url("")).rstrip("/"),
                                  [WaitForAgent(), phrase, WaitForAgent()], timeout=30)
     assert [t.latency is not None for t in result.turns] == [True], result.errors
     assert len(stt.utterances) == 1
-    spoken, heard = voiced_seconds(phrase.pcm), voiced_seconds(bytes(stt.utterances[0]))
-    assert heard >= spoken - 0.05, (heard, spoken)
-    # and the recogniser got the phrase's own first syllable, not something like it later
+    # The recogniser got the phrase's own first 200 ms (lost with a fixed 300 ms pre-roll).
     head = np.frombuffer(trim_silence(phrase.pcm)[:1600], dtype="<i2").astype(float)
     got = np.frombuffer(bytes(stt.utterances[0]), dtype="<i2").astype(float)
     corr = np.correlate(got, head, "valid") / (np.linalg.norm(head) *
